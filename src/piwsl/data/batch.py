@@ -1,0 +1,206 @@
+"""Graphs and batches: concatenated atoms, a structure index, and precomputed neighbour lists.
+
+A :class:`Graph` is one structure as tensors (neighbour list included). :func:`collate` concatenates
+graphs of any sizes into a :class:`Batch`; every per-structure sum in piwsl scatters over
+``Batch.batch`` (the structure index of each atom), never over the whole batch and never through an
+equal-size reshape.
+
+Missing labels are NaN *and* masked: ``energy_mask[s]`` says whether structure ``s`` has an energy,
+``forces_mask[s]`` whether it has forces. Code must select with the masks; the NaN fill makes any
+accidental use of a missing label visible instead of silently zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+
+from piwsl.data.frames import Frame
+from piwsl.data.neighbors import frame_neighbor_list
+
+
+@dataclass
+class Graph:
+    """One structure as tensors. Energies are float64; positions/forces in the working dtype."""
+
+    positions: torch.Tensor  # [n, 3]
+    numbers: torch.Tensor  # long [n]
+    cell: torch.Tensor  # [3, 3]
+    pbc: torch.Tensor  # bool [3]
+    edge_index: torch.Tensor  # long [2, e]
+    edge_shift: torch.Tensor  # [e, 3] integer cell shifts (stored as floats)
+    energy: torch.Tensor  # float64 scalar (NaN if missing)
+    forces: torch.Tensor  # [n, 3] (NaN if missing)
+    has_energy: bool
+    has_forces: bool
+    fixed: torch.Tensor  # bool [n]
+    frame_id: int
+
+    @classmethod
+    def from_frame(
+        cls,
+        frame: Frame,
+        cutoff: float,
+        skin: float = 0.0,
+        dtype: torch.dtype = torch.float32,
+        frame_id: int | None = None,
+    ) -> Graph:
+        edge_index, shifts = frame_neighbor_list(frame, cutoff, skin)
+        n = frame.n_atoms
+        forces = frame.forces if frame.forces is not None else np.full((n, 3), np.nan)
+        fixed = frame.fixed if frame.fixed is not None else np.zeros(n, dtype=bool)
+        return cls(
+            positions=torch.as_tensor(frame.positions, dtype=dtype),
+            numbers=torch.as_tensor(frame.numbers, dtype=torch.long),
+            cell=torch.as_tensor(frame.cell, dtype=dtype),
+            pbc=torch.as_tensor(frame.pbc, dtype=torch.bool),
+            edge_index=torch.as_tensor(edge_index, dtype=torch.long),
+            edge_shift=torch.as_tensor(shifts, dtype=dtype),
+            energy=torch.tensor(
+                frame.energy if frame.energy is not None else float("nan"), dtype=torch.float64
+            ),
+            forces=torch.as_tensor(forces, dtype=dtype),
+            has_energy=frame.energy is not None,
+            has_forces=frame.forces is not None,
+            fixed=torch.as_tensor(fixed, dtype=torch.bool),
+            frame_id=frame.index if frame_id is None else frame_id,
+        )
+
+
+@dataclass
+class Batch:
+    """Several structures of any sizes, concatenated.
+
+    Shapes: N atoms, S structures, E edges. The edge vector of edge e is
+    ``positions[edge_index[1, e]] - positions[edge_index[0, e]] + edge_shift[e] @ cell[s]`` with
+    ``s = batch[edge_index[0, e]]`` (see :func:`edge_vectors`).
+    """
+
+    positions: torch.Tensor  # [N, 3] Å
+    numbers: torch.Tensor  # long [N]
+    batch: torch.Tensor  # long [N] structure index of each atom
+    ptr: torch.Tensor  # long [S + 1] offsets of each structure's atoms
+    cell: torch.Tensor  # [S, 3, 3] Å
+    pbc: torch.Tensor  # bool [S, 3]
+    edge_index: torch.Tensor  # long [2, E]
+    edge_shift: torch.Tensor  # [E, 3]
+    energy: torch.Tensor  # float64 [S] eV (NaN where missing)
+    forces: torch.Tensor  # [N, 3] eV/Å (NaN where missing)
+    energy_mask: torch.Tensor  # bool [S]
+    forces_mask: torch.Tensor  # bool [S]
+    fixed: torch.Tensor  # bool [N]
+    frame_id: torch.Tensor  # long [S]
+
+    @property
+    def n_structures(self) -> int:
+        return int(self.ptr.shape[0] - 1)
+
+    @property
+    def n_atoms(self) -> torch.Tensor:
+        """Atoms per structure, long [S]."""
+        return self.ptr[1:] - self.ptr[:-1]
+
+    @property
+    def atom_forces_mask(self) -> torch.Tensor:
+        """bool [N]: atoms whose structure carries force labels."""
+        return self.forces_mask[self.batch]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """Move to ``device``; cast floating tensors (except float64 energies) to ``dtype``."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if dtype is not None and value.is_floating_point() and f.name != "energy":
+                value = value.to(dtype=dtype)
+            if device is not None:
+                value = value.to(device=device)
+            out[f.name] = value
+        return Batch(**out)
+
+    def with_positions(self, positions: torch.Tensor) -> Batch:
+        """The same batch (same neighbour list) at other positions."""
+        return replace(self, positions=positions)
+
+    def repeat(self, positions: list[torch.Tensor]) -> Batch:
+        """A batch of ``len(positions)`` copies of this one, copy k at ``positions[k]``.
+
+        Copy k holds structures ``k*S .. (k+1)*S - 1``; the neighbour lists are reused (build
+        them with a skin so that the displaced copies stay covered). Labels are copied too.
+        """
+        k = len(positions)
+        S, N = self.n_structures, int(self.positions.shape[0])
+        E = int(self.edge_index.shape[1])
+        device = self.positions.device
+        atom_offsets = (torch.arange(k, device=device) * N).repeat_interleave(E)
+        structure_offsets = torch.arange(k, device=device) * S
+        return Batch(
+            positions=torch.cat(positions, dim=0),
+            numbers=self.numbers.repeat(k),
+            batch=(self.batch.unsqueeze(0) + structure_offsets.unsqueeze(1)).reshape(-1),
+            ptr=torch.cat(
+                [self.ptr[:1]] + [self.ptr[1:] + c * N for c in range(k)]
+            ),
+            cell=self.cell.repeat(k, 1, 1),
+            pbc=self.pbc.repeat(k, 1),
+            edge_index=self.edge_index.repeat(1, k) + atom_offsets.unsqueeze(0),
+            edge_shift=self.edge_shift.repeat(k, 1),
+            energy=self.energy.repeat(k),
+            forces=self.forces.repeat(k, 1),
+            energy_mask=self.energy_mask.repeat(k),
+            forces_mask=self.forces_mask.repeat(k),
+            fixed=self.fixed.repeat(k),
+            frame_id=self.frame_id.repeat(k),
+        )
+
+
+def collate(graphs: list[Graph]) -> Batch:
+    """Concatenate graphs of any sizes into one :class:`Batch`."""
+    if not graphs:
+        raise ValueError("cannot collate an empty list of graphs")
+    counts = torch.tensor([g.positions.shape[0] for g in graphs], dtype=torch.long)
+    ptr = torch.zeros(len(graphs) + 1, dtype=torch.long)
+    ptr[1:] = torch.cumsum(counts, 0)
+    edge_index = torch.cat(
+        [g.edge_index + ptr[s] for s, g in enumerate(graphs)], dim=1
+    )
+    return Batch(
+        positions=torch.cat([g.positions for g in graphs]),
+        numbers=torch.cat([g.numbers for g in graphs]),
+        batch=torch.repeat_interleave(torch.arange(len(graphs)), counts),
+        ptr=ptr,
+        cell=torch.stack([g.cell for g in graphs]),
+        pbc=torch.stack([g.pbc for g in graphs]),
+        edge_index=edge_index,
+        edge_shift=torch.cat([g.edge_shift for g in graphs]),
+        energy=torch.stack([g.energy for g in graphs]),
+        forces=torch.cat([g.forces for g in graphs]),
+        energy_mask=torch.tensor([g.has_energy for g in graphs]),
+        forces_mask=torch.tensor([g.has_forces for g in graphs]),
+        fixed=torch.cat([g.fixed for g in graphs]),
+        frame_id=torch.tensor([g.frame_id for g in graphs], dtype=torch.long),
+    )
+
+
+def edge_vectors(batch: Batch) -> torch.Tensor:
+    """Edge vectors r_j - r_i (+ periodic shift), [E, 3], differentiable w.r.t. positions."""
+    i, j = batch.edge_index
+    vec = batch.positions[j] - batch.positions[i]
+    if batch.edge_shift.numel():
+        cell = batch.cell[batch.batch[i]]
+        vec = vec + torch.einsum("ek,ekl->el", batch.edge_shift, cell)
+    return vec
+
+
+def frames_to_batch(
+    frames: list[Frame], cutoff: float, skin: float = 0.0, dtype: torch.dtype = torch.float32
+) -> Batch:
+    """Convenience: build graphs and collate them."""
+    return collate([Graph.from_frame(f, cutoff, skin, dtype) for f in frames])
+
+
+def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """Sum ``values`` (first dim) into ``size`` bins given by ``index``."""
+    out = values.new_zeros((size, *values.shape[1:]))
+    return out.index_add(0, index, values)

@@ -1,0 +1,264 @@
+"""Readers: any ASE-readable file (extxyz first), ASE databases and rMD17 ``.npz``.
+
+Every reader returns a list of :class:`~piwsl.data.frames.Frame` in eV and Å, with labels that are
+present per frame and ``None`` where absent. A label key that is missing from *every* frame of a
+file is an error when it was asked for explicitly; missing from *some* frames is allowed (masked)
+and summarised once by :func:`label_coverage`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from piwsl.data.frames import Frame
+from piwsl.errors import DataError
+from piwsl.units import KCAL_MOL, energy_factor, length_factor
+
+log = logging.getLogger(__name__)
+
+BUILTIN = {
+    "ethanol_train": "rmd17_ethanol_train_01.npz",
+    "ethanol_test": "rmd17_ethanol_test_01.npz",
+}
+
+#: Keys tried, in order, when no energy/forces key is given (MACE's ``REF_`` convention first).
+DEFAULT_ENERGY_KEYS = ("REF_energy", "energy")
+DEFAULT_FORCES_KEYS = ("REF_forces", "forces")
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Resolve ``builtin:NAME`` to the packaged data file; check that the file exists."""
+    text = str(path)
+    if text.startswith("builtin:"):
+        name = text.split(":", 1)[1]
+        if name not in BUILTIN:
+            from piwsl.registry import suggest
+
+            raise DataError(f"unknown built-in data set {name!r}{suggest(name, BUILTIN)}")
+        return Path(str(resources.files("piwsl.datasets") / BUILTIN[name]))
+    p = Path(text).expanduser()
+    if not p.exists():
+        raise DataError("file does not exist", file=text, hint="check the path in your config")
+    if p.is_dir():
+        raise DataError("is a directory, not a data file", file=text)
+    return p
+
+
+@dataclass
+class LabelKeys:
+    """Where labels live in a file, and in which units they are stored."""
+
+    energy_key: str | None = None  # None: try DEFAULT_ENERGY_KEYS
+    forces_key: str | None = None  # None: try DEFAULT_FORCES_KEYS
+    energy_unit: str = "eV"
+    length_unit: str = "Å"
+
+
+def read_frames(
+    path: str | Path,
+    keys: LabelKeys | None = None,
+    index: str | int | slice = ":",
+    fmt: str | None = None,
+) -> list[Frame]:
+    """Read all frames of ``path`` (extxyz, any ASE format, ``.db``, rMD17 ``.npz``)."""
+    keys = keys or LabelKeys()
+    p = resolve_path(path)
+    name = str(path)
+    if p.suffix == ".npz" and fmt is None:
+        frames = read_rmd17_npz(p, source=name)
+    elif p.suffix == ".db" and fmt is None:
+        frames = _read_ase_db(p, keys, name)
+    else:
+        frames = _read_ase_file(p, keys, name, index, fmt)
+    if not frames:
+        raise DataError("file contains no frames", file=name)
+    return frames
+
+
+def read_rmd17_npz(path: str | Path, source: str | None = None) -> list[Frame]:
+    """Read an rMD17 ``.npz`` (kcal/mol and kcal/mol/Å on disk → eV and eV/Å)."""
+    source = source or str(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+        keys = set(data.files)
+    except Exception as err:  # numpy raises many types for corrupt archives
+        raise DataError(f"cannot read npz archive: {err}", file=source) from err
+    for required in ("nuclear_charges", "coords"):
+        if required not in keys:
+            raise DataError(
+                "required key missing from the npz archive",
+                file=source,
+                key=required,
+                hint="rMD17 files hold nuclear_charges, coords, energies, forces",
+            )
+    try:
+        numbers = np.asarray(data["nuclear_charges"]).astype(np.int64).reshape(-1)
+        coords = np.asarray(data["coords"], dtype=np.float64)
+        energies = np.asarray(data["energies"], dtype=np.float64).reshape(-1) if "energies" in keys else None
+        forces = np.asarray(data["forces"], dtype=np.float64) if "forces" in keys else None
+    except Exception as err:
+        raise DataError(f"cannot decode npz arrays: {err}", file=source) from err
+    if coords.ndim != 3 or coords.shape[1:] != (numbers.shape[0], 3):
+        raise DataError(
+            f"coords have shape {coords.shape}, expected (n_frames, {numbers.shape[0]}, 3)",
+            file=source,
+            key="coords",
+        )
+    n_frames = coords.shape[0]
+    if energies is not None and energies.shape[0] != n_frames:
+        raise DataError(
+            f"{energies.shape[0]} energies for {n_frames} frames", file=source, key="energies"
+        )
+    if forces is not None and forces.shape != coords.shape:
+        raise DataError(
+            f"forces have shape {forces.shape}, expected {coords.shape}", file=source, key="forces"
+        )
+    frames = []
+    for k in range(n_frames):
+        frames.append(
+            Frame(
+                numbers=numbers,
+                positions=coords[k],
+                energy=None if energies is None else energies[k] * KCAL_MOL,
+                forces=None if forces is None else forces[k] * KCAL_MOL,
+                source=source,
+                index=k,
+            )
+        )
+    return frames
+
+
+def _read_ase_file(p: Path, keys: LabelKeys, name: str, index, fmt: str | None) -> list[Frame]:
+    import ase.io
+
+    try:
+        images = ase.io.read(str(p), index=index, format=fmt)
+    except Exception as err:  # ASE raises many types for unparsable files
+        raise DataError(
+            f"cannot parse file ({type(err).__name__}: {err})",
+            file=name,
+            hint="is it complete and in a format ASE can read (extxyz first)?",
+        ) from err
+    if not isinstance(images, list):
+        images = [images]
+    return atoms_to_frames(images, keys, source=name)
+
+
+def _read_ase_db(p: Path, keys: LabelKeys, name: str) -> list[Frame]:
+    import ase.db
+
+    try:
+        with ase.db.connect(str(p)) as db:
+            images = []
+            for row in db.select():
+                atoms = row.toatoms(add_additional_information=True)
+                info = atoms.info.pop("key_value_pairs", {})
+                atoms.info.update(info)
+                atoms.info.update(atoms.info.pop("data", {}) or {})
+                images.append(atoms)
+    except Exception as err:
+        raise DataError(f"cannot read ASE database ({err})", file=name) from err
+    return atoms_to_frames(images, keys, source=name)
+
+
+def _lookup(atoms, key: str, per_atom: bool):
+    """A label from info/arrays (``REF_*``) or from the attached single-point calculator."""
+    store = atoms.arrays if per_atom else atoms.info
+    if key in store:
+        return store[key]
+    if not per_atom and key in atoms.info:
+        return atoms.info[key]
+    calc = atoms.calc
+    if calc is not None and key in getattr(calc, "results", {}):
+        return calc.results[key]
+    return None
+
+
+def atoms_to_frames(images, keys: LabelKeys, source: str = "<memory>") -> list[Frame]:
+    """Convert ASE ``Atoms`` to frames, reading the configured label keys."""
+    e_factor = energy_factor(keys.energy_unit)
+    l_factor = length_factor(keys.length_unit)
+    f_factor = e_factor / l_factor
+    energy_keys = (keys.energy_key,) if keys.energy_key else DEFAULT_ENERGY_KEYS
+    forces_keys = (keys.forces_key,) if keys.forces_key else DEFAULT_FORCES_KEYS
+    frames: list[Frame] = []
+    for k, atoms in enumerate(images):
+        energy = next(
+            (v for key in energy_keys if (v := _lookup(atoms, key, False)) is not None), None
+        )
+        forces = next(
+            (v for key in forces_keys if (v := _lookup(atoms, key, True)) is not None), None
+        )
+        if energy is not None:
+            try:
+                energy = float(np.asarray(energy, dtype=np.float64).reshape(())) * e_factor
+            except (TypeError, ValueError) as err:
+                raise DataError(
+                    f"energy is not a number: {energy!r}", file=source, frame=k, key=energy_keys[0]
+                ) from err
+        if forces is not None:
+            try:
+                forces = np.asarray(forces, dtype=np.float64) * f_factor
+            except (TypeError, ValueError) as err:
+                raise DataError("forces are not numeric", file=source, frame=k, key=forces_keys[0]) from err
+        fixed = None
+        for constraint in atoms.constraints:
+            if type(constraint).__name__ == "FixAtoms":
+                fixed = np.zeros(len(atoms), dtype=bool)
+                fixed[constraint.index] = True
+        frames.append(
+            Frame(
+                numbers=atoms.numbers,
+                positions=atoms.positions * l_factor,
+                cell=np.asarray(atoms.cell.array) * l_factor,
+                pbc=atoms.pbc,
+                energy=energy,
+                forces=forces,
+                fixed=fixed,
+                source=source,
+                index=k,
+            )
+        )
+    for key, attr in ((keys.energy_key, "energy"), (keys.forces_key, "forces")):
+        if key and frames and all(getattr(f, attr) is None for f in frames):
+            raise DataError(
+                f"label key absent from every frame ({attr})",
+                file=source,
+                key=key,
+                hint="check the key name (e.g. REF_energy vs energy) or drop it from the config",
+            )
+    return frames
+
+
+@dataclass
+class LabelCoverage:
+    """How many frames carry which labels."""
+
+    n_frames: int
+    n_energy: int
+    n_forces: int
+    n_both: int
+    n_none: int
+
+    def summary(self, name: str = "data") -> str:
+        return (
+            f"{name}: {self.n_frames} frames — energy {self.n_energy}, forces {self.n_forces}, "
+            f"both {self.n_both}, unlabelled {self.n_none}"
+        )
+
+
+def label_coverage(frames: list[Frame]) -> LabelCoverage:
+    e = np.array([f.has_energy for f in frames], dtype=bool)
+    fo = np.array([f.has_forces for f in frames], dtype=bool)
+    return LabelCoverage(
+        n_frames=len(frames),
+        n_energy=int(e.sum()),
+        n_forces=int(fo.sum()),
+        n_both=int((e & fo).sum()),
+        n_none=int((~e & ~fo).sum()),
+    )

@@ -1,0 +1,87 @@
+"""Model files: save and load a trained force field (atomic write, version and model checks)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from piwsl import __version__
+from piwsl.errors import CheckpointError
+
+FORMAT = "piwsl-model"
+FORMAT_VERSION = 1
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename (never a torn file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_state(model) -> dict[str, Any]:
+    """What is needed to rebuild ``model`` (a ForceField): its name, hyper-parameters, weights."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "piwsl_version": __version__,
+        "name": model.hparams["name"],
+        "hparams": {k: v for k, v in model.hparams.items() if k != "name"},
+        "state_dict": model.state_dict(),
+    }
+
+
+def save_model(model, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
+    state = model_state(model)
+    state["metadata"] = metadata or {}
+    atomic_save(state, path)
+
+
+def model_from_state(state: dict[str, Any], source: str = "<state>"):
+    from piwsl.models.registry import build_model
+
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{source} is not a piwsl model file (no '{FORMAT}' header); "
+            "pass a file written by `piwsl train`"
+        )
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{source} has model-file format {state.get('format_version')}, this piwsl "
+            f"({__version__}) reads format {FORMAT_VERSION}; retrain or use the matching version"
+        )
+    model = build_model(state["name"], **state["hparams"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{source}: weights do not fit model {state['name']!r}: {err}") from err
+    return model
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Load a force field saved by :func:`save_model` or a piwsl training checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises many types for corrupt files
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err}") from err
+    if isinstance(state, dict) and "piwsl_model" in state:  # a Lightning training checkpoint
+        state = state["piwsl_model"]
+    model = model_from_state(state, source=str(path))
+    model.eval()
+    return model

@@ -1,0 +1,1 @@
+"""PaiNN — placeholder module; the implementation lands with the PaiNN work."""

@@ -1,0 +1,32 @@
+"""The model registry: build a force field by name, with "did you mean" errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from piwsl.models.base import EnergyModel
+from piwsl.models.forces import ForceField
+from piwsl.registry import Registry
+
+MODELS: Registry[Callable[..., EnergyModel]] = Registry("model")
+
+
+def register_model(name: str):
+    """Decorator: register an :class:`EnergyModel` builder under ``name``."""
+    return MODELS.register(name)
+
+
+def build_model(name: str, **hparams: Any) -> ForceField:
+    """Build a registered model (``elements`` and ``cutoff`` among ``hparams``) as a ForceField."""
+    _load_builtins()
+    builder = MODELS.get(name)
+    energy_model = builder(**hparams)
+    energy_model.hparams = {"name": name, **hparams}
+    return ForceField(energy_model)
+
+
+def _load_builtins() -> None:
+    # importing registers them; lazily, so optional backends stay optional
+    import piwsl.models.painn  # noqa: F401
+    import piwsl.models.schnet  # noqa: F401

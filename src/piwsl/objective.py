@@ -1,0 +1,75 @@
+"""The objective: named, weighted loss terms (supervised energy and forces, physics terms).
+
+``Objective(model, batch)`` returns an :class:`ObjectiveResult` holding the total loss, the model
+output at the training structures, and every term raw and weighted, for logging. Supervised terms
+are masked to the structures that carry that label; a term with weight 0 costs nothing (energy-only
+training computes no forces unless a physics term needs them).
+
+Loss units: energies enter as eV per atom, forces as eV/Å (mean squared errors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from piwsl.data.batch import Batch
+
+
+@dataclass
+class ObjectiveResult:
+    total: torch.Tensor
+    output: dict[str, torch.Tensor]
+    raw: dict[str, torch.Tensor] = field(default_factory=dict)
+    weighted: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def energy_mse_per_atom(output: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    """Mean over structures with an energy of ((E − E_ref)/N_atoms)², eV²/atom²."""
+    mask = batch.energy_mask
+    if not bool(mask.any()):
+        return output["energy"].new_zeros(())
+    diff = (output["energy"][mask] - batch.energy[mask]) / batch.n_atoms[mask]
+    return (diff**2).mean()
+
+
+def forces_mse(output: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    """Mean over force components of atoms whose structure has forces of (F − F_ref)², (eV/Å)²."""
+    mask = batch.atom_forces_mask
+    if not bool(mask.any()):
+        return output["forces"].new_zeros(())
+    return ((output["forces"][mask] - batch.forces[mask]) ** 2).mean()
+
+
+class Objective:
+    """w_E·ℓ_E + w_F·ℓ_F (+ physics terms, added by :mod:`piwsl.physics`)."""
+
+    def __init__(self, energy_weight: float = 1.0, force_weight: float = 100.0, physics=None):
+        self.energy_weight = float(energy_weight)
+        self.force_weight = float(force_weight)
+        self.physics = physics  # a piwsl.physics term set, or None
+
+    def needs_forces(self, batch: Batch) -> bool:
+        return self.force_weight > 0 and bool(batch.forces_mask.any())
+
+    def __call__(self, model, batch: Batch) -> ObjectiveResult:
+        need_forces = self.needs_forces(batch)
+        physics_raw: dict[str, torch.Tensor] = {}
+        physics_weighted: dict[str, torch.Tensor] = {}
+        if self.physics is not None and self.physics.enabled:
+            output, physics_raw, physics_weighted = self.physics(model, batch, need_forces)
+        else:
+            output = model(batch, compute_forces=need_forces)
+        raw: dict[str, torch.Tensor] = {}
+        weighted: dict[str, torch.Tensor] = {}
+        if self.energy_weight > 0:
+            raw["energy"] = energy_mse_per_atom(output, batch)
+            weighted["energy"] = self.energy_weight * raw["energy"]
+        if need_forces:
+            raw["forces"] = forces_mse(output, batch)
+            weighted["forces"] = self.force_weight * raw["forces"]
+        raw.update(physics_raw)
+        weighted.update(physics_weighted)
+        total = sum(weighted.values(), output["energy"].new_zeros(()))
+        return ObjectiveResult(total=total, output=output, raw=raw, weighted=weighted)
