@@ -99,7 +99,11 @@ def read_rmd17_npz(path: str | Path, source: str | None = None) -> list[Frame]:
     try:
         numbers = np.asarray(data["nuclear_charges"]).astype(np.int64).reshape(-1)
         coords = np.asarray(data["coords"], dtype=np.float64)
-        energies = np.asarray(data["energies"], dtype=np.float64).reshape(-1) if "energies" in keys else None
+        energies = (
+            np.asarray(data["energies"], dtype=np.float64).reshape(-1)
+            if "energies" in keys
+            else None
+        )
         forces = np.asarray(data["forces"], dtype=np.float64) if "forces" in keys else None
     except Exception as err:
         raise DataError(f"cannot decode npz arrays: {err}", file=source) from err
@@ -142,11 +146,45 @@ def _read_ase_file(p: Path, keys: LabelKeys, name: str, index, fmt: str | None) 
         raise DataError(
             f"cannot parse file ({type(err).__name__}: {err})",
             file=name,
+            frame=_first_unreadable_frame(p, fmt),
             hint="is it complete and in a format ASE can read (extxyz first)?",
         ) from err
     if not isinstance(images, list):
         images = [images]
+    _warn_if_truncated(p, name, len(images))
     return atoms_to_frames(images, keys, source=name)
+
+
+def _first_unreadable_frame(p: Path, fmt: str | None) -> int | None:
+    """Index of the first frame ASE fails on (frames before it parse), or None if unknown."""
+    import ase.io
+
+    count = 0
+    try:
+        for _ in ase.io.iread(str(p), index=":", format=fmt):
+            count += 1
+    except Exception:  # the same failure as the full read; we only want its position
+        return count
+    return None
+
+
+def _warn_if_truncated(p: Path, name: str, n_frames: int) -> None:
+    """Text files cut off at a frame boundary parse as fewer frames: warn when the last byte is
+    not a newline (files written by ASE always end with one)."""
+    if p.suffix.lower() not in {".xyz", ".extxyz"}:
+        return
+    with open(p, "rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell() == 0:
+            return
+        handle.seek(-1, 2)
+        last = handle.read(1)
+    if last != b"\n":
+        log.warning(
+            "file %r does not end with a newline: it may be truncated (read %d complete frames)",
+            name,
+            n_frames,
+        )
 
 
 def _read_ase_db(p: Path, keys: LabelKeys, name: str) -> list[Frame]:
@@ -159,7 +197,21 @@ def _read_ase_db(p: Path, keys: LabelKeys, name: str) -> list[Frame]:
                 atoms = row.toatoms(add_additional_information=True)
                 info = atoms.info.pop("key_value_pairs", {})
                 atoms.info.update(info)
-                atoms.info.update(atoms.info.pop("data", {}) or {})
+                for key, value in (atoms.info.pop("data", {}) or {}).items():
+                    # per-atom arrays (e.g. REF_forces) stored in the row's data go to arrays
+                    array = np.asarray(value) if isinstance(value, (list, np.ndarray)) else None
+                    per_atom = (
+                        array is not None
+                        and array.ndim >= 1
+                        and (
+                            array.shape[0] == len(atoms)
+                            or (array.ndim == 2 and array.shape[1] == 3)
+                        )
+                    )  # (N, 3)-like arrays go to arrays even when mis-sized, to be reported
+                    if per_atom:
+                        atoms.arrays[key] = array
+                    else:
+                        atoms.info[key] = value
                 images.append(atoms)
     except Exception as err:
         raise DataError(f"cannot read ASE database ({err})", file=name) from err
@@ -188,24 +240,38 @@ def atoms_to_frames(images, keys: LabelKeys, source: str = "<memory>") -> list[F
     forces_keys = (keys.forces_key,) if keys.forces_key else DEFAULT_FORCES_KEYS
     frames: list[Frame] = []
     for k, atoms in enumerate(images):
-        energy = next(
-            (v for key in energy_keys if (v := _lookup(atoms, key, False)) is not None), None
+        e_key, energy = next(
+            ((key, v) for key in energy_keys if (v := _lookup(atoms, key, False)) is not None),
+            (None, None),
         )
-        forces = next(
-            (v for key in forces_keys if (v := _lookup(atoms, key, True)) is not None), None
+        f_key, forces = next(
+            ((key, v) for key in forces_keys if (v := _lookup(atoms, key, True)) is not None),
+            (None, None),
         )
         if energy is not None:
             try:
                 energy = float(np.asarray(energy, dtype=np.float64).reshape(())) * e_factor
             except (TypeError, ValueError) as err:
                 raise DataError(
-                    f"energy is not a number: {energy!r}", file=source, frame=k, key=energy_keys[0]
+                    f"energy is not a number: {energy!r}", file=source, frame=k, key=e_key
                 ) from err
+            if not np.isfinite(energy):
+                raise DataError(f"energy is {energy}", file=source, frame=k, key=e_key)
         if forces is not None:
             try:
                 forces = np.asarray(forces, dtype=np.float64) * f_factor
             except (TypeError, ValueError) as err:
-                raise DataError("forces are not numeric", file=source, frame=k, key=forces_keys[0]) from err
+                raise DataError("forces are not numeric", file=source, frame=k, key=f_key) from err
+            if forces.shape != (len(atoms), 3):
+                raise DataError(
+                    f"forces have shape {forces.shape} but the frame has {len(atoms)} atoms",
+                    file=source,
+                    frame=k,
+                    key=f_key,
+                )
+            if not np.all(np.isfinite(forces)):
+                bad = int(np.argwhere(~np.isfinite(forces))[0, 0])
+                raise DataError(f"non-finite force on atom {bad}", file=source, frame=k, key=f_key)
         fixed = None
         for constraint in atoms.constraints:
             if type(constraint).__name__ == "FixAtoms":
