@@ -58,6 +58,19 @@ class EnergyModel(nn.Module):
         self.register_buffer("energy_scale", torch.ones((), dtype=torch.float64))
         self.hparams: dict[str, Any] = {}
 
+    _FLOAT64_BUFFERS = ("e0", "energy_shift", "energy_scale")
+
+    def _apply(self, fn, recurse: bool = True):
+        # ``model.float()`` / ``.to(float32)`` must not round the reference energies: E0s of
+        # ~1e4 eV lose ~1e-3 eV in float32. Keep them float64 (only their device follows).
+        kept = {name: self._buffers[name] for name in self._FLOAT64_BUFFERS}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != torch.float64:
+                self._buffers[name] = old.to(device=new.device)
+        return self
+
     @property
     def n_species(self) -> int:
         return len(self.elements)
