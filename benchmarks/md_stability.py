@@ -1,0 +1,371 @@
+"""MD stability of aspirin models (the issue's protocol), through :func:`piwsl.md.run_md`.
+
+For every checkpoint it runs three protocols, each with ``--trajectories`` independent seeds started
+from random frames of the rMD17 aspirin test split (Maxwell–Boltzmann velocities at the protocol
+temperature, Δt = 0.5 fs):
+
+- ``nvt300``: NVT at 300 K, 50 ps (Nosé–Hoover chain by default, ``--thermostat`` to change)
+- ``nvt500``: NVT at 500 K, 50 ps
+- ``nve300``: NVE started at 300 K, 20 ps (energy drift in meV/atom/ps)
+
+Failure: any start-structure bond deviating > 0.5 Å from its start length (Fu et al. 2023), a
+non-finite energy/force, or a temperature above 5 × the protocol temperature. h(r) of the stable
+runs is compared with the whole test split. Writes ``benchmarks/results/md_stability.json`` and
+``.md`` (machine, command, git commit, tables) and per run folders with plots under
+``benchmarks/results/md_stability/<model>/<protocol>/``.
+
+    OMP_NUM_THREADS=1 python benchmarks/md_stability.py runs/*/best.pt          # full protocol
+    OMP_NUM_THREADS=1 python benchmarks/md_stability.py --quick runs/a/best.pt  # 2 × 1 ps smoke run
+    OMP_NUM_THREADS=1 python benchmarks/md_stability.py --quick --untrained-schnet  # no checkpoint:
+        # an untrained SchNet (64 features, 3 interactions) — throughput only, stability meaningless
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path("/work/shared/data/rmd17/rmd17_aspirin_test_01.npz")
+RESULTS = ROOT / "benchmarks" / "results"
+
+#: name → (ensemble, temperature K, length ps); the ensemble "nvt" becomes --thermostat
+PROTOCOLS: dict[str, tuple[str, float, float]] = {
+    "nvt300": ("nvt", 300.0, 50.0),
+    "nvt500": ("nvt", 500.0, 50.0),
+    "nve300": ("nve", 300.0, 20.0),
+}
+QUICK_LENGTH_PS = 1.0
+QUICK_TRAJECTORIES = 2
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def expand_checkpoints(patterns: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not matches:
+            raise SystemExit(f"no checkpoint matches {pattern!r}")
+        paths.extend(Path(m) for m in matches)
+    for p in paths:
+        if not p.exists():
+            raise SystemExit(f"checkpoint {str(p)!r} does not exist")
+    return paths
+
+
+def model_labels(paths: list[Path]) -> list[str]:
+    """Short unique names: the file stem, or parent/stem where stems clash."""
+    stems = [p.stem for p in paths]
+    return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+
+
+def untrained_schnet(path: Path, seed: int = 0) -> Path:
+    """Save an untrained SchNet for aspirin (H, C, O) — for throughput measurements only."""
+    import torch
+
+    from piwsl.models import build_model, save_model
+
+    torch.manual_seed(seed)
+    model = build_model(
+        "schnet", elements=[1, 6, 8], cutoff=5.0, features=64, interactions=3, n_rbf=32
+    )
+    save_model(model, path, metadata={"note": "untrained, for MD throughput only"})
+    return path
+
+
+def run_protocols(
+    label: str,
+    checkpoint: Path,
+    args: argparse.Namespace,
+    reference: list,
+    starts: list,
+) -> dict[str, Any]:
+    from piwsl.calculator import PiwslCalculator
+    from piwsl.md import FailureCriteria, MDConfig, run_md
+
+    out: dict[str, Any] = {"checkpoint": str(checkpoint), "protocols": {}}
+    for name, (ensemble, temperature, length) in PROTOCOLS.items():
+        if args.protocols and name not in args.protocols:
+            continue
+        if ensemble == "nvt":
+            ensemble = args.thermostat
+        length = args.length if args.length is not None else length
+        config = MDConfig(
+            ensemble=ensemble,
+            temperature_K=temperature,
+            timestep_fs=args.timestep,
+            length_ps=length,
+            n_trajectories=args.trajectories,
+            seed=args.seed,
+            traj_interval=args.output_interval,
+            log_interval=args.log_interval,
+            failure=(
+                FailureCriteria(check_bonds=False, check_temperature=False)
+                if args.no_checks
+                else FailureCriteria()
+            ),
+            write_trajectories=not args.no_trajectories,
+            progress=not args.no_progress,
+        )
+        calc = PiwslCalculator(checkpoint, device=args.device, skin=args.skin)
+        run_dir = args.out / "md_stability" / label / name
+        start = time.perf_counter()
+        report = run_md(
+            calc, starts, config, out_dir=run_dir, reference=reference, calculator_name=label
+        )
+        summary = dict(report.summary)
+        summary["run_dir"] = str(
+            run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
+        )
+        summary["elapsed_s"] = time.perf_counter() - start
+        summary["trajectories"] = [
+            {k: v for k, v in t.summary(config.timestep_fs).items() if k not in ("files",)}
+            for t in report.trajectories
+        ]
+        out["protocols"][name] = summary
+        print(
+            f"[{label} {name}] stable {summary['n_stable']}/{summary['n_trajectories']}, "
+            f"{summary['steps_per_s']:.1f} steps/s, "
+            f"calculator {100 * summary['calculator_share']:.0f} %",
+            flush=True,
+        )
+    return out
+
+
+def fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# MD stability (aspirin, rMD17)",
+        "",
+        f"- date (UTC): {result['date_utc']}",
+        f"- command: `{result['command']}`",
+        f"- git commit: {result['git_commit']}",
+        f"- machine: {result['machine']['cpu']} ({result['machine']['cpu_count']} cores), "
+        f"torch {result['machine']['torch']} with {result['machine']['torch_threads']} thread(s), "
+        f"OMP_NUM_THREADS={result['machine']['OMP_NUM_THREADS']}",
+        f"- mode: {'QUICK smoke run' if result['quick'] else 'full protocol'}; start frames and "
+        f"reference h(r): `{result['data']}`; Δt {result['timestep_fs']} fs; "
+        f"{result['trajectories']} trajectories per protocol; "
+        f"NVT thermostat: {result['thermostat']}",
+        "- failure checks: "
+        + ("bond and temperature OFF (--no-checks)" if result["no_checks"] else "all on"),
+        "- failure: a start-structure bond deviating > 0.5 Å from its start length"
+        " (Fu et al. 2023), NaN/inf energy or forces, or temperature > 5 × target",
+        "- time to failure is censored at the run length for stable trajectories (so it is a lower"
+        " bound whenever some runs are stable); drift = slope of a linear fit of E_tot/atom vs t;"
+        " h(r) error = ∫|h_MD(r) − h_test(r)| dr over the stable runs (0..2)",
+    ]
+    if result.get("note"):
+        lines.append(f"- note: {result['note']}")
+    lines += [
+        "",
+        "| model | protocol | stable | mean TTF (ps) | median TTF (ps) | failures | "
+        "NVE drift (meV/atom/ps) | NVE fluct. (meV/atom) | h(r) error | steps/s | model share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, model in result["models"].items():
+        for name, s in model["protocols"].items():
+            drift = s.get("energy_drift_meV_per_atom_per_ps_mean")
+            fluct = s.get("energy_fluctuation_meV_per_atom_mean")
+            lines.append(
+                f"| {label} | {name} ({s['length_ps']:g} ps)"
+                f" | {s['n_stable']}/{s['n_trajectories']}"
+                f" | {fmt(s['mean_time_to_failure_ps_censored'])}"
+                f" | {fmt(s['median_time_to_failure_ps_censored'])}"
+                f" | {s['failure_reasons'] or '—'}"
+                f" | {fmt(drift)} | {fmt(fluct)} | {fmt(s['hr_error_pooled_stable'], '.4f')}"
+                f" | {fmt(s['steps_per_s'], '.1f')} | {fmt(100 * s['calculator_share'], '.0f')} % |"
+            )
+    lines += ["", "![survival](md_stability_survival.png)"]
+    lines += ["", "Plots (energy, temperature, survival, h(r)) are in each run folder:", ""]
+    for label, model in result["models"].items():
+        for name, s in model["protocols"].items():
+            lines.append(f"- {label} / {name}: `{s['run_dir']}`")
+    return "\n".join(lines) + "\n"
+
+
+def survival_figure(result: dict[str, Any], path: Path) -> Path:
+    """Fraction of stable trajectories vs time, one panel per protocol, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in PROTOCOLS if any(n in m["protocols"] for m in result["models"].values())]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for label, model in result["models"].items():
+            curve = model["protocols"].get(name, {}).get("survival_curve")
+            if curve:
+                ax.step(curve["time_ps"], curve["fraction_stable"], where="post", label=label)
+        ax.set_title(name)
+        ax.set_xlabel("time (ps)")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("fraction of trajectories stable")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="*", help="aspirin model files or globs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_TRAJECTORIES} trajectories × {QUICK_LENGTH_PS:g} ps per protocol",
+    )
+    parser.add_argument(
+        "--untrained-schnet",
+        action="store_true",
+        help="add an untrained SchNet (throughput only; its stability is meaningless)",
+    )
+    parser.add_argument("--data", default=str(DATA), help="start frames and reference h(r)")
+    parser.add_argument("--trajectories", type=int, default=None, help="default 5 (quick: 2)")
+    parser.add_argument(
+        "--length",
+        type=float,
+        default=None,
+        metavar="PS",
+        help="override every protocol's length (ps)",
+    )
+    parser.add_argument("--protocols", nargs="*", choices=list(PROTOCOLS), default=None)
+    parser.add_argument(
+        "--thermostat", default="nose-hoover", choices=("nose-hoover", "langevin", "bussi")
+    )
+    parser.add_argument("--timestep", type=float, default=0.5, metavar="FS")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-interval", type=int, default=200, metavar="STEPS")
+    parser.add_argument("--log-interval", type=int, default=10, metavar="STEPS")
+    parser.add_argument("--no-trajectories", action="store_true")
+    parser.add_argument(
+        "--no-checks",
+        action="store_true",
+        help="bond and temperature checks off (throughput runs of untrained models)",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skin", type=float, default=1.0, metavar="Å")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.trajectories is None:
+        args.trajectories = QUICK_TRAJECTORIES if args.quick else 5
+    if args.quick and args.length is None:
+        args.length = QUICK_LENGTH_PS
+    paths = expand_checkpoints(args.checkpoints)
+    labels = model_labels(paths)
+    tmp = None
+    if args.untrained_schnet:
+        tmp = tempfile.TemporaryDirectory()
+        paths.append(untrained_schnet(Path(tmp.name) / "untrained_schnet.pt", args.seed))
+        labels.append("untrained_schnet")
+    if not paths:
+        parser.error("give at least one checkpoint (or --untrained-schnet)")
+
+    from piwsl.md.runner import load_structures
+
+    structures = load_structures(args.data)
+    result: dict[str, Any] = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "quick": args.quick,
+        "data": args.data,
+        "timestep_fs": args.timestep,
+        "trajectories": args.trajectories,
+        "thermostat": args.thermostat,
+        "no_checks": args.no_checks,
+        "protocols": {
+            k: {"ensemble": e, "temperature_K": t, "length_ps": args.length or n}
+            for k, (e, t, n) in PROTOCOLS.items()
+        },
+        "models": {},
+    }
+    if args.untrained_schnet:
+        result["note"] = (
+            "untrained_schnet is a randomly initialised SchNet (64 features, 3 "
+            "interactions, cutoff 5 Å): its steps/s is the MD throughput of a small "
+            "piwsl model; its stability numbers mean nothing"
+        )
+    try:
+        for label, path in zip(labels, paths, strict=True):
+            result["models"][label] = run_protocols(label, path, args, structures, structures)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from piwsl.md.report import jsonable
+
+    result["survival_plot"] = str(survival_figure(result, args.out / "md_stability_survival.png"))
+    (args.out / "md_stability.json").write_text(json.dumps(jsonable(result), indent=2, default=str))
+    (args.out / "md_stability.md").write_text(markdown(result))
+    print(f"wrote {args.out / 'md_stability.json'} and {args.out / 'md_stability.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

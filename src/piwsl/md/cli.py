@@ -1,0 +1,288 @@
+"""The ``piwsl md CHECKPOINT START_STRUCTURES`` sub-command: parser, calculator loading, summary.
+
+Wire it into the main CLI with::
+
+    from piwsl.md.cli import add_md_parser
+    add_md_parser(subparsers)          # registers "md" with set_defaults(func=run_md_cli)
+    ...
+    return args.func(args)             # run_md_cli returns an exit code
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from piwsl.md.config import ENSEMBLES, MDConfig
+from piwsl.md.failure import FailureCriteria
+
+if TYPE_CHECKING:
+    from piwsl.md.report import MDReport
+
+log = logging.getLogger(__name__)
+
+#: stand-in potentials for smoke tests (not for science): CHECKPOINT = "ase:emt"
+ASE_STANDINS = ("ase:emt",)
+
+
+def make_calculator(checkpoint: str | Path, device: str = "cpu", skin: float = 1.0):
+    """A piwsl calculator for ``checkpoint``, or ASE's EMT for ``"ase:emt"`` (smoke tests)."""
+    if str(checkpoint).lower() == "ase:emt":
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    from piwsl.calculator import PiwslCalculator
+
+    return PiwslCalculator(checkpoint, device=device, skin=skin)
+
+
+def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``md`` arguments to ``parser`` (an ``ArgumentParser`` or a sub-parser)."""
+    d = MDConfig()
+    f = FailureCriteria()
+    parser.add_argument("checkpoint", help="model file from `piwsl train` (or 'ase:emt' to test)")
+    parser.add_argument(
+        "start_structures", help="file of start frames (extxyz, ASE formats, rMD17 .npz, builtin:…)"
+    )
+    g = parser.add_argument_group("dynamics")
+    g.add_argument(
+        "--ensemble",
+        default=d.ensemble,
+        help=f"one of {', '.join(ENSEMBLES)} (aliases: nvt=langevin, nhc=nose-hoover); "
+        f"default {d.ensemble}",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=d.temperature_K,
+        metavar="K",
+        help=f"Maxwell–Boltzmann and thermostat temperature (K), default {d.temperature_K:g}",
+    )
+    g.add_argument(
+        "--timestep",
+        type=float,
+        default=d.timestep_fs,
+        metavar="FS",
+        help=f"time step (fs), default {d.timestep_fs:g}",
+    )
+    g.add_argument(
+        "--length",
+        type=float,
+        default=d.length_ps,
+        metavar="PS",
+        help=f"length of each trajectory (ps), default {d.length_ps:g}",
+    )
+    g.add_argument(
+        "--trajectories",
+        type=int,
+        default=d.n_trajectories,
+        metavar="N",
+        help=f"number of independent trajectories (seeds), default {d.n_trajectories}",
+    )
+    g.add_argument("--seed", type=int, default=d.seed, help=f"base seed, default {d.seed}")
+    g.add_argument(
+        "--frame-selection",
+        choices=("random", "sequential"),
+        default=d.frame_selection,
+        help="start frames: seeded random draws (default) or frames 0, 1, 2, …",
+    )
+    g.add_argument(
+        "--friction",
+        type=float,
+        default=d.friction_per_ps,
+        metavar="PER_PS",
+        help=f"Langevin friction (1/ps), default {d.friction_per_ps:g}",
+    )
+    g.add_argument(
+        "--thermostat-time",
+        type=float,
+        default=d.thermostat_time_fs,
+        metavar="FS",
+        help=f"Bussi / Nosé–Hoover time constant (fs), default {d.thermostat_time_fs:g}",
+    )
+    g = parser.add_argument_group("failure criteria (all on by default)")
+    g.add_argument(
+        "--bond-deviation",
+        type=float,
+        default=f.bond_deviation_A,
+        metavar="Å",
+        help=f"fail when a bond deviates more than this from its start length (Å), "
+        f"default {f.bond_deviation_A:g}",
+    )
+    g.add_argument("--no-bond-check", action="store_true", help="disable the bond criterion")
+    g.add_argument(
+        "--max-temperature",
+        type=float,
+        default=None,
+        metavar="K",
+        help=f"fail above this temperature (K); default {f.temperature_factor:g}× --temperature",
+    )
+    g.add_argument(
+        "--no-temperature-check", action="store_true", help="disable the temperature bound"
+    )
+    g.add_argument("--no-finite-check", action="store_true", help="disable the NaN/inf check")
+    g.add_argument(
+        "--check-interval",
+        type=int,
+        default=d.check_interval,
+        metavar="STEPS",
+        help=f"run the checks every … steps, default {d.check_interval}",
+    )
+    g = parser.add_argument_group("output")
+    g.add_argument("-o", "--output-dir", default="md", help="output folder, default ./md")
+    g.add_argument(
+        "--reference", default=None, help="structures for the reference h(r), e.g. the test split"
+    )
+    g.add_argument(
+        "--output-interval",
+        type=int,
+        default=d.traj_interval,
+        metavar="STEPS",
+        help=f"trajectory frame (and h(r) sample) every … steps, default {d.traj_interval}",
+    )
+    g.add_argument(
+        "--log-interval",
+        type=int,
+        default=d.log_interval,
+        metavar="STEPS",
+        help=f"energy/temperature record every … steps, default {d.log_interval}",
+    )
+    g.add_argument(
+        "--format",
+        choices=("extxyz", "traj"),
+        default=d.trajectory_format,
+        help="trajectory file format, default extxyz",
+    )
+    g.add_argument("--no-trajectories", action="store_true", help="do not write trajectory files")
+    g.add_argument("--no-plots", action="store_true", help="do not write plots")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = parser.add_argument_group("model")
+    g.add_argument("--device", default="cpu", help="torch device, default cpu")
+    g.add_argument(
+        "--skin",
+        type=float,
+        default=1.0,
+        metavar="Å",
+        help="neighbour-list skin (Å); the list is reused until an atom moves skin/2",
+    )
+    g.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
+    return parser
+
+
+def add_md_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``md`` on an ``add_subparsers()`` object; sets ``func=run_md_cli``."""
+    parser = subparsers.add_parser(
+        "md",
+        help="MD stability and energy-conservation test of a model",
+        description="Run seeded MD trajectories with a model, detect failures (bond > 0.5 Å from "
+        "its start length, NaN, temperature bound) and report stability, energy drift, h(r) error "
+        "and throughput.",
+    )
+    build_md_parser(parser)
+    parser.set_defaults(func=run_md_cli)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> MDConfig:
+    failure = FailureCriteria(
+        check_bonds=not args.no_bond_check,
+        bond_deviation_A=args.bond_deviation,
+        check_finite=not args.no_finite_check,
+        check_temperature=not args.no_temperature_check,
+        max_temperature_K=args.max_temperature,
+    )
+    return MDConfig(
+        ensemble=args.ensemble,
+        temperature_K=args.temperature,
+        timestep_fs=args.timestep,
+        length_ps=args.length,
+        n_trajectories=args.trajectories,
+        seed=args.seed,
+        frame_selection=args.frame_selection,
+        friction_per_ps=args.friction,
+        thermostat_time_fs=args.thermostat_time,
+        log_interval=args.log_interval,
+        traj_interval=args.output_interval,
+        check_interval=args.check_interval,
+        failure=failure,
+        write_trajectories=not args.no_trajectories,
+        trajectory_format=args.format,
+        plots=not args.no_plots,
+        progress=not args.no_progress,
+    )
+
+
+def format_summary(report: MDReport) -> str:
+    """A short human-readable summary (units in every number)."""
+    s = report.summary
+    cfg = report.config
+
+    def num(key: str, fmt: str = ".3g") -> str:
+        value = s.get(key)
+        return "n/a" if value is None else format(value, fmt)
+
+    lines = [
+        f"{report.formula} ({report.n_atoms} atoms), {cfg.ensemble} at {cfg.temperature_K:g} K, "
+        f"{s['n_trajectories']} × {cfg.length_ps:g} ps, Δt {cfg.timestep_fs:g} fs",
+        f"  stable: {s['n_stable']}/{s['n_trajectories']} ({100 * s['stable_fraction']:.0f} %)"
+        + (f"; failures: {s['failure_reasons']}" if s["failure_reasons"] else ""),
+        f"  time to failure (censored at {cfg.length_ps:g} ps): mean "
+        f"{num('mean_time_to_failure_ps_censored')} ps, median "
+        f"{num('median_time_to_failure_ps_censored')} ps",
+    ]
+    if cfg.ensemble == "nve":
+        lines.append(
+            f"  NVE energy drift {num('energy_drift_meV_per_atom_per_ps_mean')} meV/atom/ps "
+            f"(max |drift| {num('energy_drift_meV_per_atom_per_ps_max_abs')}), fluctuation "
+            f"{num('energy_fluctuation_meV_per_atom_mean')} meV/atom"
+        )
+    elif "conserved_energy_drift_meV_per_atom_per_ps_mean" in s:
+        lines.append(
+            f"  conserved-quantity drift {num('conserved_energy_drift_meV_per_atom_per_ps_mean')} "
+            "meV/atom/ps"
+        )
+    if s.get("hr_error_pooled_stable") is not None:
+        lines.append(
+            f"  h(r) error (stable runs vs reference): {num('hr_error_pooled_stable', '.4f')}"
+        )
+    lines.append(
+        f"  throughput {num('steps_per_s', '.1f')} steps/s ({num('ns_per_day', '.3g')} ns/day), "
+        f"calculator {100 * (s.get('calculator_share') or 0):.0f} % of wall time"
+    )
+    if report.files.get("report"):
+        lines.append(f"  report: {report.files['report']}")
+    return "\n".join(lines)
+
+
+def run_md_cli(args: argparse.Namespace) -> int:
+    """Run ``piwsl md`` from parsed arguments; prints a summary and returns the exit code 0."""
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from piwsl.md.report import run_md
+
+    config = config_from_args(args)
+    calculator = make_calculator(args.checkpoint, device=args.device, skin=args.skin)
+    report = run_md(
+        calculator,
+        args.start_structures,
+        config,
+        out_dir=args.output_dir,
+        reference=args.reference,
+        calculator_name=str(args.checkpoint),
+    )
+    print(format_summary(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m piwsl.md.cli CHECKPOINT START_STRUCTURES …``."""
+    parser = build_md_parser(argparse.ArgumentParser(prog="piwsl md"))
+    return run_md_cli(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
