@@ -5,7 +5,10 @@ output at the training structures, and every term raw and weighted, for logging.
 are masked to the structures that carry that label; a term with weight 0 costs nothing (energy-only
 training computes no forces unless a physics term needs them).
 
-Loss units: energies enter as eV per atom, forces as eV/Å (mean squared errors).
+Loss units: energies enter as eV per atom, forces as eV/Å (mean squared errors); the physics terms
+(``taylor``, ``spatial``, ``taylor_two_point``) are mean squared residuals of total energies in
+``PhysicsConfig.weight_energy_unit``² (kcal²/mol² by default), see
+:class:`piwsl.physics.PhysicsConfig`.
 """
 
 from __future__ import annotations
@@ -43,12 +46,16 @@ def forces_mse(output: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
 
 
 class Objective:
-    """w_E·ℓ_E + w_F·ℓ_F (+ physics terms, added by :mod:`piwsl.physics`)."""
+    """w_E·ℓ_E + w_F·ℓ_F (+ physics terms from :func:`piwsl.physics.build_physics`).
+
+    With physics terms, the model is evaluated once, fused over A and the displaced copies; the
+    supervised terms use the A part of that output (no separate supervised forward pass).
+    """
 
     def __init__(self, energy_weight: float = 1.0, force_weight: float = 100.0, physics=None):
         self.energy_weight = float(energy_weight)
         self.force_weight = float(force_weight)
-        self.physics = physics  # a piwsl.physics term set, or None
+        self.physics = physics  # a piwsl.physics.PhysicsTerms, or None
 
     def needs_forces(self, batch: Batch) -> bool:
         return self.force_weight > 0 and bool(batch.forces_mask.any())
@@ -58,7 +65,8 @@ class Objective:
         physics_raw: dict[str, torch.Tensor] = {}
         physics_weighted: dict[str, torch.Tensor] = {}
         if self.physics is not None and self.physics.enabled:
-            output, physics_raw, physics_weighted = self.physics(model, batch, need_forces)
+            result = self.physics(model, batch, need_forces)
+            output, physics_raw, physics_weighted = result.output, result.raw, result.weighted
         else:
             output = model(batch, compute_forces=need_forces)
         raw: dict[str, torch.Tensor] = {}

@@ -1,0 +1,336 @@
+"""PITC (Taylor) and PISC (spatial) consistency losses and their variants.
+
+Structures A (training positions), B = A + d2, C = A + d1. With ``dot_s(d, F) = Σ_{i∈s} d_i·F_i``
+(a scatter over the structure index, never a batch-wide sum):
+
+- taylor (PITC):   r_s = E(C) − [E(A) − dot_s(d1, F̄_A)],       F̄_A = F(A)  or ½(F(A) + F(C))
+- spatial (PISC):  r_s = E(C) − [E(B) − dot_s(d1 − d2, F̄_B)],  F̄_B = F(B)  or ½(F(B) + F(C))
+- two-point:       r_s = E_A − [E(C) + dot_s(d1, F̄_C)],         F̄_C = F(C)  or ½(F(C) + F(A))
+
+and each loss is ``mean_s (r_s / u)²`` with ``u`` the energy unit of the weights. Every quantity
+is a model prediction with its graph (no stop-gradient), except with ``anchor_to_labels``, where the
+Taylor target of a structure carrying both labels is ``E_ref(A) − dot_s(d1, F̄_ref)`` (Cooper et
+al. 2020) and the two-point target ``E_A`` is ``E_ref(A)`` where an energy label exists.
+
+The copies are evaluated by :func:`evaluate_copies`, fused (one forward pass over
+``batch.repeat([A, B, C])``, sharing A's neighbour list) or as separate passes.
+
+Distributed training: wrap the ForceField in ``DistributedDataParallel`` and pass the wrapper as
+the model. Each rank computes the terms on its own structures; conservative forces are taken with
+``torch.autograd.grad`` w.r.t. positions inside ``forward`` (no parameter gradients, so no reducer
+hook fires early) and the single ``loss.backward()`` (double backward) reduces once. DDP averages
+the rank means, which equals the mean over the union when the ranks hold equally many structures
+(tested: 2 processes on gloo match one process on the union to 1e-9). ``find_unused_parameters``
+is not needed when every parameter enters the loss (SchNet, PaiNN with physics terms on); a
+direct-force model trained without force labels and without physics terms leaves its force head
+unused and needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from piwsl.data.batch import Batch, scatter_sum
+from piwsl.errors import ConfigError
+from piwsl.physics.config import PhysicsConfig
+from piwsl.physics.displacements import check_skin, missing_pairs, sample_displacements
+from piwsl.units import energy_factor
+
+
+@dataclass
+class CopyOutputs:
+    """Model outputs at A, B, C: energies float64 [S] (eV), forces [N, 3] (eV/Å) or None."""
+
+    energy: dict[str, torch.Tensor]
+    forces: dict[str, torch.Tensor | None]
+    d1: torch.Tensor  # C − A actually applied, Å
+    d2: torch.Tensor  # B − A actually applied, Å
+
+    def output_a(self) -> dict[str, torch.Tensor]:
+        out = {"energy": self.energy["A"]}
+        if self.forces.get("A") is not None:
+            out["forces"] = self.forces["A"]
+        return out
+
+
+@dataclass
+class PhysicsResult:
+    output: dict[str, torch.Tensor]  # model output at A (for the supervised terms)
+    raw: dict[str, torch.Tensor] = field(default_factory=dict)
+    weighted: dict[str, torch.Tensor] = field(default_factory=dict)
+    residuals: dict[str, torch.Tensor] = field(default_factory=dict)  # per structure, eV
+
+
+def per_structure_dot(d: torch.Tensor, forces: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Σ_{i∈s} d_i·F_i for every structure s, float64 [S] (eV for Å × eV/Å)."""
+    return scatter_sum((d * forces).sum(-1).to(torch.float64), batch.batch, batch.n_structures)
+
+
+def evaluate_copies(
+    model,
+    batch: Batch,
+    d1: torch.Tensor,
+    d2: torch.Tensor,
+    *,
+    copies: tuple[str, ...] = ("A", "B", "C"),
+    forces_at: tuple[str, ...] = ("A", "B", "C"),
+    mode: str = "fused",
+    create_graph: bool | None = None,
+) -> CopyOutputs:
+    """Evaluate ``model`` (a ForceField) at A, B = A + d2, C = A + d1.
+
+    ``copies``: which structures to evaluate (A always). ``forces_at``: where forces are needed;
+    a fused pass of a conservative model returns forces at every copy (one backward), a direct
+    model always gives them. ``mode``: ``"fused"`` (one pass over ``batch.repeat``), ``"split"``
+    (one fused pass over the copies that need forces, one over those that need only energies;
+    the same as fused for direct models) or ``"three_pass"`` (one pass per copy).
+    ``create_graph`` defaults to ``torch.is_grad_enabled()`` so that the losses can be
+    differentiated even in eval mode.
+    """
+    if create_graph is None:
+        create_graph = torch.is_grad_enabled()
+    pos_a = batch.positions.detach()
+    positions = {"A": pos_a, "B": pos_a + d2, "C": pos_a + d1}
+    names = [c for c in ("A", "B", "C") if c == "A" or c in copies]
+    energy: dict[str, torch.Tensor] = {}
+    forces: dict[str, torch.Tensor | None] = {}
+    S, N = batch.n_structures, pos_a.shape[0]
+    if mode == "fused" or (mode == "split" and getattr(model, "direct_forces", False)):
+        groups = [names]
+    elif mode == "split":
+        # copies that need forces in one pass, energy-only copies in another (for a conservative
+        # model an energy-only copy then costs no force graph and no double backward)
+        with_f = [c for c in names if c in forces_at]
+        without = [c for c in names if c not in forces_at]
+        groups = [g for g in (with_f, without) if g]
+    elif mode == "three_pass":
+        groups = [[c] for c in names]
+    else:
+        raise ValueError(f"unknown evaluation mode {mode!r}; use 'fused', 'split' or 'three_pass'")
+    for group in groups:
+        need = any(c in forces_at for c in group)
+        big = (
+            batch.repeat([positions[c] for c in group])
+            if len(group) > 1
+            else (batch.with_positions(positions[group[0]]))
+        )
+        out = model(big, compute_forces=need, create_graph=create_graph)
+        f = out.get("forces")
+        for k, c in enumerate(group):
+            energy[c] = out["energy"][k * S : (k + 1) * S]
+            forces[c] = f[k * N : (k + 1) * N] if f is not None else None
+    return CopyOutputs(
+        energy=energy,
+        forces=forces,
+        d1=positions["C"] - pos_a,
+        d2=positions["B"] - pos_a,
+    )
+
+
+def _labelled_forces(batch: Batch) -> torch.Tensor:
+    """Reference forces with missing labels replaced by zeros (selection is by the masks)."""
+    return torch.where(batch.atom_forces_mask.unsqueeze(1), batch.forces, 0.0)
+
+
+def taylor_residual(
+    out: CopyOutputs, batch: Batch, second_order: bool = False, anchor_to_labels: bool = False
+) -> torch.Tensor:
+    """PITC residual E(C) − Ê_C|A per structure, eV, float64 [S]."""
+    f_a = out.forces["A"]
+    f_c = out.forces.get("C")
+    if second_order:
+        f_a = 0.5 * (f_a + f_c)
+    target = out.energy["A"] - per_structure_dot(out.d1, f_a, batch)
+    if anchor_to_labels:
+        both = batch.energy_mask & batch.forces_mask
+        if bool(both.any()):
+            f_ref = _labelled_forces(batch).to(out.d1.dtype)
+            if second_order:
+                f_ref = 0.5 * (f_ref + f_c)
+            e_ref = torch.where(both, batch.energy, 0.0)
+            anchored = e_ref - per_structure_dot(out.d1, f_ref, batch)
+            target = torch.where(both, anchored, target)
+    return out.energy["C"] - target
+
+
+def spatial_residual(out: CopyOutputs, batch: Batch, second_order: bool = False) -> torch.Tensor:
+    """PISC residual E(C) − Ê_C|B per structure, eV, float64 [S]."""
+    f_b = out.forces["B"]
+    if second_order:
+        f_b = 0.5 * (f_b + out.forces["C"])
+    target = out.energy["B"] - per_structure_dot(out.d1 - out.d2, f_b, batch)
+    return out.energy["C"] - target
+
+
+def two_point_residual(
+    out: CopyOutputs, batch: Batch, second_order: bool = False, anchor_to_labels: bool = False
+) -> torch.Tensor:
+    """E_A − Ê_A|C with Ê_A|C = E(C) + Σ d1·F̄_C (extrapolation from C back to A), eV [S]."""
+    f_c = out.forces["C"]
+    e_a = out.energy["A"]
+    f_a = out.forces.get("A")
+    if anchor_to_labels:
+        e_a = torch.where(batch.energy_mask, batch.energy.nan_to_num(0.0), e_a)
+        if second_order:
+            f_a = torch.where(
+                batch.atom_forces_mask.unsqueeze(1), _labelled_forces(batch).to(f_c.dtype), f_a
+            )
+    if second_order:
+        f_c = 0.5 * (f_c + f_a)
+    return e_a - (out.energy["C"] + per_structure_dot(out.d1, f_c, batch))
+
+
+class PhysicsTerms:
+    """The physics-informed terms of one run: sampling state + PITC/PISC evaluation.
+
+    Call it as ``physics(model, batch, need_forces)`` → :class:`PhysicsResult`; the output at A
+    serves the supervised terms (no separate supervised forward pass). ``need_forces``: the
+    supervised force loss needs F(A).
+
+    State: ``step`` (advanced by every call in training mode) and, for the ``generator`` sampler,
+    the generator; both saved by :meth:`state_dict` for exact resume. With the default ``frame``
+    sampler the fields depend only on (seed, step, frame_id), so every DDP rank, and one process on
+    the union of their data, draw the same field for the same frame.
+    """
+
+    def __init__(self, config: PhysicsConfig) -> None:
+        self.config = config
+        self.unit = energy_factor(config.weight_energy_unit)
+        self.step = 0
+        self.verified = not config.verify_neighbors
+        self.generator: torch.Generator | None = None
+        if config.sampler == "generator":
+            self.generator = torch.Generator().manual_seed(config.seed)
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    # ----------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        state: dict = {"step": self.step, "seed": self.config.seed}
+        if self.generator is not None:
+            state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        if self.generator is not None and "generator" in state:
+            self.generator.set_state(state["generator"])
+
+    def check_skin(self, skin: float, cutoff: float | None = None) -> None:
+        """Raise ConfigError if a data skin (Å) is too small for the displacements."""
+        check_skin(skin, self.config.perturbation_scale, cutoff)
+
+    def verify(self, model, batch: Batch, d1: torch.Tensor, d2: torch.Tensor) -> None:
+        """Once per run: check that B and C stay covered by A's neighbour list (the skin)."""
+        cutoff = getattr(model, "cutoff", None)
+        if cutoff is None and hasattr(model, "module"):  # DistributedDataParallel
+            cutoff = getattr(model.module, "cutoff", None)
+        if cutoff is None:
+            return
+        pos = batch.positions.detach()
+        for name, d in (("C", d1), ("B", d2)):
+            missing = missing_pairs(batch, pos + d, float(cutoff))
+            if missing:
+                raise ConfigError(
+                    f"{missing} atom pairs come within the model cutoff {cutoff} Å in the "
+                    f"displaced copy {name} but are not in the neighbour list built at A: the "
+                    f"data skin is too small for perturbation_scale δ = "
+                    f"{self.config.perturbation_scale} Å. Use a skin of at least 2√3·δ = "
+                    f"{self.config.required_skin:.4f} Å."
+                )
+        self.verified = True
+
+    # -------------------------------------------------------------------------------- sampling
+    def sample(self, batch: Batch, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        return sample_displacements(
+            batch,
+            c.perturbation_scale,
+            seed=c.seed,
+            step=self.step if step is None else step,
+            local_fraction=c.local_fraction,
+            generator=self.generator,
+        )
+
+    def plan(self, need_forces: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Which copies are evaluated and where forces are needed."""
+        c = self.config
+        copies = ["A", "C"]
+        forces_at = {"A"} if need_forces else set()
+        if c.taylor_weight > 0:
+            forces_at.add("A")
+            if c.second_order:
+                forces_at.add("C")
+        if c.spatial_weight > 0:
+            copies.append("B")
+            forces_at.add("B")
+            if c.second_order:
+                forces_at.add("C")
+        if c.effective_two_point > 0:
+            forces_at.add("C")
+            if c.second_order:
+                forces_at.add("A")
+        return tuple(copies), tuple(sorted(forces_at))
+
+    # ------------------------------------------------------------------------------ evaluation
+    def __call__(
+        self,
+        model,
+        batch: Batch,
+        need_forces: bool = False,
+        step: int | None = None,
+        displacements: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> PhysicsResult:
+        c = self.config
+        d1, d2 = displacements if displacements is not None else self.sample(batch, step)
+        if step is None and displacements is None and getattr(model, "training", False):
+            self.step += 1
+        copies, forces_at = self.plan(need_forces)
+        if not self.verified:
+            self.verify(model, batch, d1, d2)
+        out = evaluate_copies(
+            model,
+            batch,
+            d1,
+            d2,
+            copies=copies,
+            forces_at=forces_at,
+            mode=c.evaluation,
+        )
+        return self.losses(out, batch)
+
+    def losses(self, out: CopyOutputs, batch: Batch) -> PhysicsResult:
+        """The weighted terms from evaluated copies (pure function of ``out`` and ``batch``)."""
+        c = self.config
+        result = PhysicsResult(output=out.output_a())
+        terms: list[tuple[str, float, torch.Tensor]] = []
+        if c.taylor_weight > 0:
+            r = taylor_residual(out, batch, c.second_order, c.anchor_to_labels)
+            terms.append(("taylor", c.taylor_weight, r))
+        if c.spatial_weight > 0:
+            terms.append(
+                ("spatial", c.spatial_weight, spatial_residual(out, batch, c.second_order))
+            )
+        if c.effective_two_point > 0:
+            r = two_point_residual(out, batch, c.second_order, c.anchor_to_labels)
+            terms.append(("taylor_two_point", c.effective_two_point, r))
+        for name, weight, r in terms:
+            result.residuals[name] = r
+            result.raw[name] = ((r / self.unit) ** 2).mean()
+            result.weighted[name] = weight * result.raw[name]
+        return result
+
+
+def build_physics(config: PhysicsConfig | dict | None) -> PhysicsTerms | None:
+    """The physics terms of a config, or None when every physics weight is zero."""
+    if config is None:
+        return None
+    if isinstance(config, dict):
+        config = PhysicsConfig(**config)
+    if not config.enabled:
+        return None
+    return PhysicsTerms(config)
