@@ -19,7 +19,12 @@ ENERGY_UNITS: dict[str, float] = {
     "Hartree": HARTREE,
     "Ha": HARTREE,
 }
-LENGTH_UNITS: dict[str, float] = {"Å": 1.0, "Angstrom": 1.0, "A": 1.0, "Bohr": float(_ase_units.Bohr)}
+LENGTH_UNITS: dict[str, float] = {
+    "Å": 1.0,
+    "Angstrom": 1.0,
+    "A": 1.0,
+    "Bohr": float(_ase_units.Bohr),
+}
 
 
 def energy_factor(unit: str) -> float:

@@ -139,9 +139,7 @@ class Batch:
             positions=torch.cat(positions, dim=0),
             numbers=self.numbers.repeat(k),
             batch=(self.batch.unsqueeze(0) + structure_offsets.unsqueeze(1)).reshape(-1),
-            ptr=torch.cat(
-                [self.ptr[:1]] + [self.ptr[1:] + c * N for c in range(k)]
-            ),
+            ptr=torch.cat([self.ptr[:1]] + [self.ptr[1:] + c * N for c in range(k)]),
             cell=self.cell.repeat(k, 1, 1),
             pbc=self.pbc.repeat(k, 1),
             edge_index=self.edge_index.repeat(1, k) + atom_offsets.unsqueeze(0),
@@ -162,9 +160,7 @@ def collate(graphs: list[Graph]) -> Batch:
     counts = torch.tensor([g.positions.shape[0] for g in graphs], dtype=torch.long)
     ptr = torch.zeros(len(graphs) + 1, dtype=torch.long)
     ptr[1:] = torch.cumsum(counts, 0)
-    edge_index = torch.cat(
-        [g.edge_index + ptr[s] for s, g in enumerate(graphs)], dim=1
-    )
+    edge_index = torch.cat([g.edge_index + ptr[s] for s, g in enumerate(graphs)], dim=1)
     return Batch(
         positions=torch.cat([g.positions for g in graphs]),
         numbers=torch.cat([g.numbers for g in graphs]),

@@ -17,8 +17,11 @@ def fit_e0s(frames: list[Frame], elements: list[int]) -> dict[int, float]:
     """
     labelled = [f for f in frames if f.has_energy]
     if not labelled:
-        raise DataError("cannot fit E0s: no training frame carries an energy", key="energy",
-                        hint="give e0s explicitly or add energy labels")
+        raise DataError(
+            "cannot fit E0s: no training frame carries an energy",
+            key="energy",
+            hint="give e0s explicitly or add energy labels",
+        )
     index = {z: k for k, z in enumerate(elements)}
     counts = np.zeros((len(labelled), len(elements)))
     for row, frame in enumerate(labelled):
@@ -52,9 +55,7 @@ def parse_e0s(given: dict[str | int, float]) -> dict[int, float]:
     return out
 
 
-def resolve_e0s(
-    mode: str | dict, train: list[Frame], elements: list[int]
-) -> dict[int, float]:
+def resolve_e0s(mode: str | dict, train: list[Frame], elements: list[int]) -> dict[int, float]:
     """``"fit"``, ``"isolated"`` (isolated-atom frames, fit for the rest), ``"zero"`` or a dict."""
     if isinstance(mode, dict):
         e0s = parse_e0s(mode)

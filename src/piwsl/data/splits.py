@@ -11,7 +11,7 @@ def _count(value: int | float | None, n: int, name: str) -> int:
     if value is None:
         return 0
     if isinstance(value, float) and 0 < value < 1:
-        return int(round(value * n))
+        return round(value * n)
     if float(value) != int(value) or value < 0:
         raise ConfigError(f"{name} must be a count ≥ 0 or a fraction in (0, 1), got {value}")
     return int(value)

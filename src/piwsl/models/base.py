@@ -88,9 +88,7 @@ class EnergyModel(nn.Module):
             )
         return index
 
-    def set_reference(
-        self, e0s: dict[int, float], shift: float = 0.0, scale: float = 1.0
-    ) -> None:
+    def set_reference(self, e0s: dict[int, float], shift: float = 0.0, scale: float = 1.0) -> None:
         """Set per-element E0s (eV), the per-atom shift (eV) and the energy scale (eV)."""
         with torch.no_grad():
             self.e0.zero_()
@@ -107,7 +105,9 @@ class EnergyModel(nn.Module):
         self.species(batch.numbers)  # fail loudly on unknown elements
         e_atom, f_atom = self.atomic_outputs(batch)
         per_atom = (
-            self.e0[batch.numbers] + self.energy_shift + self.energy_scale * e_atom.to(torch.float64)
+            self.e0[batch.numbers]
+            + self.energy_shift
+            + self.energy_scale * e_atom.to(torch.float64)
         )
         out = {"energy": scatter_sum(per_atom, batch.batch, batch.n_structures)}
         if self.direct_forces:
@@ -123,13 +123,17 @@ def validate_output(output: dict[str, torch.Tensor], batch: Batch, forces: bool 
         raise AssertionError("model output has no 'energy'")
     energy = output["energy"]
     if energy.shape != (batch.n_structures,):
-        raise AssertionError(f"energy has shape {tuple(energy.shape)}, expected ({batch.n_structures},)")
+        raise AssertionError(
+            f"energy has shape {tuple(energy.shape)}, expected ({batch.n_structures},)"
+        )
     if forces:
         if "forces" not in output:
             raise AssertionError("model output has no 'forces'")
         f = output["forces"]
         if f.shape != batch.positions.shape:
-            raise AssertionError(f"forces have shape {tuple(f.shape)}, expected {tuple(batch.positions.shape)}")
+            raise AssertionError(
+                f"forces have shape {tuple(f.shape)}, expected {tuple(batch.positions.shape)}"
+            )
     for key, value in output.items():
         if not bool(torch.isfinite(value).all()):
             raise AssertionError(f"model output {key!r} is not finite")

@@ -40,6 +40,7 @@ def model_state(model) -> dict[str, Any]:
         "piwsl_version": __version__,
         "name": model.hparams["name"],
         "hparams": {k: v for k, v in model.hparams.items() if k != "name"},
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "state_dict": model.state_dict(),
     }
 
@@ -64,10 +65,15 @@ def model_from_state(state: dict[str, Any], source: str = "<state>"):
             f"({__version__}) reads format {FORMAT_VERSION}; retrain or use the matching version"
         )
     model = build_model(state["name"], **state["hparams"])
+    dtype = getattr(torch, state.get("dtype", "float32"), None)
+    if isinstance(dtype, torch.dtype):
+        model = model.to(dtype=dtype)
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"{source}: weights do not fit model {state['name']!r}: {err}") from err
+        raise CheckpointError(
+            f"{source}: weights do not fit model {state['name']!r}: {err}"
+        ) from err
     return model
 
 

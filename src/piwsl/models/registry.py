@@ -28,5 +28,6 @@ def build_model(name: str, **hparams: Any) -> ForceField:
 
 def _load_builtins() -> None:
     # importing registers them; lazily, so optional backends stay optional
-    import piwsl.models.painn  # noqa: F401
+    import piwsl.models.mace  # mace-torch itself is imported only when a MACE is built
+    import piwsl.models.painn
     import piwsl.models.schnet  # noqa: F401

@@ -5,7 +5,6 @@ Conservative: energies only; forces come from :class:`~piwsl.models.forces.Force
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from piwsl.data.batch import Batch, edge_vectors
