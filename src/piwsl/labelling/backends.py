@@ -1,0 +1,675 @@
+"""Reference backends: electronic-structure programs that label one structure at a time.
+
+Every backend is a small class with a ``name`` and ``compute(atoms) -> dict`` returning
+
+- ``energy``: total energy in eV,
+- ``forces``: ``[n_atoms, 3]`` array in eV/Å, or ``None`` when the method gives energies only,
+- ``provenance``: a flat dict (method, basis, program, program_version, plus method details).
+
+Backends are built by name from :data:`BACKENDS` (a :class:`~piwsl.registry.Registry`, so a typo
+gets a "did you mean" error) through :func:`make_backend`:
+
+============  ===============================================================================
+name          what
+============  ===============================================================================
+gfn2-xtb      GFN2-xTB through tblite (energy + analytic forces)
+gfn1-xtb      GFN1-xTB through tblite (energy + analytic forces)
+hf            Hartree–Fock through PySCF (energy + analytic forces)
+dft           Kohn–Sham DFT through PySCF, option ``xc`` (energy + analytic forces)
+mp2           MP2 through PySCF (energy; analytic forces with ``forces=True``)
+ccsd(t)       CCSD(T) through PySCF (energy only)
+cbs           two-point complete-basis-set extrapolation, see :mod:`piwsl.labelling.cbs`
+ase:MOD.CLS   any ASE calculator, imported by dotted path, keyword arguments from the options
+============  ===============================================================================
+
+Conventions shared by all PySCF backends: ``charge`` in e, ``spin`` = number of unpaired
+electrons (2S, PySCF's convention; 0 → restricted, otherwise unrestricted references), ``basis``
+any PySCF basis name, ``density_fit`` (hf: density-fitted SCF, default off; dft: RI-J/K, default
+on; mp2: DF-MP2 correlation with the matching ``-ri`` auxiliary basis on a conventional HF
+reference, default on — ``density_fit_hf=true`` fits the reference too; ccsd(t): always
+conventional), ``auxbasis`` (the fitting basis of that density fit), ``frozen_core`` for
+correlated methods (default on: cc-pVXZ sets are valence basis sets). A non-converged SCF or CC
+iteration raises :class:`BackendError`, which the runner records per frame as
+``status="failed"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from piwsl.errors import ConfigError, PiwslError
+from piwsl.registry import Registry
+from piwsl.units import HARTREE, LENGTH_UNITS
+
+#: 1 Bohr in Å.
+BOHR: float = LENGTH_UNITS["Bohr"]
+#: Hartree/Bohr in eV/Å.
+HARTREE_PER_BOHR: float = HARTREE / BOHR
+
+
+class BackendError(PiwslError, RuntimeError):
+    """A reference calculation failed for one structure (SCF not converged, program error)."""
+
+
+def hartree_to_ev(energy: float) -> float:
+    """Energy in Hartree → eV."""
+    return float(energy) * HARTREE
+
+
+def gradient_to_forces(gradient: np.ndarray) -> np.ndarray:
+    """Energy gradient in Hartree/Bohr → forces (minus the gradient) in eV/Å."""
+    return -np.asarray(gradient, dtype=np.float64) * HARTREE_PER_BOHR
+
+
+def package_version(name: str) -> str:
+    """Installed version of a distribution, or ``"unknown"``."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Backend:
+    """Base class of reference backends (subclasses set ``name`` and implement ``compute``)."""
+
+    name: str = "backend"
+    #: whether ``compute`` returns forces
+    gives_forces: bool = True
+
+    def __init__(self, **options: Any) -> None:
+        self.options = dict(options)
+
+    def compute(self, atoms) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def base_provenance(self) -> dict[str, Any]:
+        """Method, basis and program of this backend (also recorded for failed frames)."""
+        program = str(getattr(self, "program", "unknown"))
+        version = getattr(self, "version", None) or package_version(program)
+        return {
+            "method": str(getattr(self, "method", self.name)),
+            "basis": str(getattr(self, "basis", None) or "n/a"),
+            "program": program,
+            "program_version": str(version),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Backend name and options, stored in the journal header (must be JSON-serialisable)."""
+        return {"backend": self.name, "options": _jsonable(self.options)}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return repr(value)
+
+
+def require(module: str, backend: str) -> None:
+    """Fail early (ConfigError) when the program behind a backend is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"backend {backend!r} needs the Python package {module!r}, which is not installed "
+            "(pip install 'piwsl[label]')"
+        )
+
+
+def check_basis(basis: str, backend: str) -> None:
+    """ConfigError for a basis-set name PySCF does not know (checked on H, C and O)."""
+    import warnings
+
+    from pyscf import gto
+
+    for symbol in ("H", "C", "O"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PySCF's hint to install basis-set-exchange
+                gto.basis.load(basis, symbol)
+            return
+        except RuntimeError as err:
+            if "Unknown basis format or basis name" in str(err):
+                break
+    else:
+        return  # known name without H, C and O: the molecule build will tell
+    raise ConfigError(
+        f"backend {backend!r}: unknown basis set {basis!r} (PySCF names, e.g. cc-pvdz, "
+        "aug-cc-pvtz, def2-svp, 6-31g*)"
+    )
+
+
+def _pop(options: dict[str, Any], key: str, default: Any, kind: Callable[[Any], Any]) -> Any:
+    value = options.pop(key, default)
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"option {key}={value!r} is not a valid {kind.__name__}") from err
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+_as_bool.__name__ = "bool"
+
+
+def _reject_unknown(name: str, options: dict[str, Any], known: list[str]) -> None:
+    if options:
+        from piwsl.registry import suggest
+
+        key = sorted(options)[0]
+        raise ConfigError(f"unknown option {key!r} for backend {name!r}{suggest(key, known)}")
+
+
+#: backend name → builder ``(**options) -> Backend``
+BACKENDS: Registry[Callable[..., Backend]] = Registry("reference backend")
+
+
+# ----------------------------------------------------------------------------------------------
+# tblite (GFN-xTB)
+# ----------------------------------------------------------------------------------------------
+
+
+class TBLiteBackend(Backend):
+    """GFN1-/GFN2-xTB through tblite's Python interface (Hartree/Bohr internally)."""
+
+    OPTIONS = ("charge", "spin", "accuracy", "electronic_temperature", "max_iterations")
+    program = "tblite"
+    basis = "minimal STO-nG (xTB)"
+
+    def __init__(self, method: str, **options: Any) -> None:
+        super().__init__(**options)
+        opts = dict(options)
+        self.method = method  # "GFN2-xTB" / "GFN1-xTB"
+        self.name = method.lower()
+        require("tblite", self.name)
+        self.charge = _pop(opts, "charge", 0.0, float)
+        self.spin = _pop(opts, "spin", 0, int)
+        self.accuracy = _pop(opts, "accuracy", 1.0, float)
+        self.electronic_temperature = _pop(opts, "electronic_temperature", 300.0, float)
+        self.max_iterations = _pop(opts, "max_iterations", 250, int)
+        _reject_unknown(self.name, opts, list(self.OPTIONS))
+
+    def compute(self, atoms) -> dict[str, Any]:
+        from ase import units
+        from tblite.interface import Calculator
+
+        kwargs: dict[str, Any] = {"charge": self.charge, "uhf": self.spin}
+        if atoms.pbc.any():
+            kwargs["lattice"] = np.asarray(atoms.cell.array) / BOHR
+            kwargs["periodic"] = np.asarray(atoms.pbc, dtype=bool)
+        try:
+            calc = Calculator(self.method, atoms.numbers, atoms.positions / BOHR, **kwargs)
+            calc.set("verbosity", 0)
+            calc.set("accuracy", self.accuracy)
+            calc.set("temperature", self.electronic_temperature * units.kB / units.Hartree)
+            calc.set("max-iter", self.max_iterations)
+            result = calc.singlepoint()
+        except RuntimeError as err:  # tblite reports SCF failures as RuntimeError
+            raise BackendError(f"tblite {self.method}: {err}") from err
+        return {
+            "energy": hartree_to_ev(result.get("energy")),
+            "forces": gradient_to_forces(result.get("gradient")),
+            "provenance": {
+                "method": self.method,
+                "basis": "minimal STO-nG (xTB)",
+                "program": "tblite",
+                "program_version": package_version("tblite"),
+                "charge": self.charge,
+                "spin": self.spin,
+            },
+        }
+
+
+BACKENDS.add("gfn2-xtb", lambda **o: TBLiteBackend("GFN2-xTB", **o))
+BACKENDS.add("gfn1-xtb", lambda **o: TBLiteBackend("GFN1-xTB", **o))
+
+
+# ----------------------------------------------------------------------------------------------
+# PySCF
+# ----------------------------------------------------------------------------------------------
+
+
+class PySCFBackend(Backend):
+    """Shared set-up of the PySCF backends (molecule, SCF reference, provenance)."""
+
+    OPTIONS = (
+        "basis",
+        "charge",
+        "spin",
+        "density_fit",
+        "auxbasis",
+        "conv_tol",
+        "max_cycle",
+        "max_memory_mb",
+        "forces",
+    )
+    default_basis = "cc-pvdz"
+    program = "pyscf"
+    default_density_fit = False
+    default_forces = True
+    method = "HF"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        require("pyscf", self.name)
+        opts = dict(options)
+        self.basis = _pop(opts, "basis", self.default_basis, str)
+        self.charge = _pop(opts, "charge", 0, int)
+        self.spin = _pop(opts, "spin", 0, int)
+        self.density_fit = _pop(opts, "density_fit", self.default_density_fit, _as_bool)
+        self.auxbasis = _pop(opts, "auxbasis", None, str)
+        self.conv_tol = _pop(opts, "conv_tol", 1e-10, float)
+        self.max_cycle = _pop(opts, "max_cycle", 100, int)
+        self.max_memory_mb = _pop(opts, "max_memory_mb", 4000, int)
+        self.want_forces = _pop(opts, "forces", self.default_forces, _as_bool)
+        self._parse_extra(opts)
+        _reject_unknown(self.name, opts, [*self.OPTIONS, *self.extra_options()])
+        self.gives_forces = bool(self.want_forces)
+        check_basis(self.basis, self.name)
+
+    def extra_options(self) -> tuple[str, ...]:
+        return ()
+
+    def _parse_extra(self, opts: dict[str, Any]) -> None:
+        pass
+
+    # -- building blocks --------------------------------------------------------------------
+
+    def molecule(self, atoms, basis: str | None = None):
+        from pyscf import gto
+
+        if atoms.pbc.any():
+            raise BackendError(
+                f"{self.name}: periodic structures are not supported by the molecular PySCF "
+                "backends (use gfn2-xtb or an ase: calculator)"
+            )
+        try:
+            return gto.M(
+                atom=[
+                    (int(z), tuple(map(float, p)))
+                    for z, p in zip(atoms.numbers, atoms.positions, strict=True)
+                ],
+                unit="Angstrom",
+                basis=basis or self.basis,
+                charge=self.charge,
+                spin=self.spin,
+                verbose=0,
+                max_memory=self.max_memory_mb,
+            )
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise BackendError(f"{self.name}: cannot build the molecule: {err}") from err
+
+    def scf(
+        self,
+        mol,
+        xc: str | None = None,
+        density_fit: bool | None = None,
+        auxbasis: str | bool | None = True,
+    ):
+        """A converged SCF object (RHF/UHF, or RKS/UKS with ``xc``); ``auxbasis=True`` means
+        the ``auxbasis`` option, ``None`` PySCF's default JK-fit basis."""
+        from pyscf import dft, scf
+
+        restricted = mol.spin == 0
+        if xc is None:
+            mf = scf.RHF(mol) if restricted else scf.UHF(mol)
+        else:
+            mf = dft.RKS(mol, xc=xc) if restricted else dft.UKS(mol, xc=xc)
+        if self.density_fit if density_fit is None else density_fit:
+            mf = mf.density_fit(auxbasis=self.auxbasis if auxbasis is True else auxbasis)
+        mf.conv_tol = self.conv_tol
+        mf.max_cycle = self.max_cycle
+        mf.kernel()
+        if not mf.converged:
+            raise BackendError(
+                f"{self.name}: SCF did not converge in {self.max_cycle} cycles "
+                f"(last energy {mf.e_tot:.8f} Ha)"
+            )
+        return mf
+
+    def frozen(self, mol) -> int | None:
+        from pyscf.data.elements import chemcore
+
+        return int(chemcore(mol)) if getattr(self, "frozen_core", False) else None
+
+    def provenance(self, mol, **extra: Any) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "basis": self.basis,
+            "program": "pyscf",
+            "program_version": package_version("pyscf"),
+            "charge": self.charge,
+            "spin": self.spin,
+            "density_fit": bool(self.density_fit),
+            "n_basis": int(mol.nao_nr()),
+            **extra,
+        }
+
+    @staticmethod
+    def result(energy_ha: float, gradient_ha_bohr: np.ndarray | None, provenance: dict):
+        return {
+            "energy": hartree_to_ev(energy_ha),
+            "forces": None if gradient_ha_bohr is None else gradient_to_forces(gradient_ha_bohr),
+            "provenance": provenance,
+        }
+
+
+@BACKENDS.register("hf")
+class HFBackend(PySCFBackend):
+    """Hartree–Fock (RHF for closed shells, UHF otherwise); analytic forces."""
+
+    name = "hf"
+    method = "HF"
+
+    def compute(self, atoms) -> dict[str, Any]:
+        mol = self.molecule(atoms)
+        mf = self.scf(mol)
+        grad = mf.nuc_grad_method().kernel() if self.want_forces else None
+        return self.result(mf.e_tot, grad, self.provenance(mol))
+
+
+@BACKENDS.register("dft")
+class DFTBackend(PySCFBackend):
+    """Kohn–Sham DFT (option ``xc``, default PBE; density fitting on by default); forces."""
+
+    name = "dft"
+    default_density_fit = True
+    default_basis = "def2-svp"
+
+    def extra_options(self) -> tuple[str, ...]:
+        return ("xc", "grid_level")
+
+    def _parse_extra(self, opts: dict[str, Any]) -> None:
+        self.xc = _pop(opts, "xc", "pbe", str)
+        self.grid_level = _pop(opts, "grid_level", 3, int)
+        self.method = f"DFT/{self.xc.upper()}"
+
+    def compute(self, atoms) -> dict[str, Any]:
+        from pyscf import dft
+
+        mol = self.molecule(atoms)
+        restricted = mol.spin == 0
+        mf = dft.RKS(mol, xc=self.xc) if restricted else dft.UKS(mol, xc=self.xc)
+        mf.grids.level = self.grid_level
+        if self.density_fit:
+            mf = mf.density_fit(auxbasis=self.auxbasis)
+        mf.conv_tol = self.conv_tol
+        mf.max_cycle = self.max_cycle
+        try:
+            mf.kernel()
+        except (KeyError, ValueError) as err:  # unknown functional
+            raise BackendError(f"dft: {err}") from err
+        if not mf.converged:
+            raise BackendError(f"dft: SCF did not converge in {self.max_cycle} cycles")
+        grad = mf.nuc_grad_method().kernel() if self.want_forces else None
+        return self.result(mf.e_tot, grad, self.provenance(mol, xc=self.xc))
+
+
+@BACKENDS.register("mp2")
+class MP2Backend(PySCFBackend):
+    """MP2 on a HF reference: DF-MP2 energies (default), conventional MP2 for analytic forces.
+
+    Energies use DF-MP2 (``density_fit=true``; the HF reference stays conventional unless
+    ``density_fit_hf=true``, which also density-fits the SCF with the JK-fit basis) unless
+    ``density_fit=false``. With ``forces=true`` the calculation is conventional HF + MP2 (PySCF
+    has no DF-MP2 gradient), which costs about ten times more.
+    """
+
+    name = "mp2"
+    method = "MP2"
+    default_density_fit = True
+    default_forces = False
+
+    def extra_options(self) -> tuple[str, ...]:
+        return ("frozen_core", "density_fit_hf")
+
+    def _parse_extra(self, opts: dict[str, Any]) -> None:
+        self.frozen_core = _pop(opts, "frozen_core", True, _as_bool)
+        self.density_fit_hf = _pop(opts, "density_fit_hf", False, _as_bool)
+
+    def parts(
+        self, atoms, basis: str | None = None, forces: bool | None = None, split: bool = True
+    ) -> dict:
+        """HF and correlation energies (Ha) and gradients (Ha/Bohr, or None) in one basis.
+
+        With ``split=False`` only the total MP2 gradient is computed (returned as ``g_total``;
+        ``g_hf``/``g_corr`` are None), which saves the separate HF gradient.
+        """
+        from pyscf import mp
+
+        forces = self.want_forces if forces is None else forces
+        mol = self.molecule(atoms, basis)
+        df_hf = bool(self.density_fit and self.density_fit_hf and not forces)
+        mf = self.scf(mol, density_fit=df_hf, auxbasis=None)  # `auxbasis` is for DF-MP2
+        frozen = self.frozen(mol)
+        use_df = self.density_fit and not forces
+        if use_df:
+            if mol.spin == 0:
+                pt = mp.dfmp2.DFMP2(mf, frozen=frozen)
+            else:
+                pt = mp.dfump2.DFUMP2(mf, frozen=frozen)
+            if self.auxbasis:
+                pt.with_df.auxbasis = self.auxbasis
+        else:
+            pt = mp.MP2(mf, frozen=frozen)
+        pt.kernel()
+        g_hf = g_corr = g_total = None
+        if forces:
+            g_total = pt.nuc_grad_method().kernel()
+            if split:
+                g_hf = mf.nuc_grad_method().kernel()
+                g_corr = g_total - g_hf
+        return {
+            "e_hf": float(mf.e_tot),
+            "e_corr": float(pt.e_corr),
+            "g_hf": g_hf,
+            "g_corr": g_corr,
+            "g_total": g_total,
+            "n_basis": int(mol.nao_nr()),
+            "density_fit": bool(use_df),
+            "density_fit_hf": df_hf,
+            "frozen": frozen or 0,
+        }
+
+    def compute(self, atoms) -> dict[str, Any]:
+        p = self.parts(atoms, split=False)
+        grad = p["g_total"]
+        prov = {
+            "method": "DF-MP2" if p["density_fit"] else "MP2",
+            "basis": self.basis,
+            "program": "pyscf",
+            "program_version": package_version("pyscf"),
+            "charge": self.charge,
+            "spin": self.spin,
+            "density_fit": p["density_fit"],
+            "density_fit_hf": p["density_fit_hf"],
+            "n_basis": p["n_basis"],
+            "frozen_core_orbitals": p["frozen"],
+            "e_hf_eV": hartree_to_ev(p["e_hf"]),
+            "e_corr_eV": hartree_to_ev(p["e_corr"]),
+        }
+        return self.result(p["e_hf"] + p["e_corr"], grad, prov)
+
+
+@BACKENDS.register("ccsd(t)")
+class CCSDTBackend(PySCFBackend):
+    """CCSD(T) on a conventional HF reference (energy only)."""
+
+    name = "ccsd(t)"
+    method = "CCSD(T)"
+    default_forces = False
+
+    def extra_options(self) -> tuple[str, ...]:
+        return ("frozen_core",)
+
+    def _parse_extra(self, opts: dict[str, Any]) -> None:
+        self.frozen_core = _pop(opts, "frozen_core", True, _as_bool)
+        if self.want_forces:
+            raise ConfigError("ccsd(t) gives energies only: drop forces=true")
+
+    def parts(self, atoms, basis: str | None = None) -> dict:
+        from pyscf import cc
+
+        mol = self.molecule(atoms, basis)
+        mf = self.scf(mol, density_fit=False)
+        frozen = self.frozen(mol)
+        solver = cc.CCSD(mf, frozen=frozen)
+        solver.max_cycle = self.max_cycle
+        solver.kernel()
+        if not solver.converged:
+            raise BackendError(
+                f"ccsd(t): CCSD amplitudes did not converge in {self.max_cycle} cycles"
+            )
+        e_t = float(solver.ccsd_t())
+        return {
+            "e_hf": float(mf.e_tot),
+            "e_ccsd_corr": float(solver.e_corr),
+            "e_t": e_t,
+            "e_mp2_corr": float(solver.emp2),  # conventional MP2 from the same reference
+            "n_basis": int(mol.nao_nr()),
+            "frozen": frozen or 0,
+        }
+
+    def compute(self, atoms) -> dict[str, Any]:
+        p = self.parts(atoms)
+        prov = self.provenance(
+            self.molecule(atoms),
+            density_fit=False,
+            frozen_core_orbitals=p["frozen"],
+            e_hf_eV=hartree_to_ev(p["e_hf"]),
+            e_ccsd_corr_eV=hartree_to_ev(p["e_ccsd_corr"]),
+            e_t_eV=hartree_to_ev(p["e_t"]),
+        )
+        return self.result(p["e_hf"] + p["e_ccsd_corr"] + p["e_t"], None, prov)
+
+
+# ----------------------------------------------------------------------------------------------
+# any ASE calculator
+# ----------------------------------------------------------------------------------------------
+
+
+class ASEBackend(Backend):
+    """Any ASE calculator named ``ase:package.module.Class``; options are its keyword arguments."""
+
+    def __init__(self, path: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.path = path
+        self.name = f"ase:{path}"
+        module_name, _, class_name = path.rpartition(".")
+        if not module_name:
+            raise ConfigError(
+                f"ase backend {path!r} must be a dotted path, e.g. ase:ase.calculators.emt.EMT"
+            )
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ConfigError(
+                f"cannot import module {module_name!r} for {self.name}: {err}"
+            ) from err
+        if not hasattr(module, class_name):
+            from piwsl.registry import suggest
+
+            names = [n for n in dir(module) if not n.startswith("_")]
+            raise ConfigError(
+                f"module {module_name!r} has no {class_name!r}{suggest(class_name, names)}"
+            )
+        self.cls = getattr(module, class_name)
+        top = module_name.split(".")[0]
+        self.program = top
+        self.method = self.path.rsplit(".", 1)[-1]
+        self.version = str(getattr(importlib.import_module(top), "__version__", None) or "unknown")
+        self.calc = None
+
+    def compute(self, atoms) -> dict[str, Any]:
+        from ase.calculators.calculator import PropertyNotImplementedError
+
+        if self.calc is None:  # built lazily, once per process
+            self.calc = self.cls(**self.options)
+        work = atoms.copy()
+        work.calc = self.calc
+        energy = float(work.get_potential_energy())
+        try:
+            forces = np.asarray(work.get_forces(), dtype=np.float64)
+        except PropertyNotImplementedError:
+            forces = None
+        return {
+            "energy": energy,
+            "forces": forces,
+            "provenance": {
+                "method": self.path.rsplit(".", 1)[-1],
+                "basis": "n/a",
+                "program": self.program,
+                "program_version": self.version,
+            },
+        }
+
+
+def _register_cbs() -> None:
+    from piwsl.labelling.cbs import CBSBackend
+
+    BACKENDS.add("cbs", CBSBackend)
+
+
+def make_backend(spec: str, **options: Any) -> Backend:
+    """Build a backend from its name (``"gfn2-xtb"``, ``"mp2"``, ``"ase:pkg.mod.Class"``, …)."""
+    if "cbs" not in BACKENDS:
+        _register_cbs()
+    text = spec.strip()
+    if text.lower().startswith("ase:"):
+        return ASEBackend(text[4:], **options)
+    return BACKENDS.get(text.lower())(**options)
+
+
+def backend_names() -> list[str]:
+    if "cbs" not in BACKENDS:
+        _register_cbs()
+    return [*BACKENDS.names(), "ase:<module>.<Class>"]
+
+
+class BackendCalculator(Calculator):
+    """A backend as an ASE calculator (energy and forces), e.g. to drive MD sampling."""
+
+    implemented_properties = ["energy", "free_energy", "forces"]  # noqa: RUF012 (ASE API)
+
+    def __init__(self, backend: Backend, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not backend.gives_forces:
+            raise ConfigError(f"backend {backend.name!r} gives energies only, not forces")
+        self.backend = backend
+        self.wall_time_s = 0.0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        t0 = time.perf_counter()
+        out = self.backend.compute(self.atoms)
+        self.wall_time_s = time.perf_counter() - t0
+        if out["forces"] is None:
+            raise BackendError(f"backend {self.backend.name!r} returned no forces")
+        self.results = {
+            "energy": out["energy"],
+            "free_energy": out["energy"],
+            "forces": out["forces"],
+        }
