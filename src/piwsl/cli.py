@@ -1,0 +1,139 @@
+"""The ``piwsl`` command: thin sub-commands over the library (argument parsing only).
+
+    piwsl train [CONFIG] [key=value ...] [--resume] [--run-dir DIR]
+    piwsl evaluate CHECKPOINT DATA [--out DIR] [--batch-size N]
+    piwsl md CHECKPOINT START_STRUCTURES [--ensemble nve|langevin|bussi|nose-hoover] ...
+    piwsl label INPUT OUTPUT --method gfn2-xtb|hf|dft|mp2|ccsd(t)|cbs|ase:MODULE.CLASS ...
+    piwsl sample ...   (structures by MD with a cheap calculator, for labelling)
+    piwsl --version
+
+``CONFIG`` is a YAML file or ``builtin:NAME``; without it ``piwsl train`` runs the packaged
+``builtin:ethanol`` job. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (see :func:`main`). Errors
+piwsl raises on purpose print as ``error: <message>`` with exit status 2; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from piwsl import __version__
+from piwsl.errors import PiwslError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="piwsl",
+        description="Interatomic potentials with physics-informed weak supervision (PITC/PISC).",
+    )
+    parser.add_argument("--version", action="version", version=f"piwsl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of piwsl errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p_train = sub.add_parser("train", help="train a potential from a YAML config")
+    p_train.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="YAML config or builtin:NAME (default: builtin:ethanol)",
+    )
+    p_train.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. training.max_epochs=5"
+    )
+    p_train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p_train.add_argument("--run-dir", default=None, help="run directory (overrides output.run_dir)")
+    p_train.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+
+    p_eval = sub.add_parser("evaluate", help="evaluate a model or checkpoint on a data file")
+    p_eval.add_argument("checkpoint", help="model file (.pt) or training checkpoint (.ckpt)")
+    p_eval.add_argument("data", help="data file (extxyz, ASE db, rMD17 npz) or builtin:NAME")
+    p_eval.add_argument("--out", default=None, help="output folder (default: next to CHECKPOINT)")
+    p_eval.add_argument("--batch-size", type=int, default=32)
+    p_eval.add_argument("--name", default=None, help="prefix of the output files")
+    p_eval.add_argument("--energy-key", default=None)
+    p_eval.add_argument("--forces-key", default=None)
+    p_eval.add_argument("--energy-unit", default="eV")
+    p_eval.add_argument("--length-unit", default="Å")
+    p_eval.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    from piwsl.labelling.cli import add_label_parser, add_sample_parser
+    from piwsl.md.cli import add_md_parser
+
+    for add in (add_md_parser, add_label_parser, add_sample_parser):
+        p_sub = add(sub)  # each sets `func` as its default
+        if not any("--debug" in a.option_strings for a in p_sub._actions):
+            p_sub.add_argument(
+                "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
+    return parser
+
+
+def _train(args: argparse.Namespace, console) -> int:
+    from piwsl.config import load_config
+    from piwsl.training import train
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not config.startswith("builtin:"):
+        config, overrides = None, [config, *overrides]  # `piwsl train key=value ...`
+    cfg = load_config(config, overrides)
+    train(cfg, run_dir=args.run_dir, resume=args.resume, console=console)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, console) -> int:
+    from piwsl.data import LabelKeys
+    from piwsl.training import evaluate_checkpoint
+
+    keys = LabelKeys(args.energy_key, args.forces_key, args.energy_unit, args.length_unit)
+    evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        out_dir=args.out,
+        batch_size=args.batch_size,
+        name=args.name,
+        console=console,
+        keys=keys,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning torch threads
+    # made training steps ~50× slower whenever another process held a core. Must be set before
+    # torch starts its thread pool; an explicit OMP_WAIT_POLICY in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from rich.console import Console
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # overrides may come after options (`piwsl train c.yaml --resume training.lr=1e-3`)
+        if args.command != "train" or any(a.startswith("-") or "=" not in a for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    if args.command is None:
+        parser.print_help()
+        return 2
+    console = Console()
+    try:
+        if args.command == "train":
+            return _train(args, console)
+        if args.command == "evaluate":
+            return _evaluate(args, console)
+        return args.func(args)
+    except PiwslError as err:
+        if args.debug:
+            raise
+        Console(stderr=True).print(
+            f"error: {err}", style="bold red", markup=False, highlight=False, soft_wrap=True
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""The typed run configuration: pydantic models, YAML loading, dotted command-line overrides.
+
+A configuration has six sections — ``data``, ``model``, ``loss``, ``physics``, ``training`` and
+``output`` — each a pydantic model that forbids unknown keys. :func:`load_config` reads a YAML file
+(or ``builtin:NAME`` for a packaged config), applies overrides such as
+``training.max_epochs=5 model.hparams.features=32`` and validates; every problem becomes a
+:class:`~piwsl.errors.ConfigError` naming the full dotted key, with a "did you mean" suggestion for
+unknown keys and the expected type for wrong values.
+
+Units: lengths in Å, energies in eV unless a key says otherwise.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from piwsl.errors import ConfigError
+from piwsl.physics.config import PhysicsConfig
+from piwsl.registry import suggest
+from piwsl.units import ENERGY_UNITS, LENGTH_UNITS
+
+#: Packaged configurations, readable as ``builtin:NAME``.
+BUILTIN_CONFIGS = {"ethanol": "ethanol.yaml"}
+#: The config ``piwsl train`` uses when none is given.
+DEFAULT_CONFIG = "builtin:ethanol"
+
+
+def _as_list(value: Any) -> Any:
+    """Accept a single path where a list of paths is expected."""
+    if isinstance(value, (str, Path)):
+        return [str(value)]
+    return value
+
+
+PathList = Annotated[list[str], BeforeValidator(_as_list)]
+Count = Union[int, float, None]  # noqa: UP007 (a count ≥ 0, or a fraction in (0, 1))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the frames come from, how labels are read, how they are split and referenced."""
+
+    train: PathList = Field(description="training file(s); `builtin:NAME` for packaged data")
+    validation: PathList | None = Field(None, description="validation file(s); else a split")
+    test: PathList | None = Field(None, description="test file(s); else a split (n_test)")
+    unlabelled: PathList = Field(
+        default_factory=list, description="label-free frames, added to training (physics terms)"
+    )
+    energy_key: str | None = None
+    forces_key: str | None = None
+    energy_unit: str = "eV"
+    length_unit: str = "Å"
+    n_train: Count = Field(None, description="count or fraction of the pool; None: all the rest")
+    n_val: Count = Field(None, description="count or fraction; None: 5 % unless files are given")
+    n_test: Count = Field(None, description="count or fraction of the pool held out as test set")
+    split_seed: int = 0
+    e0s: Literal["fit", "isolated", "zero"] | dict[str | int, float] = Field(
+        "fit", description="fit, isolated, zero or {symbol or Z: eV}"
+    )
+    skin: float = Field(0.5, ge=0, description="neighbour-list skin, Å")
+
+    @model_validator(mode="after")
+    def _check_units(self) -> DataConfig:
+        if self.energy_unit not in ENERGY_UNITS:
+            raise ValueError(
+                f"data.energy_unit: unknown unit {self.energy_unit!r}"
+                f"{suggest(self.energy_unit, ENERGY_UNITS)}"
+            )
+        if self.length_unit not in LENGTH_UNITS:
+            raise ValueError(
+                f"data.length_unit: unknown unit {self.length_unit!r}"
+                f"{suggest(self.length_unit, LENGTH_UNITS)}"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    """Which registered model, its cutoff and its hyper-parameters (passed to the builder)."""
+
+    name: str = "schnet"
+    cutoff: float = Field(5.0, gt=0, description="Å")
+    hparams: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_hparams(self) -> ModelConfig:
+        for key, where in (("cutoff", "model.cutoff"), ("elements", "the training data")):
+            if key in self.hparams:
+                raise ValueError(f"model.hparams.{key} is not allowed: it is set from {where}")
+        return self
+
+
+class LossConfig(_Section):
+    """Weights of the supervised terms (energy MSE in eV²/atom², force MSE in (eV/Å)²)."""
+
+    energy_weight: float = Field(1.0, ge=0)
+    force_weight: float = Field(10.0, ge=0)
+
+
+class TrainingConfig(_Section):
+    """Optimiser, schedule, EMA, stopping, seeds, devices and precision."""
+
+    batch_size: int = Field(16, gt=0)
+    val_batch_size: int | None = Field(None, gt=0, description="None: 2 × batch_size")
+    max_epochs: int | None = Field(100, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    max_time_minutes: float | None = Field(None, gt=0, description="wall-clock limit")
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["plateau", "cosine", "none"] = "plateau"
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(10, ge=0, description="epochs")
+    min_lr: float = Field(1e-6, ge=0)
+    ema_decay: float | None = Field(0.99, ge=0, lt=1, description="None or 0: no EMA")
+    gradient_clip: float | None = Field(10.0, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0, description="epochs")
+    max_nonfinite_steps: int = Field(10, gt=0, description="consecutive skipped steps allowed")
+    seed: int = 0
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | str | list[int] = "auto"
+    strategy: str = "auto"
+    num_threads: int | None = Field(None, gt=0, description="torch CPU threads; None: default")
+    dtype: Literal["float32", "float64"] = "float32"
+    log_every_n_steps: int = Field(50, gt=0)
+
+    @model_validator(mode="after")
+    def _check_stop(self) -> TrainingConfig:
+        if self.max_epochs is None and self.max_steps is None and self.max_time_minutes is None:
+            raise ValueError(
+                "training: set max_epochs, max_steps or max_time_minutes, or training never stops"
+            )
+        if self.scheduler == "cosine" and self.max_epochs is None and self.max_steps is None:
+            raise ValueError("training.scheduler: cosine needs max_epochs or max_steps as horizon")
+        return self
+
+
+class OutputConfig(_Section):
+    """Where the run is written and how chatty it is."""
+
+    run_dir: str = "runs/piwsl"
+    overwrite: bool = Field(False, description="start afresh in a run_dir that holds a run")
+    progress_bar: bool = True
+
+
+class Config(_Section):
+    """A whole training run."""
+
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    physics: PhysicsConfig = Field(default_factory=PhysicsConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-ready mapping (round-trips through :func:`config_from_dict`)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------------------------
+# loading and overrides
+
+
+def resolve_config_path(source: str | Path) -> Path:
+    """``builtin:NAME`` → the packaged YAML; otherwise a path that must exist."""
+    text = str(source)
+    if text.startswith("builtin:"):
+        name = text.split(":", 1)[1]
+        if name not in BUILTIN_CONFIGS:
+            raise ConfigError(f"unknown built-in config {name!r}{suggest(name, BUILTIN_CONFIGS)}")
+        return Path(str(resources.files("piwsl") / "configs" / BUILTIN_CONFIGS[name]))
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file {text!r} does not exist")
+    return path
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.c=value"`` → (["a", "b", "c"], value parsed as YAML: numbers, bools, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"override {text!r}: {key!r} is not a dotted key like training.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a nested mapping (a copy); intermediate mappings are created."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(
+                    f"override {text!r}: {where} is a value ({child!r}), not a section"
+                )
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Validate a mapping; any problem becomes a :class:`ConfigError` naming the dotted key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read ``source`` (a YAML path or ``builtin:NAME``; default :data:`DEFAULT_CONFIG`)."""
+    path = resolve_config_path(source if source is not None else DEFAULT_CONFIG)
+    data = apply_overrides(read_yaml(path), list(overrides or []))
+    return config_from_dict(data)
+
+
+# --------------------------------------------------------------------------------------------
+# error messages
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``annotation`` (``X``, ``X | None``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None, Any]:
+    """Follow ``loc`` through the config classes: (field path, model owning the last, its field)."""
+    cls: type[BaseModel] | None = Config
+    path: list[str] = []
+    owner: type[BaseModel] | None = Config
+    field = None
+    for part in loc:
+        if cls is None or not isinstance(part, str):
+            break
+        if part not in cls.model_fields:
+            path.append(part)
+            owner, field = cls, None
+            break
+        owner, field = cls, cls.model_fields[part]
+        path.append(part)
+        cls = _submodel(field.annotation)
+        if cls is None:
+            # inside a free-form mapping (model.hparams, data.e0s): keep string keys as given
+            rest = [p for p in loc[len(path) :] if isinstance(p, str)]
+            if field.annotation is not None and typing.get_origin(field.annotation) is dict:
+                path.extend(rest[:1])
+            break
+    return path, owner, field
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    if annotation is type(None):
+        return "null"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
+    if annotation in names:
+        return names[annotation]
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per offending key: unknown keys with suggestions, wrong types with the expected."""
+    lines: list[str] = []
+    seen: set[str] = set()
+    for item in err.errors():
+        path, owner, field = _walk(tuple(item["loc"]))
+        key = ".".join(path) if path else "<config>"
+        if key in seen:
+            continue
+        seen.add(key)
+        kind = item["type"]
+        if kind == "extra_forbidden" and owner is not None:
+            prefix = ".".join(path[:-1])
+            choices = [f"{prefix}.{name}" if prefix else name for name in owner.model_fields]
+            lines.append(f"unknown config key {key!r}{suggest(key, choices)}")
+        elif kind == "missing":
+            lines.append(f"{key}: required key is missing")
+        elif kind == "value_error":
+            message = str(item.get("ctx", {}).get("error", item["msg"]))
+            lines.append(message if message.startswith(key) else f"{key}: {message}")
+        else:
+            expected = _type_name(field.annotation) if field is not None else "a valid value"
+            got = item.get("input")
+            lines.append(f"{key}: {item['msg'].lower()} (expected {expected}, got {got!r})")
+    return "invalid configuration: " + "; ".join(lines) if len(lines) != 1 else lines[0]

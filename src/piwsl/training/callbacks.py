@@ -1,0 +1,37 @@
+"""Training plumbing: atomic checkpoint writes and a quieter progress bar.
+
+Lightning's own checkpoint writer goes through an fsspec transaction; piwsl writes local
+checkpoints itself — to a temporary file in the same folder, fsync, then ``os.replace`` — so a
+run killed at any moment leaves either the previous checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from piwsl.models.io import atomic_save
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose ``save_checkpoint`` is temp-file + fsync + rename."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        if "://" in str(path):  # remote file systems: keep Lightning's fsspec transaction
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_save(checkpoint, path)
+
+
+class PiwslProgressBar(TQDMProgressBar):
+    """The TQDM bar without the version number, showing the validation errors (meV, meV/Å)."""
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items

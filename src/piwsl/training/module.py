@@ -1,0 +1,266 @@
+"""The Lightning module: a force field, its EMA copy, the objective, optimiser and schedule.
+
+Training steps evaluate the :class:`~piwsl.objective.Objective` on the live model and log every
+term raw and weighted (``train_<term>_raw`` / ``train_<term>_weighted``). Validation runs on the EMA
+copy (forces by autograd inside ``torch.enable_grad``, ``create_graph=False``) and logs MAE/RMSE
+with units in the names: ``val_energy_mae_meV``, ``val_energy_mae_meV_per_atom``,
+``val_forces_mae_meV_per_A``, … Every checkpoint carries a ``piwsl_model`` entry (the EMA model as
+:func:`piwsl.models.io.model_state`), so :func:`piwsl.models.load_model` reads it directly.
+
+A non-finite loss skips the step with a warning; ``max_nonfinite_steps`` skips in a row raise
+:class:`~piwsl.errors.NonFiniteError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any
+
+import lightning
+import torch
+
+from piwsl.config import LossConfig, TrainingConfig
+from piwsl.data.batch import Batch
+from piwsl.errors import NonFiniteError
+from piwsl.models.forces import ForceField
+from piwsl.models.io import model_state
+from piwsl.objective import Objective, energy_mse_per_atom, forces_mse
+
+log = logging.getLogger(__name__)
+
+#: Validation sums accumulated per epoch (reduced over devices before division).
+_SUMS = (
+    "e_abs",
+    "e_sq",
+    "epa_abs",
+    "epa_sq",
+    "n_e",
+    "f_abs",
+    "f_sq",
+    "n_f",
+    "loss_e",
+    "loss_f",
+    "n_batches",
+)
+
+
+class ExponentialMovingAverage:
+    """θ_ema ← d·θ_ema + (1 − d)·θ, with d = min(decay, (1 + n)/(10 + n)) after n updates.
+
+    Buffers (E0s, shift, scale) are copied, not averaged.
+    """
+
+    def __init__(self, decay: float) -> None:
+        self.decay = float(decay)
+
+    @torch.no_grad()
+    def update(self, ema: torch.nn.Module, model: torch.nn.Module, n_updates: int) -> None:
+        d = min(self.decay, (1.0 + n_updates) / (10.0 + n_updates))
+        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+            p_ema.lerp_(p.detach(), 1.0 - d)
+        for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+            b_ema.copy_(b)
+
+
+class PiwslModule(lightning.LightningModule):
+    """LightningModule over a :class:`ForceField` (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: ForceField,
+        loss: LossConfig,
+        training: TrainingConfig,
+        physics: Any = None,
+        monitor: str = "val_forces_mae_meV_per_A",
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_cfg = loss
+        self.train_cfg = training
+        self.objective = Objective(loss.energy_weight, loss.force_weight, physics=physics)
+        self.monitor = monitor
+        self.config_dict = config or {}
+        self.use_ema = bool(training.ema_decay)
+        if self.use_ema:
+            self.ema_model = copy.deepcopy(model)
+            for p in self.ema_model.parameters():
+                p.requires_grad_(False)
+            self.ema = ExponentialMovingAverage(float(training.ema_decay))
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self._nonfinite_in_row = 0
+        self._cosine_total = 1
+        self._val_sums: dict[str, torch.Tensor] = {}
+
+    # ---- the model used for validation and saving ------------------------------------------
+    @property
+    def eval_model(self) -> ForceField:
+        return self.ema_model if self.use_ema else self.model
+
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int):
+        return batch.to(device=device)
+
+    # ---- training ---------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int):
+        result = self.objective(self.model, batch)
+        total = result.total
+        n = batch.n_structures
+        if not bool(torch.isfinite(total)):
+            self._nonfinite_in_row += 1
+            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in result.raw.items())
+            log.warning(
+                "non-finite loss at epoch %d, step %d (%s); step skipped (%d in a row)",
+                self.current_epoch,
+                self.global_step,
+                terms,
+                self._nonfinite_in_row,
+            )
+            if self._nonfinite_in_row >= self.train_cfg.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"the training loss was non-finite for {self._nonfinite_in_row} steps in a row "
+                    f"(epoch {self.current_epoch}, step {self.global_step}; terms: {terms}). Lower "
+                    "training.lr, set training.gradient_clip, use training.dtype=float64, or "
+                    "check the data for absurd labels"
+                )
+            return None
+        self._nonfinite_in_row = 0
+        if not total.requires_grad:  # a batch of label-free frames and no physics term
+            return None
+        self.log(
+            "train_loss", total.detach(), on_step=False, on_epoch=True, batch_size=n, prog_bar=False
+        )
+        for name, value in result.raw.items():
+            self.log(
+                f"train_{name}_raw", value.detach(), on_step=False, on_epoch=True, batch_size=n
+            )
+        for name, value in result.weighted.items():
+            self.log(
+                f"train_{name}_weighted", value.detach(), on_step=False, on_epoch=True, batch_size=n
+            )
+        return total
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if self.use_ema and outputs is not None:
+            self.ema.update(self.ema_model, self.model, int(self.ema_updates))
+            self.ema_updates += 1
+
+    def on_train_epoch_start(self) -> None:
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    # ---- validation -------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = {
+            k: torch.zeros((), dtype=torch.float64, device=self.device) for k in _SUMS
+        }
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        model = self.eval_model
+        need_forces = bool(batch.forces_mask.any())
+        out = model(batch, compute_forces=need_forces, create_graph=False)
+        s = self._val_sums
+        em = batch.energy_mask
+        if bool(em.any()):
+            err = (out["energy"][em] - batch.energy[em]).double()
+            per_atom = err / batch.n_atoms[em]
+            s["e_abs"] += err.abs().sum()
+            s["e_sq"] += (err**2).sum()
+            s["epa_abs"] += per_atom.abs().sum()
+            s["epa_sq"] += (per_atom**2).sum()
+            s["n_e"] += em.sum()
+            s["loss_e"] += energy_mse_per_atom(out, batch).double() * em.sum()
+        if need_forces:
+            am = batch.atom_forces_mask
+            err = (out["forces"][am] - batch.forces[am]).double()
+            s["f_abs"] += err.abs().sum()
+            s["f_sq"] += (err**2).sum()
+            s["n_f"] += err.numel()
+            s["loss_f"] += forces_mse(out, batch).double() * err.numel()
+        s["n_batches"] += 1
+
+    def on_validation_epoch_end(self) -> None:
+        s = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._val_sums.items()}
+        metrics: dict[str, float] = {}
+        n_e, n_f = float(s["n_e"]), float(s["n_f"])
+        loss = 0.0
+        if n_e > 0:
+            metrics["val_energy_mae_meV"] = 1e3 * float(s["e_abs"]) / n_e
+            metrics["val_energy_rmse_meV"] = 1e3 * (float(s["e_sq"]) / n_e) ** 0.5
+            metrics["val_energy_mae_meV_per_atom"] = 1e3 * float(s["epa_abs"]) / n_e
+            metrics["val_energy_rmse_meV_per_atom"] = 1e3 * (float(s["epa_sq"]) / n_e) ** 0.5
+            loss += self.loss_cfg.energy_weight * float(s["loss_e"]) / n_e
+        if n_f > 0:
+            metrics["val_forces_mae_meV_per_A"] = 1e3 * float(s["f_abs"]) / n_f
+            metrics["val_forces_rmse_meV_per_A"] = 1e3 * (float(s["f_sq"]) / n_f) ** 0.5
+            loss += self.loss_cfg.force_weight * float(s["loss_f"]) / n_f
+        metrics["val_loss"] = loss
+        show = {"val_energy_mae_meV", "val_forces_mae_meV_per_A"}
+        for key, value in metrics.items():
+            self.log(key, value, prog_bar=key in show, sync_dist=False)
+
+    # ---- optimiser and schedule ---------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        optimizer = cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.scheduler == "none":
+            return optimizer
+        if cfg.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer,
+                mode="min",
+                factor=cfg.plateau_factor,
+                patience=cfg.plateau_patience,
+                min_lr=cfg.min_lr,
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {
+                    "scheduler": scheduler,
+                    "monitor": self.monitor,
+                    "interval": "epoch",
+                    "frequency": 1,
+                    "strict": True,
+                },
+            }
+        self._cosine_total = self._total_steps()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._cosine_factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def _total_steps(self) -> int:
+        total = float(self.trainer.estimated_stepping_batches)
+        return max(1, int(total)) if math.isfinite(total) else 1
+
+    def _cosine_factor(self, step: int) -> float:
+        """Closed-form cosine decay from lr to min_lr over the run's total steps.
+
+        Stateless apart from the step counter, so a resumed run with a new max_epochs follows the
+        new horizon (the total is re-read at the start of every fit).
+        """
+        cfg = self.train_cfg
+        floor = min(1.0, cfg.min_lr / cfg.lr)
+        progress = min(1.0, step / max(1, self._cosine_total))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def on_train_start(self) -> None:
+        if self.train_cfg.scheduler == "cosine":
+            self._cosine_total = self._total_steps()
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["piwsl_model"] = model_state(self.eval_model)
+        checkpoint["piwsl_config"] = self.config_dict
+        physics = self.objective.physics
+        if physics is not None and hasattr(physics, "state_dict"):
+            checkpoint["piwsl_physics"] = physics.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        physics = self.objective.physics
+        state = checkpoint.get("piwsl_physics")
+        if physics is not None and state is not None and hasattr(physics, "load_state_dict"):
+            physics.load_state_dict(state)

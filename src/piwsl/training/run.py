@@ -1,0 +1,438 @@
+"""A whole training run: data → model → Lightning fit → best/final models → test evaluation.
+
+:func:`train` is what ``piwsl train`` calls; :func:`evaluate_checkpoint` is ``piwsl evaluate``.
+A run directory holds::
+
+    config.yaml               the resolved configuration
+    checkpoints/best.ckpt     Lightning checkpoint with the best validation force MAE
+    checkpoints/last.ckpt     the latest checkpoint (``--resume`` continues from it)
+    best_model.pt             the EMA model of best.ckpt (piwsl.models.load_model)
+    final_model.pt            the EMA model at the end of training
+    logs/version_K/metrics.csv  per-epoch losses (raw and weighted) and validation errors
+    evaluation/test_metrics.json, evaluation/test_parity.png
+    summary.json              paths, timing and the headline numbers
+
+Console output goes through rich.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from piwsl.config import Config
+from piwsl.errors import CheckpointError, ConfigError
+from piwsl.training.data import EpochShuffleSampler, PreparedData, prepare_data
+
+log = logging.getLogger(__name__)
+
+#: Messages from Lightning that say nothing useful for piwsl runs.
+_QUIET_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*Experiment logs directory .* exists and is not empty.*",
+    r".*The number of training batches .* is smaller than the logging interval.*",
+    r".*You're resuming from a checkpoint that ended before the epoch ended.*",
+    r".*treespec.*",
+    r".*`training_step` returned `None`.*",
+)
+
+
+@dataclass
+class TrainResult:
+    """Where a run put its outputs, and its headline numbers."""
+
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    best_model: Path | None
+    final_model: Path
+    monitor: str
+    best_score: float | None
+    epochs: int
+    steps: int
+    train_time_s: float
+    test_metrics: dict[str, Any] | None = None
+    test_metrics_path: Path | None = None
+    test_plot_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+
+
+def build_force_field(cfg: Config, data: PreparedData):
+    """The configured model for ``data.elements`` with E0s, shift and scale set."""
+    from piwsl.models import build_model
+
+    try:
+        model = build_model(
+            cfg.model.name, elements=data.elements, cutoff=cfg.model.cutoff, **cfg.model.hparams
+        )
+    except TypeError as err:
+        raise ConfigError(
+            f"model.hparams: {err} (model {cfg.model.name!r}; hparams given: "
+            f"{sorted(cfg.model.hparams)})"
+        ) from None
+    model.energy_model.set_reference(data.e0s, data.shift, data.scale)
+    if cfg.training.dtype == "float64":
+        model = model.double()
+    return model
+
+
+def build_physics(cfg: Config, cutoff: float) -> Any:
+    """The physics terms of ``cfg`` (None when every physics weight is zero)."""
+    if not cfg.physics.enabled:
+        return None
+    from piwsl.physics import build_physics as _build
+
+    physics = _build(cfg.physics)
+    if physics is not None and hasattr(physics, "check_skin"):
+        physics.check_skin(cfg.data.skin, cutoff)
+    return physics
+
+
+def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Path | None:
+    """Check/clean the run directory; return the checkpoint to resume from (or None)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise CheckpointError(
+                f"--resume: no checkpoint {str(last)!r}; start the run without --resume"
+            )
+        saved = run_dir / "config.yaml"
+        if saved.is_file():
+            from piwsl.config import read_yaml
+
+            old = read_yaml(saved)
+            new = cfg.to_dict()
+            for section in ("model", "data"):
+                if old.get(section) != new[section]:
+                    raise ConfigError(
+                        f"--resume: the {section} section differs from the run's {str(saved)!r}; "
+                        "only training/output settings may change when resuming"
+                    )
+        return last
+    holds_run = last.exists() or (run_dir / "final_model.pt").exists()
+    if holds_run:
+        if not cfg.output.overwrite:
+            raise ConfigError(
+                f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue "
+                "it, --run-dir to start elsewhere, or output.overwrite=true to replace it"
+            )
+        for name in ("checkpoints", "logs", "evaluation"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        for name in ("best_model.pt", "final_model.pt", "summary.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    return None
+
+
+def _next_log_version(run_dir: Path) -> int:
+    logs = run_dir / "logs"
+    if not logs.is_dir():
+        return 0
+    versions = [int(p.name.split("_")[1]) for p in logs.glob("version_*") if p.name[8:].isdigit()]
+    return max(versions, default=-1) + 1
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    names = ("lightning.pytorch", "lightning.fabric", "lightning")
+    levels = {n: logging.getLogger(n).level for n in names}
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        for n in names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for n, level in levels.items():
+                logging.getLogger(n).setLevel(level)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def metrics_table(metrics: dict[str, Any], title: str = "test set") -> Table:
+    """A rich table of energy (meV, meV/atom) and force (meV/Å) MAE/RMSE."""
+    table = Table(title=f"{title}: {metrics.get('n_frames', '?')} frames")
+    table.add_column("quantity")
+    table.add_column("MAE", justify="right")
+    table.add_column("RMSE", justify="right")
+    table.add_row(
+        "energy (meV)", _fmt(metrics.get("energy_mae_meV")), _fmt(metrics.get("energy_rmse_meV"))
+    )
+    table.add_row(
+        "energy (meV/atom)",
+        _fmt(metrics.get("energy_mae_meV_per_atom")),
+        _fmt(metrics.get("energy_rmse_meV_per_atom")),
+    )
+    table.add_row(
+        "forces (meV/Å)",
+        _fmt(metrics.get("forces_mae_meV_per_A")),
+        _fmt(metrics.get("forces_rmse_meV_per_A")),
+    )
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+
+def train(
+    cfg: Config,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+    evaluate: bool = True,
+) -> TrainResult:
+    """Train the model of ``cfg``; write the run directory; evaluate the best model on the test set.
+
+    ``resume=True`` continues from ``<run_dir>/checkpoints/last.ckpt`` (weights, EMA, optimiser,
+    schedule, epoch/step counters and physics sampling state).
+    """
+    import lightning
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from piwsl.data import GraphDataset, collate
+    from piwsl.models import load_model, save_model
+    from piwsl.training.callbacks import AtomicCheckpointIO, PiwslProgressBar
+    from piwsl.training.module import PiwslModule
+
+    console = console or Console(quiet=True)
+    tcfg = cfg.training
+    run_dir = Path(run_dir if run_dir is not None else cfg.output.run_dir)
+    if run_dir != Path(cfg.output.run_dir):
+        cfg = cfg.model_copy(
+            update={"output": cfg.output.model_copy(update={"run_dir": str(run_dir)})}
+        )
+    resume_from = _prepare_run_dir(cfg, run_dir, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+
+    if tcfg.num_threads is not None:
+        torch.set_num_threads(tcfg.num_threads)
+    lightning.seed_everything(tcfg.seed, workers=True, verbose=False)
+
+    data = prepare_data(cfg.data)
+    for line in data.coverage:
+        log.info(line)
+        console.print(f"[bold]data[/] {escape(line)}")
+    model = build_force_field(cfg, data)
+    physics = build_physics(cfg, model.cutoff)
+    dtype = torch.float64 if tcfg.dtype == "float64" else torch.float32
+    n_params = sum(p.numel() for p in model.parameters())
+    console.print(
+        f"[bold]model[/] {cfg.model.name} ({n_params:,} parameters, cutoff {model.cutoff} Å, "
+        f"{tcfg.dtype}); energy shift {data.shift * 1e3:.2f} meV/atom, scale {data.scale:.4g}; "
+        f"physics {'on' if physics is not None else 'off'}"
+    )
+
+    skin = cfg.data.skin
+    train_ds = GraphDataset(data.train, model.cutoff, skin, dtype)
+    val_ds = GraphDataset(data.val, model.cutoff, skin, dtype)
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=tcfg.batch_size,
+        sampler=EpochShuffleSampler(len(train_ds), seed=tcfg.seed),
+        collate_fn=collate,
+        num_workers=0,
+    )
+    val_bs = tcfg.val_batch_size or 2 * tcfg.batch_size
+    val_loader = DataLoader(val_ds, batch_size=val_bs, shuffle=False, collate_fn=collate)
+
+    monitor = "val_forces_mae_meV_per_A" if data.val_has_forces else "val_energy_mae_meV"
+    module = PiwslModule(
+        model, cfg.loss, tcfg, physics=physics, monitor=monitor, config=cfg.to_dict()
+    )
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint_cb = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor=monitor,
+        mode="min",
+        save_top_k=1,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+    )
+    # Lightning's save_last only copies when a top-k checkpoint is written; a separate callback
+    # writes last.ckpt after every epoch, so --resume always starts from the latest epoch.
+    last_cb = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=1,
+        enable_version_counter=False,
+    )
+    callbacks: list[Any] = [checkpoint_cb, last_cb]
+    if tcfg.early_stopping_patience:
+        callbacks.append(
+            EarlyStopping(monitor=monitor, mode="min", patience=tcfg.early_stopping_patience)
+        )
+    if cfg.output.progress_bar:
+        callbacks.append(PiwslProgressBar())
+    logger = CSVLogger(save_dir=run_dir, name="logs", version=_next_log_version(run_dir))
+    with _quiet_lightning():
+        trainer = lightning.Trainer(
+            accelerator=tcfg.accelerator,
+            devices=tcfg.devices,
+            strategy=tcfg.strategy,
+            max_epochs=tcfg.max_epochs if tcfg.max_epochs is not None else -1,
+            max_steps=tcfg.max_steps if tcfg.max_steps is not None else -1,
+            max_time=timedelta(minutes=tcfg.max_time_minutes) if tcfg.max_time_minutes else None,
+            gradient_clip_val=tcfg.gradient_clip,
+            callbacks=callbacks,
+            logger=logger,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=str(run_dir),
+            enable_model_summary=False,
+            enable_progress_bar=cfg.output.progress_bar,
+            log_every_n_steps=tcfg.log_every_n_steps,
+            num_sanity_val_steps=0,
+            inference_mode=False,  # validation computes forces by autograd (enable_grad inside)
+        )
+    start = time.perf_counter()
+    with _quiet_lightning():
+        trainer.fit(
+            module,
+            train_loader,
+            val_loader,
+            ckpt_path=str(resume_from) if resume_from is not None else None,
+        )
+    train_time = time.perf_counter() - start
+
+    metadata = {"run_dir": str(run_dir), "config": cfg.to_dict()}
+    final_model = run_dir / "final_model.pt"
+    best_ckpt = Path(checkpoint_cb.best_model_path) if checkpoint_cb.best_model_path else None
+    best_model_path: Path | None = None
+    result = TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=best_ckpt,
+        last_checkpoint=ckpt_dir / "last.ckpt" if (ckpt_dir / "last.ckpt").exists() else None,
+        best_model=None,
+        final_model=final_model,
+        monitor=monitor,
+        best_score=(
+            float(checkpoint_cb.best_model_score)
+            if checkpoint_cb.best_model_score is not None
+            else None
+        ),
+        epochs=int(trainer.current_epoch),
+        steps=int(trainer.global_step),
+        train_time_s=train_time,
+    )
+    if not trainer.is_global_zero:
+        return result
+    save_model(module.eval_model, final_model, metadata)
+    eval_source = final_model
+    if best_ckpt is not None and best_ckpt.is_file():
+        best_model_path = run_dir / "best_model.pt"
+        save_model(load_model(best_ckpt), best_model_path, metadata)
+        eval_source = best_model_path
+    result.best_model = best_model_path
+    console.print(
+        f"[bold]trained[/] {result.epochs} epochs / {result.steps} steps in {train_time:.1f} s; "
+        f"best {monitor} = {_fmt(result.best_score)}"
+    )
+    if evaluate:
+        frames, name = (data.test, "test") if data.test else (data.val, "validation")
+        if frames:
+            from piwsl.evaluation import evaluate_model
+
+            out_dir = run_dir / "evaluation"
+            metrics = evaluate_model(
+                load_model(eval_source), frames, out_dir, batch_size=val_bs, name=name
+            )
+            result.test_metrics = metrics
+            result.test_metrics_path = out_dir / f"{name}_metrics.json"
+            plot = out_dir / f"{name}_parity.png"
+            result.test_plot_path = plot if plot.exists() else None
+            console.print(metrics_table(metrics, title=f"{name} set ({eval_source.name})"))
+    summary = {
+        "run_dir": str(run_dir),
+        "best_checkpoint": str(best_ckpt) if best_ckpt else None,
+        "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+        "best_model": str(best_model_path) if best_model_path else None,
+        "final_model": str(final_model),
+        "monitor": monitor,
+        "best_score": result.best_score,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "train_time_s": round(train_time, 2),
+        "test_metrics": str(result.test_metrics_path) if result.test_metrics_path else None,
+        "test_parity_plot": str(result.test_plot_path) if result.test_plot_path else None,
+        "test": result.test_metrics,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    for label, path in (
+        ("metrics", result.test_metrics_path),
+        ("parity plot", result.test_plot_path),
+        ("best model", best_model_path),
+        ("checkpoint", best_ckpt),
+    ):
+        if path is not None:
+            console.print(f"[bold]{label}[/] {escape(str(path))}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    out_dir: str | Path | None = None,
+    batch_size: int = 32,
+    name: str | None = None,
+    console: Console | None = None,
+    keys: Any = None,
+) -> tuple[dict[str, Any], Path, Path | None]:
+    """Evaluate a model file or training checkpoint on a data file; (metrics, json path, plot)."""
+    from piwsl.data import read_frames
+    from piwsl.evaluation import evaluate_model
+    from piwsl.models import load_model
+    from piwsl.registry import suggest
+    from piwsl.units import ENERGY_UNITS, LENGTH_UNITS
+
+    console = console or Console(quiet=True)
+    for unit, known, what in (
+        (getattr(keys, "energy_unit", "eV"), ENERGY_UNITS, "energy"),
+        (getattr(keys, "length_unit", "Å"), LENGTH_UNITS, "length"),
+    ):
+        if unit not in known:
+            raise ConfigError(f"unknown {what} unit {unit!r}{suggest(unit, known)}")
+    checkpoint = Path(checkpoint)
+    model = load_model(checkpoint)
+    frames = read_frames(data, keys)
+    if name is None:
+        stem = str(data).split(":", 1)[1] if str(data).startswith("builtin:") else Path(data).stem
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "eval"
+    out = Path(out_dir) if out_dir is not None else checkpoint.parent / "evaluation"
+    metrics = evaluate_model(model, frames, out, batch_size=batch_size, name=name)
+    metrics_path = out / f"{name}_metrics.json"
+    plot = out / f"{name}_parity.png"
+    console.print(metrics_table(metrics, title=f"{name} ({checkpoint.name})"))
+    console.print(f"[bold]metrics[/] {escape(str(metrics_path))}")
+    if plot.exists():
+        console.print(f"[bold]parity plot[/] {escape(str(plot))}")
+    return metrics, metrics_path, plot if plot.exists() else None

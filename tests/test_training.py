@@ -1,0 +1,306 @@
+"""The training loop: loss goes down, energy-only runs, resume, NaN guard, checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+from piwsl.config import config_from_dict
+from piwsl.data import read_frames
+from piwsl.errors import ConfigError, NonFiniteError
+from piwsl.models import load_model
+
+torch.set_num_threads(1)
+
+
+def write_tiny_extxyz(path: Path, n: int = 20, unlabelled_every: int = 5) -> Path:
+    """``n`` rMD17 ethanol frames; every ``unlabelled_every``-th carries no labels at all."""
+    frames = read_frames("builtin:ethanol_train")[:n]
+    images = []
+    for k, f in enumerate(frames):
+        atoms = f.to_atoms()
+        energy, forces = atoms.calc.results["energy"], atoms.calc.results["forces"]
+        atoms.calc = None
+        if k % unlabelled_every != unlabelled_every - 1:
+            atoms.info["REF_energy"] = energy
+            atoms.arrays["REF_forces"] = forces
+        images.append(atoms)
+    ase.io.write(path, images, format="extxyz")
+    return path
+
+
+def tiny_config(data_path: Path, run_dir: Path, **sections) -> dict:
+    cfg = {
+        "data": {"train": str(data_path), "n_val": 4, "n_test": 0, "skin": 0.3},
+        "model": {
+            "name": "schnet",
+            "cutoff": 4.0,
+            "hparams": {"features": 16, "interactions": 2, "n_rbf": 8},
+        },
+        "training": {
+            "batch_size": 4,
+            "max_epochs": 2,
+            "num_threads": 1,
+            "lr": 3e-3,
+            "scheduler": "plateau",
+        },
+        "output": {"run_dir": str(run_dir), "progress_bar": False},
+    }
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def read_epoch_rows(run_dir: Path, version: int = 0) -> list[dict[str, str]]:
+    with open(run_dir / "logs" / f"version_{version}" / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def column(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_tiny_extxyz(tmp_path_factory.mktemp("data") / "tiny.xyz")
+
+
+def test_prepare_data_splits_references_and_unlabelled(tiny_data, tmp_path):
+    from piwsl.training import prepare_data
+
+    extra = write_tiny_extxyz(tmp_path / "extra.xyz", n=3, unlabelled_every=1)
+    cfg = config_from_dict(
+        tiny_config(tiny_data, tmp_path / "run", data={"n_test": 2, "unlabelled": [str(extra)]})
+    )
+    data = prepare_data(cfg.data)
+    assert (len(data.val), len(data.test)) == (4, 2)
+    assert len(data.train) == 20 - 4 - 2 + 3
+    assert sum(not f.has_energy and not f.has_forces for f in data.train[-3:]) == 3
+    assert data.elements == [1, 6, 8]
+    labelled = [f for f in data.train if f.has_forces]
+    rms = math.sqrt(np.mean(np.concatenate([f.forces for f in labelled]) ** 2))
+    assert data.scale == pytest.approx(rms)
+    residual = [
+        (f.energy - sum(data.e0s[int(z)] for z in f.numbers)) / f.n_atoms
+        for f in data.train
+        if f.has_energy
+    ]
+    assert data.shift == pytest.approx(np.mean(residual), abs=1e-9)
+    # the split is seeded: same seed, same frames; another seed, another split
+    again = prepare_data(cfg.data)
+    assert [f.index for f in again.val] == [f.index for f in data.val]
+    other = prepare_data(cfg.data.model_copy(update={"split_seed": 1}))
+    assert [f.index for f in other.val] != [f.index for f in data.val]
+
+
+def test_loss_decreases_and_run_dir_is_complete(tiny_data, tmp_path):
+    from piwsl.training import train
+
+    run = tmp_path / "run"
+    cfg = config_from_dict(
+        tiny_config(
+            tiny_data,
+            run,
+            training={"max_epochs": 8, "lr": 1e-2},
+            model={"hparams": {"features": 32, "interactions": 2, "n_rbf": 16}},
+            loss={"force_weight": 10.0},
+        )
+    )
+    result = train(cfg)
+    rows = read_epoch_rows(run)
+    loss = column(rows, "train_loss")
+    val_f = column(rows, "val_forces_mae_meV_per_A")
+    assert len(loss) == 8 and len(val_f) == 8
+    assert np.mean(loss[-2:]) < 0.5 * loss[0]
+    assert min(val_f[-3:]) < 0.7 * val_f[0]
+    for key in (
+        "train_energy_raw",
+        "train_energy_weighted",
+        "train_forces_raw",
+        "train_forces_weighted",
+        "val_energy_mae_meV",
+        "val_energy_mae_meV_per_atom",
+        "val_forces_rmse_meV_per_A",
+        "lr",
+    ):
+        assert column(rows, key), key
+    # weighted = weight × raw, logged per term
+    raw, weighted = column(rows, "train_forces_raw"), column(rows, "train_forces_weighted")
+    assert weighted[-1] == pytest.approx(cfg.loss.force_weight * raw[-1], rel=1e-5)
+    for name in (
+        "config.yaml",
+        "best_model.pt",
+        "final_model.pt",
+        "summary.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+    ):
+        assert (run / name).is_file(), name
+    # with n_test=0 the best model is evaluated on the validation set
+    assert result.test_metrics_path == run / "evaluation" / "validation_metrics.json"
+    assert result.best_score == pytest.approx(min(val_f), rel=1e-5)
+    # the Lightning checkpoint loads as a model and equals best_model.pt
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
+    assert ckpt["piwsl_model"]["name"] == "schnet"
+    from_ckpt, from_pt = (
+        load_model(run / "checkpoints" / "best.ckpt"),
+        load_model(run / "best_model.pt"),
+    )
+    for key, value in from_pt.state_dict().items():
+        torch.testing.assert_close(from_ckpt.state_dict()[key], value)
+
+
+def test_energy_only_training_computes_no_force_loss(tiny_data, tmp_path, monkeypatch):
+    from piwsl.models.forces import ForceField
+    from piwsl.training import train
+
+    calls: list[tuple[bool, bool]] = []
+    original = ForceField.forward
+
+    def spy(self, batch, compute_forces=True, create_graph=None):
+        calls.append((self.training, compute_forces))
+        return original(self, batch, compute_forces, create_graph)
+
+    monkeypatch.setattr(ForceField, "forward", spy)
+    run = tmp_path / "run"
+    cfg = config_from_dict(tiny_config(tiny_data, run, loss={"force_weight": 0.0}))
+    train(cfg, evaluate=False)
+    training_calls = [forces for is_training, forces in calls if is_training]
+    assert training_calls and not any(training_calls)
+    rows = read_epoch_rows(run)
+    assert "train_forces_raw" not in rows[0]
+    assert column(rows, "train_energy_raw")
+    # validation still reports force errors (the labels exist) and selects on them
+    assert column(rows, "val_forces_mae_meV_per_A")
+
+
+def test_resume_continues_to_the_same_state(tiny_data, tmp_path):
+    from piwsl.training import train
+
+    straight = tmp_path / "straight"
+    train(
+        config_from_dict(tiny_config(tiny_data, straight, training={"max_epochs": 4})),
+        evaluate=False,
+    )
+    split = tmp_path / "split"
+    first = train(config_from_dict(tiny_config(tiny_data, split)), evaluate=False)
+    assert first.epochs == 2
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config_from_dict(tiny_config(tiny_data, split, training={"max_epochs": 4})))
+    second = train(
+        config_from_dict(tiny_config(tiny_data, split, training={"max_epochs": 4})),
+        resume=True,
+        evaluate=False,
+    )
+    assert second.epochs == 4
+    steps_per_epoch = math.ceil(14 / 4)
+    assert second.steps == 4 * steps_per_epoch
+    ckpt = torch.load(split / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4 * steps_per_epoch
+    assert int(ckpt["state_dict"]["ema_updates"]) == 4 * steps_per_epoch
+    # the resumed run logged into a new log version, up to the last epoch (index 3); Lightning
+    # re-runs the end of epoch 1 (its checkpoint was written during validation)
+    assert {2.0, 3.0} <= set(column(read_epoch_rows(split, 1), "epoch")) <= {1.0, 2.0, 3.0}
+    # 2 + 2 epochs with resume end where 4 epochs in one go end
+    a, b = load_model(straight / "final_model.pt"), load_model(split / "final_model.pt")
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_nonfinite_loss_skips_then_raises(tiny_data, tmp_path):
+    from piwsl.data import frames_to_batch
+    from piwsl.objective import ObjectiveResult
+    from piwsl.training import prepare_data
+    from piwsl.training.module import PiwslModule
+    from piwsl.training.run import build_force_field
+
+    cfg = config_from_dict(tiny_config(tiny_data, tmp_path, training={"max_nonfinite_steps": 3}))
+    data = prepare_data(cfg.data)
+    module = PiwslModule(build_force_field(cfg, data), cfg.loss, cfg.training)
+    batch = frames_to_batch([f for f in data.train if f.has_forces][:2], cfg.model.cutoff)
+    assert module.training_step(batch, 0) is not None  # finite: a loss tensor
+
+    def nan_objective(model, batch):
+        nan = torch.tensor(float("nan"))
+        return ObjectiveResult(total=nan, output={}, raw={"energy": nan}, weighted={"energy": nan})
+
+    module.objective = nan_objective
+    module.train_cfg = cfg.training
+    assert module.training_step(batch, 0) is None
+    assert module.training_step(batch, 1) is None
+    with pytest.raises(NonFiniteError, match="non-finite for 3 steps in a row"):
+        module.training_step(batch, 2)
+
+
+def test_checkpoint_writes_are_atomic(tmp_path):
+    from piwsl.training.callbacks import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpt" / "last.ckpt"
+    io.save_checkpoint({"epoch": 1}, path)
+    with pytest.raises(Exception):  # noqa: B017 (pickling a lambda fails mid-write)
+        io.save_checkpoint({"epoch": 2, "bad": lambda: None}, path)
+    assert io.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_bad_model_hparam_is_a_config_error(tiny_data, tmp_path):
+    from piwsl.training import train
+
+    cfg = config_from_dict(
+        tiny_config(tiny_data, tmp_path / "r", model={"hparams": {"featres": 8}})
+    )
+    with pytest.raises(ConfigError, match="featres"):
+        train(cfg)
+
+
+def test_energy_only_data_scales_by_energy_spread(tmp_path):
+    from piwsl.training import prepare_data
+
+    frames = read_frames("builtin:ethanol_train")[:12]
+    images = []
+    for f in frames:
+        atoms = f.to_atoms()
+        atoms.info["REF_energy"] = atoms.calc.results["energy"]
+        atoms.calc = None
+        images.append(atoms)
+    path = tmp_path / "energies.xyz"
+    ase.io.write(path, images, format="extxyz")
+    cfg = config_from_dict(tiny_config(path, tmp_path / "run", data={"e0s": "zero", "n_val": 2}))
+    data = prepare_data(cfg.data)
+    per_atom = [f.energy / f.n_atoms for f in data.train]
+    assert data.shift == pytest.approx(np.mean(per_atom))
+    assert data.scale == pytest.approx(np.std(per_atom))
+    assert not data.val_has_forces and data.val_has_energy
+
+
+def test_physics_terms_are_logged_and_their_state_resumes(tiny_data, tmp_path):
+    from piwsl.training import train
+
+    run = tmp_path / "run"
+    physics = {"taylor_weight": 1.2, "spatial_weight": 0.01}
+    train(
+        config_from_dict(tiny_config(tiny_data, run, physics=physics, training={"max_epochs": 1})),
+        evaluate=False,
+    )
+    rows = read_epoch_rows(run)
+    for term in ("taylor", "spatial"):
+        raw, weighted = column(rows, f"train_{term}_raw"), column(rows, f"train_{term}_weighted")
+        assert raw and raw[0] > 0
+        assert weighted[0] == pytest.approx(physics[f"{term}_weight"] * raw[0], rel=1e-5)
+    cfg2 = config_from_dict(
+        tiny_config(tiny_data, run, physics=physics, training={"max_epochs": 2})
+    )
+    train(cfg2, resume=True, evaluate=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    # last.ckpt is the latest epoch even when validation did not improve, and the displacement
+    # sampler continued where it stopped (one draw per training step)
+    assert ckpt["epoch"] == 1
+    assert ckpt["piwsl_physics"]["step"] == ckpt["global_step"] == 2 * math.ceil(14 / 4)
