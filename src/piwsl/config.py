@@ -68,6 +68,13 @@ class DataConfig(_Section):
         "fit", description="fit, isolated, zero or {symbol or Z: eV}"
     )
     skin: float = Field(0.5, ge=0, description="neighbour-list skin, Å")
+    train_labels: Literal["all", "energy", "forces"] = Field(
+        "all",
+        description=(
+            "labels kept in the training and validation frames: 'energy' simulates an "
+            "energy-only data set (e.g. CCSD(T)); the test set always keeps all its labels"
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_units(self) -> DataConfig:

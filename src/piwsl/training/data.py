@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -81,6 +81,15 @@ def reference_statistics(frames: list[Frame], e0s: dict[int, float]) -> tuple[fl
     return shift, scale
 
 
+def _keep_labels(frames: list[Frame], which: str) -> list[Frame]:
+    """Drop the forces (``which="energy"``) or the energies (``"forces"``) of every frame."""
+    if which == "energy":
+        return [replace(f, forces=None) for f in frames]
+    if which == "forces":
+        return [replace(f, energy=None) for f in frames]
+    return frames
+
+
 def prepare_data(cfg: DataConfig) -> PreparedData:
     """Read, split and reference the data of a run (see the module docstring)."""
     keys = LabelKeys(
@@ -101,6 +110,7 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     train = [pool[k] for k in tr]
     val = _read_all(cfg.validation, keys) if cfg.validation else [pool[k] for k in va]
     test = _read_all(cfg.test, keys) if cfg.test else [pool[k] for k in te]
+    train, val = _keep_labels(train, cfg.train_labels), _keep_labels(val, cfg.train_labels)
     unlabelled = _strip_labels(_read_all(cfg.unlabelled, keys)) if cfg.unlabelled else []
     if not val:
         raise ConfigError(
