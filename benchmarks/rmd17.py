@@ -151,14 +151,22 @@ def git_commit() -> str:
         return "unknown"
 
 
-def execute(run: Run, work: Path, threads: int) -> dict:
+def execute(run: Run, work: Path, threads: int, reuse: bool = False) -> dict:
     run_dir = work / run.name
+    summary = run_dir / "summary.json"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.perf_counter()
-    proc = subprocess.run(
-        run.command(run_dir, threads), env=env, capture_output=True, text=True, cwd=ROOT
-    )
-    wall = time.perf_counter() - start
+    if reuse and summary.exists():
+        # a finished run of the same name: collect it (its wall time is the recorded one)
+        proc = subprocess.CompletedProcess([], 0, "", "")
+        wall = json.loads((run_dir / "run_wall_time.json").read_text())["wall_time_s"]
+    else:
+        proc = subprocess.run(
+            run.command(run_dir, threads), env=env, capture_output=True, text=True, cwd=ROOT
+        )
+        wall = time.perf_counter() - start
+        if proc.returncode == 0:
+            (run_dir / "run_wall_time.json").write_text(json.dumps({"wall_time_s": wall}))
     record = {
         "name": run.name,
         "molecule": run.molecule,
@@ -171,7 +179,6 @@ def execute(run: Run, work: Path, threads: int) -> dict:
         "wall_time_s": round(wall, 1),
         "returncode": proc.returncode,
     }
-    summary = run_dir / "summary.json"
     if proc.returncode == 0 and summary.exists():
         s = json.loads(summary.read_text())
         record.update(
@@ -179,7 +186,7 @@ def execute(run: Run, work: Path, threads: int) -> dict:
             epochs=s.get("epochs"),
             train_time_s=s.get("train_time_s"),
             monitor=s.get("monitor"),
-            test=s.get("test_metrics"),
+            test=s.get("test"),
         )
     else:
         record["error"] = (proc.stderr or proc.stdout)[-2000:]
@@ -236,6 +243,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--work", default=str(ROOT / "runs" / "benchmarks"))
     parser.add_argument("--tag", default=None, help="suffix of the result files")
+    parser.add_argument(
+        "--reuse", action="store_true", help="collect finished runs instead of re-training them"
+    )
     args = parser.parse_args()
 
     runs = suite_runs(args)
@@ -269,7 +279,7 @@ def main() -> None:
         )
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for future in [pool.submit(execute, run, work, args.threads) for run in runs]:
+        for future in [pool.submit(execute, run, work, args.threads, args.reuse) for run in runs]:
             done(future.result())
 
 

@@ -107,10 +107,27 @@ class ModelConfig(_Section):
 
 
 class LossConfig(_Section):
-    """Weights of the supervised terms (energy MSE in eV²/atom², force MSE in (eV/Å)²)."""
+    """Weights and units of the supervised terms.
+
+    By default the energy term is the MSE of per-atom energies in eV² and the force term the MSE
+    of force components in (eV/Å)². ``energy_unit: kcal/mol`` with ``per_atom_energy: false``
+    gives the paper's convention (total energies in kcal/mol), the one in which its physics
+    weights (taylor 1.2, spatial 0.01 with ``physics.weight_energy_unit: kcal/mol``) were tuned.
+    """
 
     energy_weight: float = Field(1.0, ge=0)
     force_weight: float = Field(10.0, ge=0)
+    energy_unit: str = Field("eV", description="energy unit of the supervised losses")
+    per_atom_energy: bool = Field(True, description="energy loss on E/N_atoms (else total E)")
+
+    @model_validator(mode="after")
+    def _check_unit(self) -> LossConfig:
+        if self.energy_unit not in ENERGY_UNITS:
+            raise ValueError(
+                f"loss.energy_unit: unknown unit {self.energy_unit!r}"
+                f"{suggest(self.energy_unit, ENERGY_UNITS)}"
+            )
+        return self
 
 
 class TrainingConfig(_Section):

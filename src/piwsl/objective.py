@@ -28,21 +28,37 @@ class ObjectiveResult:
     weighted: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def energy_mse_per_atom(output: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-    """Mean over structures with an energy of ((E − E_ref)/N_atoms)², eV²/atom²."""
+def energy_mse(
+    output: dict[str, torch.Tensor], batch: Batch, unit: float = 1.0, per_atom: bool = True
+) -> torch.Tensor:
+    """Mean over structures with an energy of ((E − E_ref)[/N_atoms] / unit)².
+
+    Defaults: per-atom energies in eV (eV²/atom²). ``unit`` is the size of the loss's energy unit
+    in eV (e.g. :data:`piwsl.units.KCAL_MOL`).
+    """
     mask = batch.energy_mask
     if not bool(mask.any()):
         return output["energy"].new_zeros(())
-    diff = (output["energy"][mask] - batch.energy[mask]) / batch.n_atoms[mask]
+    diff = (output["energy"][mask] - batch.energy[mask]) / unit
+    if per_atom:
+        diff = diff / batch.n_atoms[mask]
     return (diff**2).mean()
 
 
-def forces_mse(output: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-    """Mean over force components of atoms whose structure has forces of (F − F_ref)², (eV/Å)²."""
+def energy_mse_per_atom(output: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    """Mean over structures with an energy of ((E − E_ref)/N_atoms)², eV²/atom²."""
+    return energy_mse(output, batch)
+
+
+def forces_mse(output: dict[str, torch.Tensor], batch: Batch, unit: float = 1.0) -> torch.Tensor:
+    """Mean over force components of atoms whose structure has forces of ((F − F_ref)/unit)².
+
+    Default (eV/Å)²; ``unit`` is the energy unit in eV (forces in unit/Å).
+    """
     mask = batch.atom_forces_mask
     if not bool(mask.any()):
         return output["forces"].new_zeros(())
-    return ((output["forces"][mask] - batch.forces[mask]) ** 2).mean()
+    return (((output["forces"][mask] - batch.forces[mask]) / unit) ** 2).mean()
 
 
 class Objective:
@@ -52,10 +68,29 @@ class Objective:
     supervised terms use the A part of that output (no separate supervised forward pass).
     """
 
-    def __init__(self, energy_weight: float = 1.0, force_weight: float = 100.0, physics=None):
+    def __init__(
+        self,
+        energy_weight: float = 1.0,
+        force_weight: float = 10.0,
+        physics=None,
+        energy_unit: str = "eV",
+        per_atom_energy: bool = True,
+    ):
+        from piwsl.units import energy_factor
+
         self.energy_weight = float(energy_weight)
         self.force_weight = float(force_weight)
         self.physics = physics  # a piwsl.physics.PhysicsTerms, or None
+        self.unit = energy_factor(energy_unit)
+        self.per_atom_energy = per_atom_energy
+
+    def energy_loss(self, output: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The supervised energy term in this objective's units (see the module docstring)."""
+        return energy_mse(output, batch, self.unit, self.per_atom_energy)
+
+    def forces_loss(self, output: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The supervised force term in this objective's units."""
+        return forces_mse(output, batch, self.unit)
 
     def needs_forces(self, batch: Batch) -> bool:
         return self.force_weight > 0 and bool(batch.forces_mask.any())
@@ -72,10 +107,10 @@ class Objective:
         raw: dict[str, torch.Tensor] = {}
         weighted: dict[str, torch.Tensor] = {}
         if self.energy_weight > 0:
-            raw["energy"] = energy_mse_per_atom(output, batch)
+            raw["energy"] = self.energy_loss(output, batch)
             weighted["energy"] = self.energy_weight * raw["energy"]
         if need_forces:
-            raw["forces"] = forces_mse(output, batch)
+            raw["forces"] = self.forces_loss(output, batch)
             weighted["forces"] = self.force_weight * raw["forces"]
         raw.update(physics_raw)
         weighted.update(physics_weighted)

@@ -7,8 +7,13 @@ with units in the names: ``val_energy_mae_meV``, ``val_energy_mae_meV_per_atom``
 ``val_forces_mae_meV_per_A``, … Every checkpoint carries a ``piwsl_model`` entry (the EMA model as
 :func:`piwsl.models.io.model_state`), so :func:`piwsl.models.load_model` reads it directly.
 
-A non-finite loss skips the step with a warning; ``max_nonfinite_steps`` skips in a row raise
-:class:`~piwsl.errors.NonFiniteError`.
+A non-finite loss skips the step with a warning; so does a finite loss whose gradient is
+non-finite (checked in :meth:`PiwslModule.on_before_optimizer_step`, after the DDP all-reduce, so
+every rank skips the same step: the gradients are set to ``None`` and the optimiser leaves the
+weights, and the EMA copy is not updated). ``max_nonfinite_steps`` skipped steps in a row raise
+:class:`~piwsl.errors.NonFiniteError`. A checkpoint is never written with non-finite weights
+(:meth:`PiwslModule.on_save_checkpoint` raises instead), so the checkpoints on disk stay the last
+good ones.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from piwsl.data.batch import Batch
 from piwsl.errors import NonFiniteError
 from piwsl.models.forces import ForceField
 from piwsl.models.io import model_state
-from piwsl.objective import Objective, energy_mse_per_atom, forces_mse
+from piwsl.objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +85,13 @@ class PiwslModule(lightning.LightningModule):
         self.model = model
         self.loss_cfg = loss
         self.train_cfg = training
-        self.objective = Objective(loss.energy_weight, loss.force_weight, physics=physics)
+        self.objective = Objective(
+            loss.energy_weight,
+            loss.force_weight,
+            physics=physics,
+            energy_unit=loss.energy_unit,
+            per_atom_energy=loss.per_atom_energy,
+        )
         self.monitor = monitor
         self.config_dict = config or {}
         self.use_ema = bool(training.ema_decay)
@@ -91,6 +102,7 @@ class PiwslModule(lightning.LightningModule):
             self.ema = ExponentialMovingAverage(float(training.ema_decay))
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self._nonfinite_in_row = 0
+        self._skipped_step = False
         self._cosine_total = 1
         self._val_sums: dict[str, torch.Tensor] = {}
 
@@ -107,26 +119,14 @@ class PiwslModule(lightning.LightningModule):
         result = self.objective(self.model, batch)
         total = result.total
         n = batch.n_structures
+        self._skipped_step = False
         if not bool(torch.isfinite(total)):
-            self._nonfinite_in_row += 1
             terms = ", ".join(f"{k}={float(v):.4g}" for k, v in result.raw.items())
-            log.warning(
-                "non-finite loss at epoch %d, step %d (%s); step skipped (%d in a row)",
-                self.current_epoch,
-                self.global_step,
-                terms,
-                self._nonfinite_in_row,
-            )
-            if self._nonfinite_in_row >= self.train_cfg.max_nonfinite_steps:
-                raise NonFiniteError(
-                    f"the training loss was non-finite for {self._nonfinite_in_row} steps in a row "
-                    f"(epoch {self.current_epoch}, step {self.global_step}; terms: {terms}). Lower "
-                    "training.lr, set training.gradient_clip, use training.dtype=float64, or "
-                    "check the data for absurd labels"
-                )
+            self._skipped_step = True
+            self._count_nonfinite("loss", terms)
             return None
-        self._nonfinite_in_row = 0
         if not total.requires_grad:  # a batch of label-free frames and no physics term
+            self._skipped_step = True
             return None
         self.log(
             "train_loss", total.detach(), on_step=False, on_epoch=True, batch_size=n, prog_bar=False
@@ -141,8 +141,47 @@ class PiwslModule(lightning.LightningModule):
             )
         return total
 
+    def _count_nonfinite(self, what: str, detail: str) -> None:
+        """Warn about a skipped step; raise NonFiniteError after max_nonfinite_steps in a row."""
+        self._nonfinite_in_row += 1
+        log.warning(
+            "non-finite %s at epoch %d, step %d (%s); step skipped (%d in a row)",
+            what,
+            self.current_epoch,
+            self.global_step,
+            detail,
+            self._nonfinite_in_row,
+        )
+        if self._nonfinite_in_row >= self.train_cfg.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"the training {what} was non-finite for {self._nonfinite_in_row} steps in a row "
+                f"(epoch {self.current_epoch}, step {self.global_step}; {detail}). Lower "
+                "training.lr, set training.gradient_clip, use training.dtype=float64, or "
+                "check the data for absurd labels; the checkpoints on disk are the last good ones"
+            )
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip the update when a gradient is NaN/inf (the loss was finite)."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:  # no backward this step (loss skipped or label-free batch)
+            return
+        if bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()):
+            self._nonfinite_in_row = 0
+            return
+        names = [n for n, p in self.model.named_parameters() if p.grad is not None]
+        bad = [
+            n for n, p in zip(names, params, strict=True) if not bool(torch.isfinite(p.grad).all())
+        ]
+        for p in params:
+            p.grad = None  # torch optimisers leave parameters without a gradient untouched
+        self._skipped_step = True
+        more = f" … {len(bad) - 3} more" if len(bad) > 3 else ""
+        self._count_nonfinite("gradient", f"parameters {', '.join(bad[:3])}{more}")
+
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        if self.use_ema and outputs is not None:
+        if self._skipped_step:  # no optimiser update this step: nothing to average
+            return
+        if self.use_ema:
             self.ema.update(self.ema_model, self.model, int(self.ema_updates))
             self.ema_updates += 1
 
@@ -169,14 +208,14 @@ class PiwslModule(lightning.LightningModule):
             s["epa_abs"] += per_atom.abs().sum()
             s["epa_sq"] += (per_atom**2).sum()
             s["n_e"] += em.sum()
-            s["loss_e"] += energy_mse_per_atom(out, batch).double() * em.sum()
+            s["loss_e"] += self.objective.energy_loss(out, batch).double() * em.sum()
         if need_forces:
             am = batch.atom_forces_mask
             err = (out["forces"][am] - batch.forces[am]).double()
             s["f_abs"] += err.abs().sum()
             s["f_sq"] += (err**2).sum()
             s["n_f"] += err.numel()
-            s["loss_f"] += forces_mse(out, batch).double() * err.numel()
+            s["loss_f"] += self.objective.forces_loss(out, batch).double() * err.numel()
         s["n_batches"] += 1
 
     def on_validation_epoch_end(self) -> None:
@@ -253,6 +292,15 @@ class PiwslModule(lightning.LightningModule):
 
     # ---- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for name, net in (("model", self.model), ("EMA model", self.eval_model)):
+            bad = [n for n, p in net.named_parameters() if not bool(torch.isfinite(p).all())]
+            if bad:
+                raise NonFiniteError(
+                    f"the {name} has non-finite weights ({', '.join(bad[:3])}) at epoch "
+                    f"{self.current_epoch}, step {self.global_step}; no checkpoint was written, "
+                    "the ones on disk are the last good ones. Lower training.lr or set "
+                    "training.gradient_clip"
+                )
         checkpoint["piwsl_model"] = model_state(self.eval_model)
         checkpoint["piwsl_config"] = self.config_dict
         physics = self.objective.physics
