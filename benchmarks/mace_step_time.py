@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ import mace  # first: before e3nn
 import numpy as np
 import torch
 from ase import Atoms
+from common import git_commit, machine_info
 from mace import data as mace_data
 from mace.modules.loss import WeightedEnergyForcesLoss
 from mace.tools import AtomicNumberTable, torch_geometric
@@ -63,41 +62,10 @@ CUTOFF = 5.0  # Å
 ENERGY_WEIGHT, FORCE_WEIGHT = 1.0, 100.0
 
 
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def _e3nn_version() -> str:
     import e3nn
 
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "mace_torch": mace.__version__,
-        "e3nn": e3nn.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-    }
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        return out + (" (+ uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return e3nn.__version__
 
 
 def mace_batch(frames, dtype: torch.dtype, z_table, batch_size: int):
@@ -258,7 +226,7 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "git_commit": git_commit(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "machine": machine(),
+        "machine": machine_info(mace_torch=mace.__version__, e3nn=_e3nn_version()),
         "loadavg_before": list(os.getloadavg()),
         "hparams": HPARAMS,
         "cutoff_A": CUTOFF,

@@ -25,15 +25,14 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import git_commit, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path("/work/shared/data/rmd17/rmd17_aspirin_test_01.npz")
@@ -47,46 +46,6 @@ PROTOCOLS: dict[str, tuple[str, float, float]] = {
 }
 QUICK_LENGTH_PS = 1.0
 QUICK_TRAJECTORIES = 2
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 def expand_checkpoints(patterns: list[str]) -> list[Path]:
@@ -332,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "git_commit": git_commit(),
-        "machine": machine(),
+        "machine": machine_info(),
         "quick": args.quick,
         "data": args.data,
         "timestep_fs": args.timestep,

@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import git_commit, machine_info
 
 from piwsl.data import read_frames
 from piwsl.data.batch import collate
@@ -70,27 +68,6 @@ def load_frames(molecule: str, n: int):
     if molecule == "ethanol":
         return read_frames("builtin:ethanol_train")[:n], "builtin:ethanol_train"
     raise FileNotFoundError(f"{path} not found")
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-    }
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def bench_case(model_key: str, molecule: str, args, variants: list[str]) -> dict:
@@ -321,7 +298,7 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "git_commit": git_commit(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "machine": machine(),
+        "machine": machine_info(),
         "note": (
             "Full optimisation steps (forward, backward, Adam) with loss weights w_E = 1, "
             "w_F = 100 (or 0 for *_E_only), λ_taylor = 1.2, λ_spatial = 0.01 (kcal/mol), "

@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import git_commit, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -146,27 +147,6 @@ def suite_runs(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
-def machine() -> dict:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def execute(run: Run, work: Path, threads: int, reuse: bool = False) -> dict:
     run_dir = work / run.name
     summary = run_dir / "summary.json"
@@ -270,7 +250,7 @@ def main() -> None:
         "suite": args.suite,
         "command": "python benchmarks/rmd17.py " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
-        "machine": machine(),
+        "machine": machine_info(),
         "threads": args.threads,
         "jobs": args.jobs,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
