@@ -80,31 +80,64 @@ def read_frames(
     return frames
 
 
+def _load_npz_arrays(path: str | Path, source: str) -> dict[str, np.ndarray]:
+    """The rMD17 arrays of an ``.npz`` (file closed afterwards); real-number dtypes only."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the with-block below)
+    except OSError as err:
+        raise DataError(f"cannot open file: {err}", file=source) from err
+    with handle:
+        try:
+            data = np.load(handle, allow_pickle=False)
+            keys = set(data.files)
+        except Exception as err:  # numpy raises many types for corrupt archives
+            raise DataError(f"cannot read npz archive: {err}", file=source) from err
+        with data:
+            for required in ("nuclear_charges", "coords"):
+                if required not in keys:
+                    raise DataError(
+                        "required key missing from the npz archive",
+                        file=source,
+                        key=required,
+                        hint="rMD17 files hold nuclear_charges, coords, energies, forces",
+                    )
+            arrays: dict[str, np.ndarray] = {}
+            for key in ("nuclear_charges", "coords", "energies", "forces"):
+                if key not in keys:
+                    continue
+                try:
+                    arrays[key] = data[key]
+                except Exception as err:  # a member that is not a readable .npy array
+                    raise DataError(
+                        f"cannot decode npz array: {err}", file=source, key=key
+                    ) from err
+                if arrays[key].dtype.kind not in "iuf":  # complex, bool, text, objects
+                    raise DataError(
+                        f"array has dtype {arrays[key].dtype}, expected real numbers",
+                        file=source,
+                        key=key,
+                    )
+    return arrays
+
+
 def read_rmd17_npz(path: str | Path, source: str | None = None) -> list[Frame]:
     """Read an rMD17 ``.npz`` (kcal/mol and kcal/mol/Å on disk → eV and eV/Å)."""
     source = source or str(path)
+    arrays = _load_npz_arrays(path, source)
+    charges = np.asarray(arrays["nuclear_charges"])
+    if charges.dtype.kind == "f" and not np.all(
+        np.isfinite(charges) & (charges == np.round(charges))
+    ):
+        raise DataError("nuclear charges are not whole numbers", file=source, key="nuclear_charges")
     try:
-        data = np.load(path, allow_pickle=False)
-        keys = set(data.files)
-    except Exception as err:  # numpy raises many types for corrupt archives
-        raise DataError(f"cannot read npz archive: {err}", file=source) from err
-    for required in ("nuclear_charges", "coords"):
-        if required not in keys:
-            raise DataError(
-                "required key missing from the npz archive",
-                file=source,
-                key=required,
-                hint="rMD17 files hold nuclear_charges, coords, energies, forces",
-            )
-    try:
-        numbers = np.asarray(data["nuclear_charges"]).astype(np.int64).reshape(-1)
-        coords = np.asarray(data["coords"], dtype=np.float64)
+        numbers = charges.astype(np.int64).reshape(-1)
+        coords = np.asarray(arrays["coords"], dtype=np.float64)
         energies = (
-            np.asarray(data["energies"], dtype=np.float64).reshape(-1)
-            if "energies" in keys
+            np.asarray(arrays["energies"], dtype=np.float64).reshape(-1)
+            if "energies" in arrays
             else None
         )
-        forces = np.asarray(data["forces"], dtype=np.float64) if "forces" in keys else None
+        forces = np.asarray(arrays["forces"], dtype=np.float64) if "forces" in arrays else None
     except Exception as err:
         raise DataError(f"cannot decode npz arrays: {err}", file=source) from err
     if coords.ndim != 3 or coords.shape[1:] != (numbers.shape[0], 3):

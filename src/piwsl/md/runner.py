@@ -270,7 +270,12 @@ def run_trajectory(
         result.files["trajectory"] = str(path)
 
     # setup errors (unknown element, bad checkpoint) propagate: evaluate the start outside the loop
-    atoms.get_forces()
+    try:
+        atoms.get_forces()
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
     dyn = make_integrator(atoms, config, rng)
     dt_ps = config.timestep_fs / 1000.0
     rows: list[tuple[float, ...]] = []

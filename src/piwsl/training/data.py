@@ -5,6 +5,11 @@ lists (label-free frames appended to training), the element list (the union over
 frames), the E0s and the normalisation (``shift`` = mean per-atom residual energy after E0s, eV;
 ``scale`` = RMS of the force labels, eV/Å, or the std of the per-atom residual energy, eV, when no
 frame has forces).
+
+It also warns (``logging``, once per kind, naming the frames) about data that is probably wrong but
+cannot be proven so: frames shared between the training set and the validation/test sets
+(:func:`find_duplicates`), atoms closer than :data:`MIN_DISTANCE` Å (:func:`find_close_atoms`) and
+energies whose magnitude fits another unit than the declared one (:func:`guess_energy_unit`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch.utils.data import Sampler
 from piwsl.config import DataConfig
 from piwsl.data import Frame, LabelKeys, label_coverage, read_frames, resolve_e0s, split_indices
 from piwsl.errors import ConfigError, DataError
+from piwsl.units import ENERGY_UNITS, HARTREE
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,163 @@ def reference_statistics(frames: list[Frame], e0s: dict[int, float]) -> tuple[fl
     return shift, scale
 
 
+# --------------------------------------------------------------------------------------------
+# plausibility checks (warnings: the data may be right, but usually is not)
+
+#: Atoms closer than this (Å) are physically absurd: the shortest bond, H–H in H₂, is 0.74 Å and
+#: even strongly compressed or high-energy MD structures stay above ~0.6 Å.
+MIN_DISTANCE = 0.5
+#: Positions are rounded to this many decimals (Å) when looking for duplicate frames.
+DUPLICATE_DECIMALS = 5
+#: Relative tolerance of the all-electron energy estimate used by :func:`guess_energy_unit`.
+UNIT_TOLERANCE = 0.12
+#: Candidate storage units, each with the name users write in ``data.energy_unit``.
+_UNIT_CANDIDATES = {
+    "eV": 1.0,
+    "Hartree": HARTREE,
+    "kcal/mol": ENERGY_UNITS["kcal/mol"],
+    "kJ/mol": ENERGY_UNITS["kJ/mol"],
+    "meV": 1e-3,
+}
+_MAX_LISTED = 8
+
+
+def frame_key(frame: Frame) -> bytes:
+    """A hash key of atomic numbers and positions rounded to 1e-5 Å (labels ignored)."""
+    import hashlib
+
+    pos = np.round(frame.positions, DUPLICATE_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+    digest = hashlib.blake2b(frame.numbers.astype(np.int64).tobytes(), digest_size=16)
+    digest.update(pos.astype(np.float64).tobytes())
+    return digest.digest()
+
+
+def _where(f: Frame) -> str:
+    return f"{f.source!r} frame {f.index}"
+
+
+def find_duplicates(train: list[Frame], others: dict[str, list[Frame]]) -> list[str]:
+    """``"<split> 'file' frame k = train 'file' frame m"`` for every frame of ``others`` whose
+    numbers and positions (rounded to 1e-5 Å) equal those of a training frame."""
+    seen: dict[bytes, Frame] = {}
+    for f in train:
+        seen.setdefault(frame_key(f), f)
+    found = []
+    for name, frames in others.items():
+        for f in frames:
+            twin = seen.get(frame_key(f))
+            if twin is not None:
+                found.append(f"{name} {_where(f)} = train {_where(twin)}")
+    return found
+
+
+def min_distance(frame: Frame, below: float = MIN_DISTANCE) -> float | None:
+    """The shortest interatomic distance (Å, periodic images included) if it is < ``below``."""
+    from piwsl.data.neighbors import neighbor_list
+
+    if frame.n_atoms < 2 and not frame.pbc.any():
+        return None
+    edge_index, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, below)
+    if edge_index.shape[1] == 0:
+        return None
+    i, j = edge_index
+    vec = frame.positions[j] - frame.positions[i] + shifts @ frame.cell
+    return float(np.linalg.norm(vec, axis=1).min())
+
+
+def find_close_atoms(frames: list[Frame], threshold: float = MIN_DISTANCE) -> list[str]:
+    """``"'file' frame k: 0.31 Å"`` for every frame with two atoms closer than ``threshold``."""
+    found = []
+    for f in frames:
+        d = min_distance(f, threshold)
+        if d is not None:
+            found.append(f"{_where(f)}: {d:.3f} Å")
+    return found
+
+
+def all_electron_energy(numbers: np.ndarray) -> float:
+    """Estimate (eV) of the non-relativistic all-electron energy of the free atoms.
+
+    Thomas–Fermi with the Scott and Schwinger corrections, per atom
+    ``E(Z) ≈ −0.7687 Z^{7/3} + 0.5 Z² − 0.2699 Z^{5/3}`` Hartree: within ~2 % of Hartree–Fock
+    atomic energies from C to Cu (C −37.6 vs −37.7, O −75.0 vs −74.8, Cu −1641 vs −1639 Ha).
+    Chemical binding changes a molecule's total by well under 1 %.
+    """
+    z = np.asarray(numbers, dtype=np.float64)
+    per_atom = -0.7687 * z ** (7 / 3) + 0.5 * z**2 - 0.2699 * z ** (5 / 3)
+    return float(per_atom.sum()) * HARTREE
+
+
+def guess_energy_unit(frames: list[Frame], declared: str) -> tuple[str, float] | None:
+    """(unit, median ratio) when the energies look like all-electron totals in another unit.
+
+    The heuristic: ``r = E / E_ae`` with ``E`` the energy as read (declared unit → eV) and
+    ``E_ae`` :func:`all_electron_energy`. All-electron total energies (Gaussian, ORCA, PySCF,
+    rMD17) have ``r ≈ 1`` in eV. Read in the wrong unit, ``r`` is off by the unit ratio: ≈ 1/27.2
+    for Hartree values declared as eV, ≈ 23.1 for kcal/mol, ≈ 96.5 for kJ/mol. rMD17 ethanol:
+    E = −4210 eV (−468 eV/atom), E_ae = −4178 eV, r = 1.008; the same numbers stored in Hartree
+    (−154.7) give r = 0.037, in kcal/mol (−97 080) r = 23.2. A unit is suggested only when at
+    least 90 % of the energy-labelled frames lie within ±12 % of the same hypothesis ``r = 1/k``
+    (k converting the candidate unit to eV, relative to the declared one), and it differs from the
+    declared unit. Energies with a reference subtracted (E0s, atomisation energies) or from
+    pseudopotential codes (VASP, QE) have ``|r| ≪ 1`` (VASP ethanol ≈ 0.011) and match nothing,
+    except by coincidence the Hartree window (r ≈ 0.037): hence a warning, not an error.
+    """
+    ratios = np.array([f.energy / all_electron_energy(f.numbers) for f in frames if f.has_energy])
+    if ratios.size == 0:
+        return None
+    declared_factor = ENERGY_UNITS.get(declared, 1.0)
+    for unit, factor in _UNIT_CANDIDATES.items():
+        # stored in `unit`, read as `declared`: r = factor(declared) / factor(unit)
+        expected = declared_factor / factor
+        close = np.abs(ratios / expected - 1.0) < UNIT_TOLERANCE
+        if close.mean() >= 0.9:
+            same = factor == declared_factor
+            return None if same else (unit, float(np.median(ratios)))
+    return None
+
+
+def _listed(items: list[str]) -> str:
+    more = f" … and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return "; ".join(items[:_MAX_LISTED]) + more
+
+
+def check_plausibility(
+    train: list[Frame], others: dict[str, list[Frame]], energy_unit: str
+) -> list[str]:
+    """Log one warning per kind of implausible data (see the module docstring); return them."""
+    warnings: list[str] = []
+    dups = find_duplicates(train, others)
+    if dups:
+        warnings.append(
+            f"{len(dups)} validation/test frames duplicate training frames (same numbers and "
+            f"positions to 1e-5 Å): {_listed(dups)}. Their errors measure memorisation, not "
+            "generalisation: remove them from one of the sets"
+        )
+    everything = train + [f for frames in others.values() for f in frames]
+    close = find_close_atoms(everything)
+    if close:
+        warnings.append(
+            f"{len(close)} frames have atoms closer than {MIN_DISTANCE} Å (physically absurd; "
+            f"wrong length unit, e.g. Bohr read as Å, or broken structures?): {_listed(close)}"
+        )
+    labelled = [f for f in everything if f.has_energy]
+    guess = guess_energy_unit(labelled, energy_unit)
+    if guess is not None:
+        unit, ratio = guess
+        example = labelled[0]
+        warnings.append(
+            f"energies look like {unit}, but data.energy_unit is {energy_unit!r}: e.g. "
+            f"{_where(example)} reads as {example.energy:.6g} eV for {example.n_atoms} atoms, "
+            f"while all-electron energies of these atoms are about "
+            f"{all_electron_energy(example.numbers):.6g} eV (median ratio {ratio:.4g}). "
+            f"Set data.energy_unit={unit} if the file stores {unit}"
+        )
+    for text in warnings:
+        log.warning(text)
+    return warnings
+
+
 def _keep_labels(frames: list[Frame], which: str) -> list[Frame]:
     """Drop the forces (``which="energy"``) or the energies (``"forces"``) of every frame."""
     if which == "energy":
@@ -90,8 +253,11 @@ def _keep_labels(frames: list[Frame], which: str) -> list[Frame]:
     return frames
 
 
-def prepare_data(cfg: DataConfig) -> PreparedData:
-    """Read, split and reference the data of a run (see the module docstring)."""
+def prepare_data(cfg: DataConfig, report: bool = True) -> PreparedData:
+    """Read, split and reference the data of a run (see the module docstring).
+
+    ``report=False`` skips the plausibility warnings (DDP ranks other than 0).
+    """
     keys = LabelKeys(
         energy_key=cfg.energy_key,
         forces_key=cfg.forces_key,
@@ -140,6 +306,9 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
                     frame=f.index,
                     hint="add such structures to the training set",
                 )
+    others = {"validation": val, "test": test}
+    if report:
+        check_plausibility(train_all, others, cfg.energy_unit)
     mode = cfg.e0s
     if isinstance(mode, dict):
         mode = dict(mode)
@@ -163,10 +332,24 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     )
 
 
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class EpochShuffleSampler(Sampler[int]):
     """Random order that depends only on (seed, epoch): reproducible, and identical after resume.
 
-    Lightning calls :meth:`set_epoch` at the start of every epoch.
+    Lightning calls :meth:`set_epoch` at the start of every epoch. Under torch.distributed (DDP)
+    rank ``r`` of ``W`` takes positions ``r, r + W, r + 2W, …`` of the same permutation (padded by
+    wrapping around to a multiple of ``W``, so every rank makes as many steps): the ``W`` rank
+    batches of step ``k`` with batch size ``b`` together are the one-process batch ``k`` with batch
+    size ``W·b``. ``piwsl train`` therefore turns Lightning's own sampler injection off
+    (``use_distributed_sampler=False``), which would re-shuffle this order with its own seed.
     """
 
     def __init__(self, n: int, seed: int = 0) -> None:
@@ -178,8 +361,31 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.n
+        _, world = _rank_world()
+        return math.ceil(self.n / world)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator).tolist()
+        rank, world = _rank_world()
+        if world > 1:
+            total = math.ceil(self.n / world) * world
+            order = (order * math.ceil(total / max(1, self.n)))[:total]
+            order = order[rank::world]
+        return iter(order)
+
+
+class ShardSampler(Sampler[int]):
+    """Validation order: rank ``r`` of ``W`` takes frames ``r, r + W, …`` (no padding, so no frame
+    is counted twice; the validation sums are reduced over ranks)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        rank, world = _rank_world()
+        return len(range(rank, self.n, world))
+
+    def __iter__(self):
+        rank, world = _rank_world()
+        return iter(range(rank, self.n, world))

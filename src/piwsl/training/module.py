@@ -10,7 +10,9 @@ with units in the names: ``val_energy_mae_meV``, ``val_energy_mae_meV_per_atom``
 A non-finite loss skips the step with a warning; so does a finite loss whose gradient is
 non-finite (checked in :meth:`PiwslModule.on_before_optimizer_step`, after the DDP all-reduce, so
 every rank skips the same step: the gradients are set to ``None`` and the optimiser leaves the
-weights, and the EMA copy is not updated). ``max_nonfinite_steps`` skipped steps in a row raise
+weights, and the EMA copy is not updated). Under DDP a rank with a non-finite loss still runs
+backward, on a loss whose gradient is NaN for every parameter, so that all ranks skip the step
+together instead of hanging in the all-reduce. ``max_nonfinite_steps`` skipped steps in a row raise
 :class:`~piwsl.errors.NonFiniteError`. A checkpoint is never written with non-finite weights
 (:meth:`PiwslModule.on_save_checkpoint` raises instead), so the checkpoints on disk stay the last
 good ones.
@@ -49,6 +51,14 @@ _SUMS = (
     "loss_f",
     "n_batches",
 )
+
+
+def _world_size() -> int:
+    """Processes in the initialised torch.distributed group (1 without one)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
 
 
 class ExponentialMovingAverage:
@@ -121,11 +131,25 @@ class PiwslModule(lightning.LightningModule):
         n = batch.n_structures
         self._skipped_step = False
         if not bool(torch.isfinite(total)):
-            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in result.raw.items())
+            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in result.raw.items())
+            if _world_size() > 1:
+                # Under DDP every rank must run backward (the gradient all-reduce would hang):
+                # a NaN gradient on every parameter makes all ranks skip this step together in
+                # on_before_optimizer_step, which also counts it.
+                log.warning(
+                    "non-finite loss on rank %d at epoch %d, step %d (%s); all ranks skip it",
+                    torch.distributed.get_rank(),
+                    self.current_epoch,
+                    self.global_step,
+                    terms,
+                )
+                return self._poisoned_loss()
             self._skipped_step = True
             self._count_nonfinite("loss", terms)
             return None
         if not total.requires_grad:  # a batch of label-free frames and no physics term
+            if _world_size() > 1:  # DDP: contribute zero gradients instead of skipping backward
+                return sum((0.0 * p.sum() for p in self._trainable()), total.new_zeros(()))
             self._skipped_step = True
             return None
         self.log(
@@ -140,6 +164,13 @@ class PiwslModule(lightning.LightningModule):
                 f"train_{name}_weighted", value.detach(), on_step=False, on_epoch=True, batch_size=n
             )
         return total
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _poisoned_loss(self) -> torch.Tensor:
+        """A NaN loss whose gradient is NaN for every trainable parameter."""
+        return sum(p.reshape(-1)[0] * float("nan") for p in self._trainable())
 
     def _count_nonfinite(self, what: str, detail: str) -> None:
         """Warn about a skipped step; raise NonFiniteError after max_nonfinite_steps in a row."""

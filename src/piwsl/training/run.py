@@ -35,7 +35,7 @@ from rich.table import Table
 
 from piwsl.config import Config
 from piwsl.errors import CheckpointError, ConfigError
-from piwsl.training.data import EpochShuffleSampler, PreparedData, prepare_data
+from piwsl.training.data import EpochShuffleSampler, PreparedData, ShardSampler, prepare_data
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +114,32 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Path | None:
             raise CheckpointError(
                 f"--resume: no checkpoint {str(last)!r}; start the run without --resume"
             )
+        try:
+            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        except Exception as err:  # torch raises many types for corrupt files
+            raise CheckpointError(
+                f"--resume: cannot read checkpoint {str(last)!r} ({type(err).__name__}: {err}); "
+                "start the run afresh (output.overwrite=true) or restore the file"
+            ) from err
+        if not isinstance(ckpt, dict) or "piwsl_model" not in ckpt:
+            raise CheckpointError(
+                f"--resume: {str(last)!r} is not a piwsl training checkpoint; start afresh"
+            )
         saved = run_dir / "config.yaml"
         if saved.is_file():
             from piwsl.config import read_yaml
 
-            old = read_yaml(saved)
-            new = cfg.to_dict()
-            for section in ("model", "data"):
-                if old.get(section) != new[section]:
-                    raise ConfigError(
-                        f"--resume: the {section} section differs from the run's {str(saved)!r}; "
-                        "only training/output settings may change when resuming"
-                    )
+            old, source = read_yaml(saved), saved
+        else:  # the checkpoint carries the configuration of the run that wrote it
+            old, source = ckpt.get("piwsl_config") or {}, last
+        new = cfg.to_dict()
+        for section in ("model", "data"):
+            if section in old and old[section] != new[section]:
+                raise ConfigError(
+                    f"--resume: the {section} section differs from the run's {str(source)!r}; "
+                    "only training/output settings may change when resuming"
+                )
+        del ckpt
         return last
     holds_run = last.exists() or (run_dir / "final_model.pt").exists()
     if holds_run:
@@ -232,8 +246,13 @@ def train(
         torch.set_num_threads(tcfg.num_threads)
     lightning.seed_everything(tcfg.seed, workers=True, verbose=False)
 
-    data = prepare_data(cfg.data)
-    for line in data.coverage:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    rank_zero = getattr(rank_zero_only, "rank", 0) == 0
+    if not rank_zero:  # DDP ranks > 0: data coverage, warnings and model are reported once
+        console = Console(quiet=True)
+    data = prepare_data(cfg.data, report=rank_zero)
+    for line in data.coverage if rank_zero else []:
         log.info(line)
         console.print(f"[bold]data[/] {escape(line)}")
     model = build_force_field(cfg, data)
@@ -257,7 +276,9 @@ def train(
         num_workers=0,
     )
     val_bs = tcfg.val_batch_size or 2 * tcfg.batch_size
-    val_loader = DataLoader(val_ds, batch_size=val_bs, shuffle=False, collate_fn=collate)
+    val_loader = DataLoader(
+        val_ds, batch_size=val_bs, sampler=ShardSampler(len(val_ds)), collate_fn=collate
+    )
 
     monitor = "val_forces_mae_meV_per_A" if data.val_has_forces else "val_energy_mae_meV"
     module = PiwslModule(
@@ -309,6 +330,8 @@ def train(
             log_every_n_steps=tcfg.log_every_n_steps,
             num_sanity_val_steps=0,
             inference_mode=False,  # validation computes forces by autograd (enable_grad inside)
+            # the samplers shard over DDP ranks themselves (see EpochShuffleSampler)
+            use_distributed_sampler=False,
         )
     start = time.perf_counter()
     with _quiet_lightning():
