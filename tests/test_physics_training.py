@@ -76,3 +76,18 @@ def test_train_with_physics_terms(model_key, regime, data_files, tmp_path):
     trained = load_model(result.final_model)
     assert trained.direct_forces == (model_key == "painn_direct")
     assert all(torch.isfinite(p).all() for p in trained.parameters())
+
+
+def test_default_skin_is_just_enough_for_the_physics_terms(data_files, tmp_path):
+    from piwsl.training.run import training_skin
+
+    labelled, _ = data_files
+    plain = config_from_dict(tiny_config(labelled, tmp_path / "a", data={"skin": None}))
+    assert training_skin(plain) == 0.0
+    physics = {"taylor_weight": 1.2, "perturbation_scale": 0.1}
+    on = config_from_dict(
+        tiny_config(labelled, tmp_path / "b", data={"skin": None}, physics=physics)
+    )
+    assert training_skin(on) == pytest.approx(1.05 * 2 * math.sqrt(3) * 0.1)
+    given = config_from_dict(tiny_config(labelled, tmp_path / "c", data={"skin": 0.7}))
+    assert training_skin(given) == 0.7

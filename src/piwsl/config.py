@@ -67,7 +67,14 @@ class DataConfig(_Section):
     e0s: Literal["fit", "isolated", "zero"] | dict[str | int, float] = Field(
         "fit", description="fit, isolated, zero or {symbol or Z: eV}"
     )
-    skin: float = Field(0.5, ge=0, description="neighbour-list skin, Å")
+    skin: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "neighbour-list skin, Å; None: just enough for the physics terms' displaced copies "
+            "(1.05 × 2√3·δ), 0 without them"
+        ),
+    )
     train_labels: Literal["all", "energy", "forces"] = Field(
         "all",
         description=(

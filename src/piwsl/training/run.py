@@ -94,6 +94,13 @@ def build_force_field(cfg: Config, data: PreparedData):
     return model
 
 
+def training_skin(cfg: Config) -> float:
+    """The neighbour-list skin of the training set, Å (``data.skin``, or the physics minimum)."""
+    if cfg.data.skin is not None:
+        return cfg.data.skin
+    return 1.05 * cfg.physics.required_skin if cfg.physics.enabled else 0.0
+
+
 def build_physics(cfg: Config, cutoff: float) -> Any:
     """The physics terms of ``cfg`` (None when every physics weight is zero)."""
     if not cfg.physics.enabled:
@@ -102,7 +109,7 @@ def build_physics(cfg: Config, cutoff: float) -> Any:
 
     physics = _build(cfg.physics)
     if physics is not None and hasattr(physics, "check_skin"):
-        physics.check_skin(cfg.data.skin, cutoff)
+        physics.check_skin(training_skin(cfg), cutoff)
     return physics
 
 
@@ -265,9 +272,9 @@ def train(
         f"physics {'on' if physics is not None else 'off'}"
     )
 
-    skin = cfg.data.skin
-    train_ds = GraphDataset(data.train, model.cutoff, skin, dtype)
-    val_ds = GraphDataset(data.val, model.cutoff, skin, dtype)
+    # only the training set needs a skin (the physics terms displace its structures)
+    train_ds = GraphDataset(data.train, model.cutoff, training_skin(cfg), dtype)
+    val_ds = GraphDataset(data.val, model.cutoff, 0.0, dtype)
     train_loader = DataLoader(
         train_ds,
         batch_size=tcfg.batch_size,
