@@ -99,17 +99,53 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Which registered model, its cutoff and its hyper-parameters (passed to the builder)."""
+    """Which registered model, its cutoff and its hyper-parameters (passed to the builder).
+
+    Fine-tuning: ``init_from`` names a pre-trained model — a piwsl model file (``best_model.pt``),
+    a piwsl training checkpoint (``.ckpt``) or a mace-torch model file — which is trained further
+    instead of a new model. Its architecture, cutoff and elements are the file's: ``name``,
+    ``cutoff`` and ``hparams`` may be left out, and where given they must agree with the file
+    (checked when the run starts). ``freeze`` lists glob patterns of parameter names kept fixed
+    (``["*", "!readout.*"]``: all but SchNet's readout; see :mod:`piwsl.models.finetune`).
+    ``e0s_on_init`` says what happens to the pre-trained reference energies: ``refit`` (default)
+    re-fits the per-element E0s and the per-atom shift to the new training energies (as
+    ``data.e0s`` says), on top of what the pre-trained network predicts, as needed when the new
+    data come from another level of theory; ``keep`` keeps the pre-trained E0s and shift. The
+    energy scale (the unit of the network's output, which sets its forces) is always kept.
+    """
 
     name: str = "schnet"
     cutoff: float = Field(5.0, gt=0, description="Å")
     hparams: dict[str, Any] = Field(default_factory=dict)
+    init_from: str | None = Field(
+        None,
+        description=(
+            "fine-tune this pre-trained model: a piwsl model file (.pt), a piwsl training "
+            "checkpoint (.ckpt) or a mace-torch model file"
+        ),
+    )
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="glob patterns of parameter names not trained ('!pattern' takes back)",
+    )
+    e0s_on_init: Literal["refit", "keep"] = Field(
+        "refit",
+        description=(
+            "with init_from: refit the E0s and energy shift on the new data (another level of "
+            "theory), or keep the pre-trained ones; the energy scale is always kept"
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_hparams(self) -> ModelConfig:
         for key, where in (("cutoff", "model.cutoff"), ("elements", "the training data")):
             if key in self.hparams:
                 raise ValueError(f"model.hparams.{key} is not allowed: it is set from {where}")
+        for pattern in self.freeze:
+            if not pattern.strip().lstrip("!").strip():
+                raise ValueError(f"model.freeze: empty parameter pattern {pattern!r}")
+        if self.init_from is not None and not self.init_from.strip():
+            raise ValueError("model.init_from: empty path (use null to train a new model)")
         return self
 
 

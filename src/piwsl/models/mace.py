@@ -35,7 +35,6 @@ Installation (mace-torch 0.3.16 pins e3nn 0.4.4, which does not import on torch 
 from __future__ import annotations
 
 import copy
-import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -478,53 +477,26 @@ def from_mace_model(source: str | Path | nn.Module, head: str | None = None):
 # ----------------------------------------------------------------------------- fine-tuning
 
 
-def _match(model: nn.Module, patterns: list[str] | str) -> dict[str, nn.Parameter]:
-    """Parameters whose full name, or name relative to the MACE module, matches a glob pattern."""
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    params = dict(model.named_parameters())
-    prefixes = [p for p in ("energy_model.mace.", "mace.") if any(n.startswith(p) for n in params)]
-
-    def names(full: str) -> list[str]:
-        out = [full]
-        for prefix in prefixes:
-            if full.startswith(prefix):
-                out.append(full[len(prefix) :])
-        return out
-
-    selected: dict[str, nn.Parameter] = {}
-    for pattern in patterns:
-        hits = [n for n in params if any(fnmatch.fnmatchcase(x, pattern) for x in names(n))]
-        if not hits:
-            listing = "\n  ".join(params)
-            raise ConfigError(
-                f"parameter pattern {pattern!r} matches no parameter; the model has:\n  {listing}"
-            )
-        for n in hits:
-            selected[n] = params[n]
-    return selected
-
-
 def freeze(model: nn.Module, patterns: list[str] | str) -> list[str]:
     """Set ``requires_grad=False`` on parameters matching glob ``patterns``; return their names.
 
     A pattern matches a parameter's full name (``energy_model.mace.interactions.0.linear.weight``)
     or its name relative to the MACE module (``interactions.0.*``, ``readouts.*``,
-    ``node_embedding.*``). A pattern that matches nothing raises :class:`ConfigError` listing all
-    parameter names. Build the optimizer after freezing (or give it only trainable parameters).
+    ``node_embedding.*``); ``!pattern`` takes a previous selection back. A pattern that matches
+    nothing raises :class:`ConfigError` listing all parameter names. Build the optimizer after
+    freezing (or give it only trainable parameters). Same as :func:`piwsl.models.finetune.freeze`,
+    which works for every backend.
     """
-    selected = _match(model, patterns)
-    for p in selected.values():
-        p.requires_grad_(False)
-    return list(selected)
+    from piwsl.models.finetune import freeze as _freeze
+
+    return _freeze(model, patterns)
 
 
 def unfreeze(model: nn.Module, patterns: list[str] | str = "*") -> list[str]:
     """Set ``requires_grad=True`` on parameters matching glob ``patterns``; return their names."""
-    selected = _match(model, patterns)
-    for p in selected.values():
-        p.requires_grad_(True)
-    return list(selected)
+    from piwsl.models.finetune import unfreeze as _unfreeze
+
+    return _unfreeze(model, patterns)
 
 
 def average_num_neighbors(batches: list[Batch] | Batch, cutoff: float) -> float:
