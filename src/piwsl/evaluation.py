@@ -283,7 +283,8 @@ def _finite_or_none(value: Any) -> Any:
 def parity_plot(
     frames: Sequence[Frame], predictions: Predictions, metrics: dict[str, Any], path: str | Path
 ) -> Path:
-    """Energy (eV/atom) and force-component (eV/Å) parity panels, MAEs in the titles, to a PNG."""
+    """Energy (meV/atom, relative to the mean reference) and force-component (eV/Å) parity
+    panels, MAEs in the titles, to a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,7 +296,10 @@ def parity_plot(
     if e_idx:
         ref = np.array([frames[s].energy / frames[s].n_atoms for s in e_idx])
         pred = np.array([predictions.energy[s] / frames[s].n_atoms for s in e_idx])
-        _parity_panel(ax_e, ref, pred)
+        # relative to the mean reference, in meV/atom: absolute totals (≈ −468 eV/atom) would
+        # leave unreadable tick labels for a spread of a few meV
+        offset = float(ref.mean())
+        _parity_panel(ax_e, 1e3 * (ref - offset), 1e3 * (pred - offset))
         ax_e.set_title(
             f"Energy: MAE {metrics['energy_mae_meV_per_atom']:.2f} meV/atom "
             f"({metrics['energy_mae_meV']:.1f} meV)"
@@ -303,8 +307,9 @@ def parity_plot(
     else:
         ax_e.text(0.5, 0.5, "no energy labels", ha="center", va="center", transform=ax_e.transAxes)
         ax_e.set_title("Energy")
-    ax_e.set_xlabel("reference energy (eV/atom)")
-    ax_e.set_ylabel("predicted energy (eV/atom)")
+    shift = f" − ({offset:.3f} eV/atom)" if e_idx else ""
+    ax_e.set_xlabel(f"reference energy{shift} (meV/atom)")
+    ax_e.set_ylabel(f"predicted energy{shift} (meV/atom)")
     f_idx = [s for s, f in enumerate(frames) if f.has_forces]
     if f_idx and predictions.forces is not None:
         ref = np.concatenate([frames[s].forces for s in f_idx]).ravel()
