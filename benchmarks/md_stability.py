@@ -150,7 +150,7 @@ def fmt(value: Any, spec: str = ".3g") -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "# MD stability (aspirin, rMD17)",
+        f"# MD stability ({Path(str(result['data'])).stem})",
         "",
         f"- date (UTC): {result['date_utc']}",
         f"- command: `{result['command']}`",
