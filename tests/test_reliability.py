@@ -26,6 +26,8 @@ import pytest
 import torch
 import yaml
 from ase.build import molecule
+from test_training import tiny_config as training_tiny_config
+from test_training import write_tiny_extxyz
 
 from piwsl.config import config_from_dict
 from piwsl.data import Frame, read_frames
@@ -42,30 +44,14 @@ MODULE_LOG = "piwsl.training.module"
 def write_extxyz(
     path: Path, n: int = 20, unit: float = 1.0, unlabelled_every: int = 0, start: int = 0
 ) -> Path:
-    """rMD17 ethanol frames ``start … start+n`` with energies/forces divided by ``unit`` (eV)."""
-    frames = read_frames("builtin:ethanol_train")[start : start + n]
-    images = []
-    for k, f in enumerate(frames):
-        atoms = f.to_atoms()
-        atoms.calc = None
-        if not unlabelled_every or k % unlabelled_every != unlabelled_every - 1:
-            atoms.info["REF_energy"] = f.energy / unit
-            atoms.arrays["REF_forces"] = f.forces / unit
-        images.append(atoms)
-    ase.io.write(path, images, format="extxyz")
-    return path
+    """rMD17 ethanol frames, all labelled unless ``unlabelled_every`` (see test_training)."""
+    return write_tiny_extxyz(path, n, unlabelled_every, start, unit)
 
 
 def tiny_config(data_path: Path, run_dir: Path, **sections) -> dict:
-    cfg = {
-        "data": {"train": str(data_path), "n_val": 4, "n_test": 0, "skin": 0.3},
-        "model": {"name": "schnet", "cutoff": 4.0, "hparams": {"features": 8, "interactions": 1}},
-        "training": {"batch_size": 4, "max_epochs": 2, "num_threads": 1, "lr": 3e-3},
-        "output": {"run_dir": str(run_dir), "progress_bar": False},
-    }
-    for section, values in sections.items():
-        cfg.setdefault(section, {}).update(values)
-    return cfg
+    """test_training's tiny config with a smaller SchNet (8 features, 1 interaction)."""
+    sections["model"] = {"hparams": {"features": 8, "interactions": 1}, **sections.get("model", {})}
+    return training_tiny_config(data_path, run_dir, **sections)
 
 
 def warnings_of(caplog, logger: str) -> list[str]:

@@ -19,17 +19,19 @@ from piwsl.models import load_model
 torch.set_num_threads(1)
 
 
-def write_tiny_extxyz(path: Path, n: int = 20, unlabelled_every: int = 5) -> Path:
-    """``n`` rMD17 ethanol frames; every ``unlabelled_every``-th carries no labels at all."""
-    frames = read_frames("builtin:ethanol_train")[:n]
+def write_tiny_extxyz(
+    path: Path, n: int = 20, unlabelled_every: int = 5, start: int = 0, unit: float = 1.0
+) -> Path:
+    """rMD17 ethanol frames ``start … start+n`` as extxyz with REF_ labels divided by ``unit``
+    (eV); every ``unlabelled_every``-th frame carries no labels at all (0: all labelled)."""
+    frames = read_frames("builtin:ethanol_train")[start : start + n]
     images = []
     for k, f in enumerate(frames):
         atoms = f.to_atoms()
-        energy, forces = atoms.calc.results["energy"], atoms.calc.results["forces"]
         atoms.calc = None
-        if k % unlabelled_every != unlabelled_every - 1:
-            atoms.info["REF_energy"] = energy
-            atoms.arrays["REF_forces"] = forces
+        if not unlabelled_every or k % unlabelled_every != unlabelled_every - 1:
+            atoms.info["REF_energy"] = f.energy / unit
+            atoms.arrays["REF_forces"] = f.forces / unit
         images.append(atoms)
     ase.io.write(path, images, format="extxyz")
     return path

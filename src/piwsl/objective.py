@@ -45,11 +45,6 @@ def energy_mse(
     return (diff**2).mean()
 
 
-def energy_mse_per_atom(output: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-    """Mean over structures with an energy of ((E − E_ref)/N_atoms)², eV²/atom²."""
-    return energy_mse(output, batch)
-
-
 def forces_mse(output: dict[str, torch.Tensor], batch: Batch, unit: float = 1.0) -> torch.Tensor:
     """Mean over force components of atoms whose structure has forces of ((F − F_ref)/unit)².
 
