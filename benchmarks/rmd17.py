@@ -1,29 +1,45 @@
-"""rMD17 benchmark: train piwsl models through the CLI and report their test errors.
+"""rMD17 benchmark driver: a grid of ``piwsl train`` runs, one result file per run, and a summary.
 
-Suites (each run is one ``piwsl train`` call on rMD17 split 01, tested on its 1,000 test frames):
+Every run is one ``piwsl train`` call (the library, not a parallel implementation) on an rMD17
+``train`` file (training frames and validation frames drawn from it, disjoint, seeded by the run's
+seed), tested on all frames of the matching ``test`` file. Model selection uses validation data
+only (validation force MAE; validation energy MAE where training has no forces).
 
-- ``core``   — the baseline of the core issue: SchNet, PaiNN-conservative and PaiNN-direct trained
-  on ethanol with energies and forces, 950 training / 50 validation frames.
-- ``method`` — plain vs PIWSL (the paper's PITC/PISC defaults, and the second-order variant) in the
-  sparse regimes: energy-only N=1000 (950 train / 50 validation, no forces anywhere in training or
-  model selection) and energies+forces N=100 (100 train / 50 validation).
+Suites:
 
-Results are appended run by run to ``benchmarks/results/rmd17_<suite>.json`` (so a partial run
-keeps what it measured) and summarised in ``rmd17_<suite>.md`` with machine, command and commit.
+- ``grid``     — the method grid: molecules × regimes × models × methods × seeds at an equal
+  *step* budget (``--steps``). Regimes: energy-only N=1000 (950 train + 50 validation) and N=100,
+  energies+forces N=50, N=100, N=1000. Methods: plain, noisy-node augmentation, PIWSL first order
+  (the paper's defaults), PIWSL second order, label-anchored PIWSL, Δ-learning on GFN2-xTB with
+  and without PIWSL; parametrised variants such as ``piwsl_2nd[delta=0.01,taylor=12]``.
+- ``walltime`` — equal *wall-clock* budget: each run gets the training time of the matching
+  ``--time-of`` run of the grid suite (same molecule, model, regime, seed), no step limit.
+- ``core`` / ``method`` — the earlier baseline and method suites (kept to reproduce old results).
 
-    python benchmarks/rmd17.py --suite core --jobs 2
-    python benchmarks/rmd17.py --suite method --molecules ethanol --models schnet painn_direct
+Results: ``<results>/rmd17/<suite>[_tag]/<run>.json`` per run (settings, seed, commit, machine,
+wall time, steps, test errors, validation curve); ``<results>/rmd17_<suite>[_tag].md/.json`` is the
+summary (mean ± std over seeds, ratios plain/method) and ``..._errors.png`` / ``..._curves.png``
+the plots. Finished runs are skipped, so the grid can be spread over several sittings or machines;
+``--molecules/--models/--regimes/--methods/--seeds`` run a slice.
+
+    python benchmarks/rmd17.py --suite grid --molecules ethanol aspirin --jobs 2
+    python benchmarks/rmd17.py --suite walltime --regimes E_only_1000 --methods plain
+    python benchmarks/rmd17.py --quick            # about a minute: the CI smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import os
+import re
+import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +48,7 @@ from common import git_commit, machine_info
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
+PACKAGED = ROOT / "src" / "piwsl" / "datasets"  # ethanol only, used when DATA is absent
 
 MODELS: dict[str, list[str]] = {
     "schnet": [
@@ -46,38 +63,77 @@ MODELS: dict[str, list[str]] = {
         "model.name=painn",
         "model.hparams={features: 64, interactions: 3, n_rbf: 20, forces: direct}",
     ],
-}
-
-#: PIWSL settings: the paper's defaults (weights per kcal²/mol², δ = 0.05 Å) and variants.
-METHODS: dict[str, list[str]] = {
-    "plain": ["physics.taylor_weight=0", "physics.spatial_weight=0"],
-    "piwsl": ["physics.taylor_weight=1.2", "physics.spatial_weight=0.01"],
-    "piwsl_2nd": [
-        "physics.taylor_weight=1.2",
-        "physics.spatial_weight=0.01",
-        "physics.second_order=true",
+    "schnet_tiny": [  # the --quick smoke test
+        "model.name=schnet",
+        "model.hparams={features: 16, interactions: 1, n_rbf: 8}",
     ],
 }
 
-#: The method suite measures every loss in the paper's convention (total energies in kcal/mol),
-#: the one in which its physics weights (1.2, 0.01) were tuned.
+NO_PHYSICS = ["physics.taylor_weight=0", "physics.spatial_weight=0"]
+PAPER_PHYSICS = ["physics.taylor_weight=1.2", "physics.spatial_weight=0.01"]
+XTB = ["prior.name=gfn2-xtb"]
+
+#: Methods. PIWSL weights are the paper's (per kcal²/mol², δ = 0.05 Å); noisy-node jitter ≤ δ.
+METHODS: dict[str, list[str]] = {
+    "plain": NO_PHYSICS,
+    "noisy": [*NO_PHYSICS, "training.position_noise=0.05"],
+    "piwsl": PAPER_PHYSICS,
+    "piwsl_2nd": [*PAPER_PHYSICS, "physics.second_order=true"],
+    "piwsl_anchored": [*PAPER_PHYSICS, "physics.anchor_to_labels=true"],
+    "delta": [*NO_PHYSICS, *XTB],
+    "delta_piwsl_2nd": [*PAPER_PHYSICS, "physics.second_order=true", *XTB],
+}
+
+#: Short names of the parameters of a variant, ``piwsl_2nd[delta=0.01,taylor=12]``.
+VARIANT_KEYS = {
+    "delta": "physics.perturbation_scale",
+    "taylor": "physics.taylor_weight",
+    "spatial": "physics.spatial_weight",
+    "noise": "training.position_noise",
+    "lr": "training.lr",
+}
+
+#: Every loss in the paper's convention (total energies in kcal/mol), the one in which its
+#: physics weights (1.2, 0.01) were tuned.
 PAPER_UNITS = [
     "loss.energy_unit=kcal/mol",
     "loss.per_atom_energy=false",
     "physics.weight_energy_unit=kcal/mol",
 ]
 
-#: Regimes: label set and training-set size.
+ENERGY_ONLY = ["data.train_labels=energy", "loss.force_weight=0"]
+
+#: Regimes: label set, training-set size (validation: 50 further frames of the train file).
 REGIMES: dict[str, list[str]] = {
-    "EF_950": ["data.n_train=950", "data.n_val=50", "data.train_labels=all"],
-    "E_only_1000": [
-        "data.n_train=950",
-        "data.n_val=50",
-        "data.train_labels=energy",
-        "loss.force_weight=0",
-    ],
+    "E_only_1000": ["data.n_train=950", "data.n_val=50", *ENERGY_ONLY],
+    "E_only_100": ["data.n_train=100", "data.n_val=50", *ENERGY_ONLY],
+    "EF_50": ["data.n_train=50", "data.n_val=50", "data.train_labels=all"],
     "EF_100": ["data.n_train=100", "data.n_val=50", "data.train_labels=all"],
+    "EF_1000": ["data.n_train=950", "data.n_val=50", "data.train_labels=all"],
+    "EF_950": ["data.n_train=950", "data.n_val=50", "data.train_labels=all"],  # core suite
 }
+N_TRAIN = {"E_only_1000": 950, "E_only_100": 100, "EF_50": 50, "EF_100": 100, "EF_1000": 950}
+N_TRAIN["EF_950"] = 950
+
+
+def method_overrides(method: str) -> list[str]:
+    """Overrides of a method name, with optional ``[key=value,...]`` variant parameters."""
+    match = re.fullmatch(r"([a-z0-9_]+)(?:\[(.*)\])?", method)
+    if not match or match.group(1) not in METHODS:
+        raise SystemExit(f"unknown method {method!r}; known: {', '.join(METHODS)} (+[key=value])")
+    overrides = list(METHODS[match.group(1)])
+    for item in filter(None, (match.group(2) or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in VARIANT_KEYS:
+            raise SystemExit(
+                f"unknown variant key {key!r} in {method!r}; known: {list(VARIANT_KEYS)}"
+            )
+        overrides.append(f"{VARIANT_KEYS[key]}={value}")
+    return overrides
+
+
+def safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 
 
 @dataclass
@@ -87,30 +143,30 @@ class Run:
     regime: str
     method: str
     seed: int
-    epochs: int
+    budget: list[str]  # the stopping rule: steps, epochs or wall time
+    data_dir: Path
     extra: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
-        return f"{self.molecule}-{self.model}-{self.regime}-{self.method}-s{self.seed}"
+        return safe(f"{self.molecule}-{self.model}-{self.regime}-{self.method}-s{self.seed}")
+
+    def data(self, kind: str) -> Path:
+        return self.data_dir / f"rmd17_{self.molecule}_{kind}_01.npz"
 
     def command(self, run_dir: Path, threads: int) -> list[str]:
-        def data(kind: str) -> str:
-            path = DATA / f"rmd17_{self.molecule}_{kind}_01.npz"
-            return str(path)
-
         return [
             sys.executable,
             "-m",
             "piwsl.cli",
             "train",
             "builtin:ethanol",
-            f"data.train={data('train')}",
-            f"data.test={data('test')}",
+            f"data.train={self.data('train')}",
+            f"data.test={self.data('test')}",
             *REGIMES[self.regime],
             *MODELS[self.model],
-            *METHODS[self.method],
-            f"training.max_epochs={self.epochs}",
+            *method_overrides(self.method),
+            *self.budget,
             f"training.seed={self.seed}",
             f"data.split_seed={self.seed}",
             f"training.num_threads={threads}",
@@ -121,60 +177,136 @@ class Run:
             str(run_dir),
         ]
 
+    def settings(self) -> dict:
+        return {
+            "molecule": self.molecule,
+            "model": self.model,
+            "regime": self.regime,
+            "n_train": N_TRAIN[self.regime],
+            "method": self.method,
+            "seed": self.seed,
+            "budget": self.budget,
+            "overrides": [
+                *REGIMES[self.regime],
+                *MODELS[self.model],
+                *method_overrides(self.method),
+            ]
+            + self.extra,
+        }
 
-def suite_runs(args: argparse.Namespace) -> list[Run]:
-    runs: list[Run] = []
-    if args.suite == "core":
-        for model in args.models or list(MODELS):
-            runs.append(Run("ethanol", model, "EF_950", "plain", 0, args.epochs or 100))
-    elif args.suite == "method":
-        for molecule in args.molecules:
-            for regime, epochs in (("E_only_1000", 60), ("EF_100", 300)):
-                for model in args.models or ["schnet", "painn_direct"]:
-                    for method in args.methods:
-                        for seed in range(args.seeds):
-                            runs.append(
-                                Run(
-                                    molecule,
-                                    model,
-                                    regime,
-                                    method,
-                                    seed,
-                                    args.epochs or epochs,
-                                    extra=PAPER_UNITS,
-                                )
+
+# --------------------------------------------------------------------------------------------
+def steps_budget(steps: int) -> list[str]:
+    return [f"training.max_steps={steps}", "training.max_epochs=null"]
+
+
+def grid_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
+    runs = []
+    for molecule in args.molecules:
+        for regime in args.regimes:
+            for model in args.models:
+                for method in args.methods:
+                    for seed in args.seeds:
+                        runs.append(
+                            Run(
+                                molecule,
+                                model,
+                                regime,
+                                method,
+                                seed,
+                                steps_budget(args.steps),
+                                data_dir,
+                                PAPER_UNITS,
                             )
+                        )
     return runs
 
 
-def execute(run: Run, work: Path, threads: int, reuse: bool = False) -> dict:
+def walltime_runs(args: argparse.Namespace, data_dir: Path, results: Path) -> list[Run]:
+    """Runs limited by the training time of the matching ``--time-of`` grid run."""
+    grid_dir = results / "rmd17" / ("grid" + (f"_{args.time_tag}" if args.time_tag else ""))
+    runs = []
+    for run in grid_runs(args, data_dir):
+        ref = Run(run.molecule, run.model, run.regime, args.time_of, run.seed, [], data_dir)
+        path = grid_dir / f"{ref.name}.json"
+        if not path.exists():
+            print(f"skip {run.name}: no grid run {path.name} to take the time budget from")
+            continue
+        seconds = json.loads(path.read_text()).get("train_time_s")
+        if not seconds:
+            continue
+        run.budget = [
+            f"training.max_time_minutes={seconds / 60:.4f}",
+            "training.max_epochs=null",
+            "training.max_steps=null",
+        ]
+        run.method = f"{run.method}@time_of_{args.time_of}"
+        run.extra = [*run.extra]
+        runs.append(run)
+    return runs
+
+
+def legacy_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
+    """The ``core`` and ``method`` suites of the first benchmark (epoch budgets)."""
+    runs = []
+    if args.suite == "core":
+        for model in args.models:
+            budget = [f"training.max_epochs={args.epochs or 100}"]
+            runs.append(Run("ethanol", model, "EF_950", "plain", 0, budget, data_dir))
+        return runs
+    for molecule in args.molecules:
+        for regime, epochs in (("E_only_1000", 60), ("EF_100", 300)):
+            for model in args.models:
+                for method in args.methods:
+                    for seed in args.seeds:
+                        budget = [f"training.max_epochs={args.epochs or epochs}"]
+                        runs.append(
+                            Run(
+                                molecule, model, regime, method, seed, budget, data_dir, PAPER_UNITS
+                            )
+                        )
+    return runs
+
+
+# --------------------------------------------------------------------------------------------
+def validation_curve(run_dir: Path) -> list[dict]:
+    """Validation metrics per epoch from the run's CSV log."""
+    logs = sorted(run_dir.glob("logs/version_*/metrics.csv"))
+    if not logs:
+        return []
+    curve = []
+    with logs[-1].open() as handle:
+        for row in csv.DictReader(handle):
+            values = {
+                k: float(v) for k, v in row.items() if k.startswith("val_") and v not in ("", None)
+            }
+            if values:
+                curve.append(
+                    {"epoch": int(float(row["epoch"])), "step": int(float(row["step"])), **values}
+                )
+    return curve
+
+
+def execute(run: Run, work: Path, out: Path, threads: int, header: dict) -> dict:
     run_dir = work / run.name
-    summary = run_dir / "summary.json"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.perf_counter()
-    if reuse and summary.exists():
-        # a finished run of the same name: collect it (its wall time is the recorded one)
-        proc = subprocess.CompletedProcess([], 0, "", "")
-        wall = json.loads((run_dir / "run_wall_time.json").read_text())["wall_time_s"]
-    else:
-        proc = subprocess.run(
-            run.command(run_dir, threads), env=env, capture_output=True, text=True, cwd=ROOT
-        )
-        wall = time.perf_counter() - start
-        if proc.returncode == 0:
-            (run_dir / "run_wall_time.json").write_text(json.dumps({"wall_time_s": wall}))
+    proc = subprocess.run(
+        run.command(run_dir, threads), env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    wall = time.perf_counter() - start
     record = {
         "name": run.name,
-        "molecule": run.molecule,
-        "model": run.model,
-        "regime": run.regime,
-        "method": run.method,
-        "seed": run.seed,
-        "max_epochs": run.epochs,
+        **run.settings(),
+        "commit": header["commit"],
+        "machine": header["machine"],
+        "command": " ".join(run.command(run_dir, threads)),
         "threads": threads,
         "wall_time_s": round(wall, 1),
         "returncode": proc.returncode,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    summary = run_dir / "summary.json"
     if proc.returncode == 0 and summary.exists():
         s = json.loads(summary.read_text())
         record.update(
@@ -182,101 +314,340 @@ def execute(run: Run, work: Path, threads: int, reuse: bool = False) -> dict:
             epochs=s.get("epochs"),
             train_time_s=s.get("train_time_s"),
             monitor=s.get("monitor"),
+            best_score=s.get("best_score"),
             test=s.get("test"),
+            validation_curve=validation_curve(run_dir),
         )
+        tmp = out / f".{run.name}.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, out / f"{run.name}.json")
     else:
-        record["error"] = (proc.stderr or proc.stdout)[-2000:]
+        record["error"] = (proc.stderr or proc.stdout)[-3000:]
+        (out / f"{run.name}.failed.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
-def fmt(x, digits=1) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
+# --------------------------------------------------------------------------------------------
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def write_markdown(path: Path, header: dict, records: list[dict]) -> None:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def test_errors(record: dict) -> tuple[float | None, float | None]:
+    t = record.get("test") or {}
+    return t.get("energy_mae_meV"), t.get("forces_mae_meV_per_A")
+
+
+def aggregate(records: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """{(molecule, regime, model): {method: {E: [..], F: [..], steps, time}}}."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        key = (r["molecule"], r["regime"], r["model"])
+        slot = groups.setdefault(key, {}).setdefault(
+            r["method"], {"E": [], "F": [], "steps": [], "time": []}
+        )
+        e, f = test_errors(r)
+        if e is not None:
+            slot["E"].append(e)
+        if f is not None:
+            slot["F"].append(f)
+        slot["steps"].append(r.get("steps") or 0)
+        slot["time"].append(r.get("train_time_s") or 0.0)
+    return groups
+
+
+def ordered(names, reference: list[str]) -> list[str]:
+    known = [m for m in reference if m in names]
+    return known + sorted(set(names) - set(known))
+
+
+def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> str:
+    groups = aggregate(records)
     lines = [
         f"# rMD17 benchmark — suite `{header['suite']}`",
         "",
         f"Command: `{header['command']}`  ",
-        f"Commit: `{header['commit']}`  ",
+        f"Commit (of the newest run): `{header['commit']}`  ",
         f"Machine: {header['machine']['platform']}, {header['machine']['cpu_count']} CPUs, "
         f"torch {header['machine']['torch']}; {header['threads']} thread(s) per run, "
         f"{header['jobs']} run(s) at a time  ",
-        f"Date: {header['date']}",
+        f"Budget: {header['budget']}  ",
+        f"Written: {header['date']}",
         "",
-        "Test set: the 1,000 frames of rMD17 split 01 test file. Errors of the best checkpoint "
-        "(validation force MAE; validation energy MAE in the energy-only regime). Energies in "
-        "meV (total) and meV/atom; forces in meV/Å.",
+        "Test set: all frames of the rMD17 split-01 test file (1,000). Errors of the checkpoint "
+        "with the best validation score (force MAE; energy MAE where training has no forces). "
+        "Energy MAE in meV (total energy), force MAE in meV/Å; mean ± standard deviation over "
+        "seeds (n). Ratio = plain / method (> 1: the method is better). Training frames and "
+        "validation frames differ per seed.",
         "",
-        "| molecule | model | regime | method | seed | E MAE (meV) | E MAE (meV/atom) "
-        "| F MAE (meV/Å) | F RMSE (meV/Å) | epochs | steps | wall (s) |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| molecule | regime | model | method | n | E MAE (meV) | F MAE (meV/Å) "
+        "| E ratio | F ratio | steps | train time (s) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in records:
-        t = r.get("test") or {}
+    for key in sorted(groups, key=lambda k: (k[0], list(N_TRAIN).index(k[1]), k[2])):
+        methods = groups[key]
+        base = methods.get("plain")
+        for method in ordered(methods, list(METHODS)):
+            s = methods[method]
+            em, es = mean_std(s["E"])
+            fm, fs = mean_std(s["F"])
+            er = fr = None
+            if base and method != "plain" and base["E"] and s["E"]:
+                er = statistics.fmean(base["E"]) / em
+            if base and method != "plain" and base["F"] and s["F"]:
+                fr = statistics.fmean(base["F"]) / fm
+            lines.append(
+                f"| {key[0]} | {key[1]} | {key[2]} | {method} | {len(s['E'])} "
+                f"| {fmt(em)} ± {fmt(es)} | {fmt(fm)} ± {fmt(fs)} | {fmt(er, 2)} | {fmt(fr, 2)} "
+                f"| {statistics.median(s['steps']):.0f} | {statistics.median(s['time']):.0f} |"
+            )
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| run | E MAE (meV) | F MAE (meV/Å) | steps | train time (s) | commit |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in sorted(records, key=lambda r: r["name"]):
+        e, f = test_errors(r)
         lines.append(
-            f"| {r['molecule']} | {r['model']} | {r['regime']} | {r['method']} | {r['seed']} "
-            f"| {fmt(t.get('energy_mae_meV'))} | {fmt(t.get('energy_mae_meV_per_atom'), 2)} "
-            f"| {fmt(t.get('forces_mae_meV_per_A'))} | {fmt(t.get('forces_rmse_meV_per_A'))} "
-            f"| {r.get('epochs', '—')} | {r.get('steps', '—')} | {fmt(r['wall_time_s'], 0)} |"
+            f"| {r['name']} | {fmt(e)} | {fmt(f)} | {r.get('steps')} "
+            f"| {fmt(r.get('train_time_s'), 0)} | {r['commit'][:8]} |"
         )
-    failed = [r for r in records if r["returncode"] != 0]
     if failed:
         lines += ["", "## Failed runs", ""]
-        lines += [f"- {r['name']}: `{(r.get('error') or '').splitlines()[-1:]}`" for r in failed]
-    path.write_text("\n".join(lines) + "\n")
+        for r in failed:
+            last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
+            lines.append(f"- {r['name']}: `{last[0]}`")
+    return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def plot(records: list[dict], stem: Path) -> list[Path]:
+    """Error vs training size (per molecule, model and label regime) and learning curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    groups = aggregate(records)
+    panels = sorted({(m, mo, r.split("_")[0]) for (m, r, mo) in groups})
+    if panels:
+        fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 6), squeeze=False)
+        for col, (molecule, model, kind) in enumerate(panels):
+            for row, (quantity, unit) in enumerate((("E", "meV"), ("F", "meV/Å"))):
+                ax = axes[row][col]
+                methods = sorted(
+                    {
+                        m
+                        for (mol, reg, mo), d in groups.items()
+                        if (mol, mo) == (molecule, model) and reg.startswith(kind)
+                        for m in d
+                    }
+                )
+                for method in ordered(methods, list(METHODS)):
+                    xs, ys, es = [], [], []
+                    for (mol, reg, mo), d in groups.items():
+                        if (mol, mo) != (molecule, model) or not reg.startswith(kind):
+                            continue
+                        if method in d and d[method][quantity]:
+                            m, s = mean_std(d[method][quantity])
+                            xs.append(N_TRAIN[reg])
+                            ys.append(m)
+                            es.append(s)
+                    if xs:
+                        order = sorted(range(len(xs)), key=xs.__getitem__)
+                        ax.errorbar(
+                            [xs[i] for i in order],
+                            [ys[i] for i in order],
+                            [es[i] for i in order],
+                            marker="o",
+                            capsize=3,
+                            label=method,
+                        )
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.set_xlabel("training frames")
+                ax.set_ylabel(f"test {quantity} MAE ({unit})")
+                label = "energy-only" if kind == "E" else "energies + forces"
+                ax.set_title(f"{molecule}, {model}\n{label}", fontsize=9)
+                ax.grid(alpha=0.3, which="both")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        path = stem.with_name(stem.name + "_errors.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    curves = [
+        r
+        for r in records
+        if r.get("validation_curve") and r["seed"] == min(x["seed"] for x in records)
+    ]
+    keys = sorted({(r["molecule"], r["regime"], r["model"]) for r in curves})
+    if keys:
+        ncol = min(4, len(keys))
+        nrow = math.ceil(len(keys) / ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.8 * nrow), squeeze=False)
+        for ax, key in zip(axes.flat, keys):
+            for r in sorted(
+                (r for r in curves if (r["molecule"], r["regime"], r["model"]) == key),
+                key=lambda r: r["method"],
+            ):
+                monitor = r.get("monitor") or "val_forces_mae_meV_per_A"
+                pts = [(p["step"], p[monitor]) for p in r["validation_curve"] if monitor in p]
+                if pts:
+                    ax.plot(*zip(*pts), label=r["method"], lw=1)
+            unit = "meV/Å" if "forces" in (monitor or "") else "meV"
+            ax.set_title(f"{key[0]} {key[1]} {key[2]}", fontsize=8)
+            ax.set_xlabel("step")
+            ax.set_ylabel(f"val {'F' if unit == 'meV/Å' else 'E'} MAE ({unit})")
+            ax.set_yscale("log")
+            ax.legend(fontsize=6)
+        for ax in list(axes.flat)[len(keys) :]:
+            ax.axis("off")
+        fig.tight_layout()
+        path = stem.with_name(stem.name + "_curves.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_summary(out: Path, stem: Path, header: dict) -> None:
+    records = [
+        json.loads(p.read_text())
+        for p in sorted(out.glob("*.json"))
+        if not p.name.endswith(".failed.json")
+    ]
+    done = {r["name"] for r in records}
+    failed = [json.loads(p.read_text()) for p in sorted(out.glob("*.failed.json"))]
+    failed = [r for r in failed if r["name"] not in done]
+    stem.with_suffix(".md").write_text(summary_markdown(header, records, failed))
+    compact = [
+        {k: v for k, v in r.items() if k not in ("validation_curve", "machine")} for r in records
+    ]
+    stem.with_suffix(".json").write_text(json.dumps({**header, "runs": compact}, indent=1) + "\n")
+    if records:
+        plot(records, stem)
+
+
+# --------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=["core", "method"], default="core")
-    parser.add_argument("--molecules", nargs="+", default=["ethanol"])
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=None)
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=["plain", "piwsl"])
-    parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=None, help="override max_epochs")
+    parser.add_argument("--suite", choices=["grid", "walltime", "core", "method"], default="grid")
+    parser.add_argument(
+        "--data", default=None, help=f"directory of rMD17 npz files (default {DATA})"
+    )
+    parser.add_argument("--molecules", nargs="+", default=["ethanol", "aspirin"])
+    parser.add_argument(
+        "--regimes",
+        nargs="+",
+        choices=list(N_TRAIN),
+        default=["E_only_1000", "E_only_100", "EF_50", "EF_100"],
+    )
+    parser.add_argument(
+        "--models", nargs="+", choices=list(MODELS), default=["schnet", "painn_direct"]
+    )
+    parser.add_argument("--methods", nargs="+", default=["plain", "piwsl", "piwsl_2nd"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=1000, help="step budget of every grid run")
+    parser.add_argument("--epochs", type=int, default=None, help="core/method suites: max_epochs")
+    parser.add_argument(
+        "--time-of", default="piwsl_2nd", help="walltime: method whose time is the budget"
+    )
+    parser.add_argument(
+        "--time-tag", default=None, help="walltime: tag of the grid results to read"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--work", default=str(ROOT / "runs" / "benchmarks"))
-    parser.add_argument("--tag", default=None, help="suffix of the result files")
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--tag", default=None, help="suffix of the result names")
+    parser.add_argument("--rerun", action="store_true", help="train again runs that have results")
     parser.add_argument(
-        "--reuse", action="store_true", help="collect finished runs instead of re-training them"
+        "--summary-only", action="store_true", help="rewrite the summary, train nothing"
     )
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
+    args = parser.parse_args(argv)
+    for method in args.methods:
+        method_overrides(method)  # fail early on a typo
+    if args.quick:
+        args.suite, args.molecules, args.regimes = "grid", ["ethanol"], ["E_only_100"]
+        args.models, args.methods, args.seeds, args.steps = (
+            ["schnet_tiny"],
+            ["plain", "piwsl_2nd"],
+            [0],
+            10,
+        )
+        args.tag = args.tag or "quick"
+    return args
 
-    runs = suite_runs(args)
-    stem = f"rmd17_{args.suite}" + (f"_{args.tag}" if args.tag else "")
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    data_dir = Path(args.data) if args.data else (DATA if DATA.is_dir() else PACKAGED)
+    results = Path(args.results)
+    name = args.suite + (f"_{args.tag}" if args.tag else "")
+    out = results / "rmd17" / name
+    out.mkdir(parents=True, exist_ok=True)
+    if args.suite == "grid":
+        runs = grid_runs(args, data_dir)
+        budget = f"{args.steps} optimisation steps per run (batch 16), every method alike"
+    elif args.suite == "walltime":
+        runs = walltime_runs(args, data_dir, results)
+        budget = f"wall-clock: the training time of the matching `{args.time_of}` grid run"
+    else:
+        runs = legacy_runs(args, data_dir)
+        budget = "epochs (see the runs)"
+    for run in runs:
+        for kind in ("train", "test"):
+            if not run.data(kind).exists():
+                raise SystemExit(f"missing data file {run.data(kind)} (molecule {run.molecule!r})")
     header = {
-        "suite": args.suite,
-        "command": "python benchmarks/rmd17.py " + " ".join(sys.argv[1:]),
+        "suite": name,
+        "command": "python benchmarks/rmd17.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": git_commit(),
         "machine": machine_info(),
         "threads": args.threads,
         "jobs": args.jobs,
+        "budget": budget,
+        "data": str(data_dir),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    records: list[dict] = []
-    work = Path(args.work)
-
-    def done(record: dict) -> None:
-        records.append(record)
-        records.sort(key=lambda r: r["name"])
-        (RESULTS / f"{stem}.json").write_text(
-            json.dumps({**header, "runs": records}, indent=2) + "\n"
-        )
-        write_markdown(RESULTS / f"{stem}.md", header, records)
-        t = record.get("test") or {}
-        print(
-            f"[{len(records)}/{len(runs)}] {record['name']}: "
-            f"E {fmt(t.get('energy_mae_meV'))} meV, F {fmt(t.get('forces_mae_meV_per_A'))} meV/Å, "
-            f"{record['wall_time_s']:.0f} s (rc={record['returncode']})",
-            flush=True,
-        )
-
+    stem = results / f"rmd17_{name}"
+    todo = [r for r in runs if args.rerun or not (out / f"{r.name}.json").exists()]
+    if args.summary_only:
+        todo = []
+    print(
+        f"{len(runs)} runs in the slice, {len(runs) - len(todo)} already done, {len(todo)} to train",
+        flush=True,
+    )
+    start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for future in [pool.submit(execute, run, work, args.threads, args.reuse) for run in runs]:
-            done(future.result())
+        futures = [
+            pool.submit(execute, run, Path(args.work), out, args.threads, header) for run in todo
+        ]
+        for k, future in enumerate(as_completed(futures), 1):
+            record = future.result()
+            e, f = test_errors(record)
+            elapsed = time.perf_counter() - start
+            eta = elapsed / k * (len(todo) - k)
+            print(
+                f"[{k}/{len(todo)}] {record['name']}: E {fmt(e)} meV, F {fmt(f)} meV/Å, "
+                f"{record['wall_time_s']:.0f} s (rc={record['returncode']}); ETA {eta / 60:.0f} min",
+                flush=True,
+            )
+            header["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            write_summary(out, stem, header)
+    write_summary(out, stem, header)
+    print(f"summary: {stem.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -191,6 +191,14 @@ class TrainingConfig(_Section):
     ema_decay: float | None = Field(0.99, ge=0, lt=1, description="None or 0: no EMA")
     gradient_clip: float | None = Field(10.0, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0, description="epochs")
+    position_noise: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "noisy-node augmentation, Å: each training step jitters every movable atom by a "
+            "uniform draw in [−x, x] per component, labels unchanged (0: off)"
+        ),
+    )
     max_nonfinite_steps: int = Field(10, gt=0, description="consecutive skipped steps allowed")
     seed: int = 0
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"

@@ -125,7 +125,18 @@ class PiwslModule(lightning.LightningModule):
         return batch.to(device=device)
 
     # ---- training ---------------------------------------------------------------------------
+    def jitter(self, batch: Batch) -> Batch:
+        """Noisy-node augmentation: positions moved by U[−x, x] per component, labels unchanged."""
+        x = self.train_cfg.position_noise
+        if not x > 0:
+            return batch
+        pos = batch.positions
+        noise = (2.0 * torch.rand(pos.shape, dtype=pos.dtype, device=pos.device) - 1.0) * x
+        noise = noise * (~batch.fixed).to(pos.dtype).unsqueeze(1)
+        return batch.with_positions(pos + noise)
+
     def training_step(self, batch: Batch, batch_idx: int):
+        batch = self.jitter(batch)
         result = self.objective(self.model, batch)
         total = result.total
         n = batch.n_structures

@@ -297,7 +297,10 @@ def training_skin(cfg: Config) -> float:
     """The neighbour-list skin of the training set, Å (``data.skin``, or the physics minimum)."""
     if cfg.data.skin is not None:
         return cfg.data.skin
-    return 1.05 * cfg.physics.required_skin if cfg.physics.enabled else 0.0
+    physics = cfg.physics.required_skin if cfg.physics.enabled else 0.0
+    # noisy-node jitter moves each atom by up to √3·x, a pair by up to 2√3·x
+    noise = 2.0 * 3.0**0.5 * cfg.training.position_noise
+    return 1.05 * max(physics, noise)
 
 
 def build_physics(cfg: Config, cutoff: float) -> Any:
