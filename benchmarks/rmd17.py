@@ -190,8 +190,8 @@ class Run:
                 *REGIMES[self.regime],
                 *MODELS[self.model],
                 *method_overrides(self.method),
-            ]
-            + self.extra,
+                *self.extra,
+            ],
         }
 
 
@@ -349,8 +349,10 @@ def aggregate(records: list[dict]) -> dict[tuple, dict[str, dict]]:
     for r in records:
         key = (r["molecule"], r["regime"], r["model"])
         slot = groups.setdefault(key, {}).setdefault(
-            r["method"], {"E": [], "F": [], "steps": [], "time": []}
+            r["method"], {"E": [], "F": [], "steps": [], "time": [], "val": []}
         )
+        if r.get("best_score") is not None:
+            slot["val"].append(r["best_score"])
         e, f = test_errors(r)
         if e is not None:
             slot["E"].append(e)
@@ -385,9 +387,13 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
         "seeds (n). Ratio = plain / method (> 1: the method is better). Training frames and "
         "validation frames differ per seed.",
         "",
-        "| molecule | regime | model | method | n | E MAE (meV) | F MAE (meV/Å) "
+        "The validation column is what model selection saw: the best validation energy MAE (meV) "
+        "in the energy-only regimes, force MAE (meV/Å) with forces; choose variants by it, "
+        "never by the test columns.",
+        "",
+        "| molecule | regime | model | method | n | validation | E MAE (meV) | F MAE (meV/Å) "
         "| E ratio | F ratio | steps | train time (s) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key in sorted(groups, key=lambda k: (k[0], list(N_TRAIN).index(k[1]), k[2])):
         methods = groups[key]
@@ -403,7 +409,7 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
                 fr = statistics.fmean(base["F"]) / fm
             lines.append(
                 f"| {key[0]} | {key[1]} | {key[2]} | {method} | {len(s['E'])} "
-                f"| {fmt(em)} ± {fmt(es)} | {fmt(fm)} ± {fmt(fs)} | {fmt(er, 2)} | {fmt(fr, 2)} "
+                f"| {fmt(mean_std(s['val'])[0])} | {fmt(em)} ± {fmt(es)} | {fmt(fm)} ± {fmt(fs)} | {fmt(er, 2)} | {fmt(fr, 2)} "
                 f"| {statistics.median(s['steps']):.0f} | {statistics.median(s['time']):.0f} |"
             )
     lines += [
@@ -494,7 +500,7 @@ def plot(records: list[dict], stem: Path) -> list[Path]:
         ncol = min(4, len(keys))
         nrow = math.ceil(len(keys) / ncol)
         fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.8 * nrow), squeeze=False)
-        for ax, key in zip(axes.flat, keys):
+        for ax, key in zip(axes.flat, keys, strict=False):
             for r in sorted(
                 (r for r in curves if (r["molecule"], r["regime"], r["model"]) == key),
                 key=lambda r: r["method"],
@@ -502,7 +508,7 @@ def plot(records: list[dict], stem: Path) -> list[Path]:
                 monitor = r.get("monitor") or "val_forces_mae_meV_per_A"
                 pts = [(p["step"], p[monitor]) for p in r["validation_curve"] if monitor in p]
                 if pts:
-                    ax.plot(*zip(*pts), label=r["method"], lw=1)
+                    ax.plot(*zip(*pts, strict=True), label=r["method"], lw=1)
             unit = "meV/Å" if "forces" in (monitor or "") else "meV"
             ax.set_title(f"{key[0]} {key[1]} {key[2]}", fontsize=8)
             ax.set_xlabel("step")
