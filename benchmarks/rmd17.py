@@ -202,6 +202,7 @@ def steps_budget(steps: int) -> list[str]:
 
 def grid_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
     runs = []
+    extra = [*PAPER_UNITS, *args.set]
     for molecule in args.molecules:
         for regime in args.regimes:
             for model in args.models:
@@ -216,7 +217,7 @@ def grid_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
                                 seed,
                                 steps_budget(args.steps),
                                 data_dir,
-                                PAPER_UNITS,
+                                extra,
                             )
                         )
     return runs
@@ -570,6 +571,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--time-tag", default=None, help="walltime: tag of the grid results to read"
     )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra piwsl overrides for every run, e.g. training.batch_size=8",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--work", default=str(ROOT / "runs" / "benchmarks"))
@@ -604,7 +612,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.suite == "grid":
         runs = grid_runs(args, data_dir)
-        budget = f"{args.steps} optimisation steps per run (batch 16), every method alike"
+        batch = next(
+            (x.split("=")[1] for x in args.set if x.startswith("training.batch_size=")), 16
+        )
+        budget = f"{args.steps} optimisation steps per run (batch {batch}), every method alike"
     elif args.suite == "walltime":
         runs = walltime_runs(args, data_dir, results)
         budget = f"wall-clock: the training time of the matching `{args.time_of}` grid run"
