@@ -4,6 +4,11 @@ Energies in eV, forces in eV/Å. The neighbour list (vesin, through :mod:`piwsl.
 on every call, or — with ``skin > 0`` — reused while no atom has moved more than ``skin / 2``
 since it was built (and numbers, cell and pbc are unchanged); the models' smooth cutoff makes the
 reused list give the same result as a fresh one.
+
+A model trained on top of a prior (Δ-learning, :mod:`piwsl.priors`) is run as the sum
+``E = E_prior + E_θ``, ``F = F_prior + F_θ``: the calculator rebuilds the recorded prior and
+refuses to start when its program is missing or differs from the recorded version/settings
+(``allow_prior_mismatch=True`` runs it anyway, with a warning).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from piwsl.data.batch import Batch, Graph, collate
 from piwsl.data.frames import Frame
 from piwsl.evaluation import as_force_field, check_elements, model_dtype
+from piwsl.priors.base import Prior, model_prior
 
 
 class PiwslCalculator(Calculator):
@@ -36,6 +42,9 @@ class PiwslCalculator(Calculator):
         Run the model in this floating dtype (e.g. ``torch.float64`` for finite-difference checks
         or tight geometry optimisations); a copy of the model is converted, the caller's is left
         alone. Default: the model's own dtype.
+    allow_prior_mismatch:
+        Run a model whose recorded prior differs from the installed one (program version,
+        settings) instead of raising :class:`~piwsl.errors.PriorError`.
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]  # noqa: RUF012 (ASE API)
@@ -46,6 +55,7 @@ class PiwslCalculator(Calculator):
         device: str | torch.device = "cpu",
         skin: float = 0.0,
         dtype: torch.dtype | None = None,
+        allow_prior_mismatch: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -60,6 +70,9 @@ class PiwslCalculator(Calculator):
         self.dtype = model_dtype(self.model)
         self.skin = float(skin)
         self.source = str(model) if isinstance(model, (str, Path)) else "<atoms>"
+        what = f"model {self.source!r}" if isinstance(model, (str, Path)) else "this model"
+        #: the prior the model was trained on top of (added to every result), or None
+        self.prior: Prior | None = model_prior(self.model, allow_prior_mismatch, what=what)
         self._batch: Batch | None = None
         self._ref_positions: np.ndarray | None = None
         self._ref_key: tuple | None = None
@@ -110,4 +123,8 @@ class PiwslCalculator(Calculator):
         out = self.model(batch, compute_forces=True, create_graph=False)
         energy = float(out["energy"].detach().cpu().double()[0])
         forces = out["forces"].detach().cpu().double().numpy().copy()
+        if self.prior is not None:
+            prior_energy, prior_forces = self.prior.checked(frame)
+            energy += prior_energy
+            forces += prior_forces
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}

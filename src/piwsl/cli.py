@@ -59,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--energy-unit", default="eV")
     p_eval.add_argument("--length-unit", default="Å")
     p_eval.add_argument(
+        "--allow-prior-mismatch",
+        action="store_true",
+        help="run a Δ-learning model even if the installed prior differs from the recorded one",
+    )
+    p_eval.add_argument(
+        "--prior-cache-dir", default=None, help="folder of the prior cache (default: automatic)"
+    )
+    p_eval.add_argument(
+        "--prior-workers", type=int, default=1, help="processes computing the prior, default 1"
+    )
+    p_eval.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     from piwsl.labelling.cli import add_label_parser, add_sample_parser
@@ -98,6 +109,9 @@ def _evaluate(args: argparse.Namespace, console) -> int:
         name=args.name,
         console=console,
         keys=keys,
+        allow_prior_mismatch=args.allow_prior_mismatch,
+        prior_cache_dir=args.prior_cache_dir,
+        prior_workers=args.prior_workers,
     )
     return 0
 

@@ -1,8 +1,8 @@
 """The typed run configuration: pydantic models, YAML loading, dotted command-line overrides.
 
-A configuration has six sections — ``data``, ``model``, ``loss``, ``physics``, ``training`` and
-``output`` — each a pydantic model that forbids unknown keys. :func:`load_config` reads a YAML file
-(or ``builtin:NAME`` for a packaged config), applies overrides such as
+A configuration has seven sections — ``data``, ``model``, ``loss``, ``physics``, ``training``,
+``prior`` and ``output`` — each a pydantic model that forbids unknown keys. :func:`load_config`
+reads a YAML file (or ``builtin:NAME`` for a packaged config), applies overrides such as
 ``training.max_epochs=5 model.hparams.features=32`` and validates; every problem becomes a
 :class:`~piwsl.errors.ConfigError` naming the full dotted key, with a "did you mean" suggestion for
 unknown keys and the expected type for wrong values.
@@ -219,6 +219,47 @@ class TrainingConfig(_Section):
         return self
 
 
+class PriorConfig(_Section):
+    """Δ-learning: a cheap physical baseline the model learns on top of (see :mod:`piwsl.priors`).
+
+    ``name``: ``gfn2-xtb`` / ``gfn1-xtb`` (tblite), ``zbl`` (short-range nuclear repulsion) or
+    ``ase:module.Class`` (any ASE calculator); null: no prior. The model learns E_ref − E_prior
+    and F_ref − F_prior; the saved model records the prior and adds it at inference.
+    """
+
+    name: str | None = Field(
+        None, description="gfn2-xtb, gfn1-xtb, zbl, ase:module.Class; null: none"
+    )
+    charge: int = Field(0, description="total charge, e (xTB)")
+    multiplicity: int = Field(1, ge=1, description="2S + 1 (xTB: uhf = multiplicity − 1)")
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "method options: xTB accuracy / electronic_temperature (K) / max_iterations; zbl "
+            "inner / outer (× covalent-radius sum); ase: the calculator's keyword arguments"
+        ),
+    )
+    cache_dir: str | None = Field(
+        None,
+        description=(
+            "folder of the prior cache; null: .piwsl_prior_cache/ next to each data file when "
+            "writable, else ~/.cache/piwsl/priors"
+        ),
+    )
+    workers: int = Field(1, ge=1, description="processes computing the prior (one thread each)")
+
+    @model_validator(mode="after")
+    def _check_name(self) -> PriorConfig:
+        if self.name is not None:
+            from piwsl.priors import check_prior_name
+
+            try:
+                check_prior_name(self.name)
+            except ConfigError as err:
+                raise ValueError(f"prior.name: {err}") from None
+        return self
+
+
 class OutputConfig(_Section):
     """Where the run is written and how chatty it is."""
 
@@ -235,6 +276,7 @@ class Config(_Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     physics: PhysicsConfig = Field(default_factory=PhysicsConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    prior: PriorConfig = Field(default_factory=PriorConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:

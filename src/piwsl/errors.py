@@ -56,3 +56,8 @@ class CheckpointError(PiwslError, RuntimeError):
 
 class NonFiniteError(PiwslError, FloatingPointError):
     """A loss, gradient or model output is NaN or infinite."""
+
+
+class PriorError(PiwslError, RuntimeError):
+    """A prior potential (Δ-learning baseline) is missing, differs from the recorded one, or
+    failed on a structure."""

@@ -3,7 +3,9 @@
 Units: predictions are in eV and eV/Å; every metric carries its unit in its key
 (``energy_mae_meV``, ``energy_mae_meV_per_atom``, ``forces_mae_meV_per_A``, …). Frames without
 an energy (forces) label are left out of the energy (force) metrics, never counted as zero; a
-metric with no labelled frame at all is ``None``.
+metric with no labelled frame at all is ``None``. A model trained on top of a prior (Δ-learning,
+:mod:`piwsl.priors`) is scored on its total prediction, prior + learned part, against the full
+reference labels.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ase.data import chemical_symbols
 from piwsl.data.dataset import GraphDataset
 from piwsl.data.frames import Frame
 from piwsl.errors import ConfigError, UnknownElementError
+from piwsl.priors.base import Prior, PriorUse, model_prior
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class Predictions:
     forces: np.ndarray | None  # float64 [N, 3], eV/Å (None if not computed)
     numbers: np.ndarray  # int64 [N]
     ptr: np.ndarray  # int64 [S + 1]
+    prior: dict[str, Any] | None = None  # spec of the prior included in energy/forces, if any
 
     @property
     def n_structures(self) -> int:
@@ -97,14 +101,20 @@ def predict(
     batch_size: int = 32,
     compute_forces: bool = True,
     device: str | torch.device | None = None,
+    prior: PriorUse | None = None,
 ) -> Predictions:
     """Predicted energies (eV) per structure and forces (eV/Å) per atom, in the input's order.
 
     Frames are turned into graphs with the model's cutoff (no skin); a :class:`GraphDataset` is used
     as is if its cutoff covers the model's. Forces come from :class:`~piwsl.models.ForceField`
-    (autograd for conservative models, the force head for direct ones).
+    (autograd for conservative models, the force head for direct ones). A model trained on top of
+    a prior predicts the total, prior + learned part (the prior's values come from its disk
+    cache, :mod:`piwsl.priors.cache`); ``prior`` (:class:`~piwsl.priors.PriorUse`) says how, or
+    ``PriorUse(enabled=False)`` for the learned part alone.
     """
     model = as_force_field(model)
+    use = prior if prior is not None else PriorUse()
+    the_prior = model_prior(model, use.allow_mismatch) if use.enabled else None
     if batch_size < 1:
         raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
     if isinstance(frames_or_dataset, GraphDataset):
@@ -149,7 +159,25 @@ def predict(
     finally:
         model.train(was_training)
     numbers = np.concatenate([f.numbers for f in frames]).astype(np.int64)
-    return Predictions(energy=energy, forces=forces, numbers=numbers, ptr=ptr)
+    out = Predictions(energy=energy, forces=forces, numbers=numbers, ptr=ptr)
+    if the_prior is not None:
+        add_prior(out, the_prior, frames, use)
+    return out
+
+
+def add_prior(
+    predictions: Predictions, prior: Prior, frames: Sequence[Frame], use: PriorUse
+) -> None:
+    """Add the prior's energies and forces (cached, :func:`piwsl.priors.prior_values`) in place."""
+    from piwsl.priors import prior_values
+
+    values = prior_values(
+        prior, frames, cache_dir=use.cache_dir, workers=use.workers, progress=use.progress
+    )
+    predictions.energy = predictions.energy + values.energies
+    if predictions.forces is not None:
+        predictions.forces = predictions.forces + np.concatenate(values.forces)
+    predictions.prior = prior.spec()
 
 
 def _mae_rmse(errors: np.ndarray) -> tuple[float | None, float | None]:
@@ -348,13 +376,16 @@ def evaluate_model(
     name: str = "test",
     plot: bool = True,
     nonconservative: bool | None = None,
+    prior: PriorUse | None = None,
 ) -> dict[str, Any]:
     """Predict, score and report: writes ``<name>_metrics.json`` and ``<name>_parity.png``.
 
     ``model`` is a ForceField, an EnergyModel or a model file; ``frames`` a list of frames or a data
     path readable by :func:`piwsl.data.read_frames`. Returns the metrics dict (units in the keys).
     ``nonconservative`` (default: only for direct-force models) adds the curl/circulation of the
-    predicted forces (see :func:`nonconservativeness`).
+    predicted forces (see :func:`nonconservativeness`). For a model trained on top of a prior the
+    errors are those of the total prediction, prior + learned part (``prior``: see
+    :func:`predict`), and ``metrics["prior"]`` records the prior's spec.
     """
     from piwsl.data.readers import read_frames
 
@@ -365,9 +396,12 @@ def evaluate_model(
     if not frames:
         raise ValueError("evaluate_model: no frames given")
     need_forces = any(f.has_forces for f in frames) or model.direct_forces
-    predictions = predict(model, frames, batch_size=batch_size, compute_forces=need_forces)
+    predictions = predict(
+        model, frames, batch_size=batch_size, compute_forces=need_forces, prior=prior
+    )
     metrics = compute_metrics(frames, predictions)
     metrics["name"] = name
+    metrics["prior"] = predictions.prior
     metrics["model"] = model.hparams.get("name", type(model.energy_model).__name__)
     metrics["direct_forces"] = bool(model.direct_forces)
     if nonconservative is None:

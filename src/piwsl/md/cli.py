@@ -27,15 +27,26 @@ log = logging.getLogger(__name__)
 ASE_STANDINS = ("ase:emt",)
 
 
-def make_calculator(checkpoint: str | Path, device: str = "cpu", skin: float = 1.0):
-    """A piwsl calculator for ``checkpoint``, or ASE's EMT for ``"ase:emt"`` (smoke tests)."""
+def make_calculator(
+    checkpoint: str | Path,
+    device: str = "cpu",
+    skin: float = 1.0,
+    allow_prior_mismatch: bool = False,
+):
+    """A piwsl calculator for ``checkpoint``, or ASE's EMT for ``"ase:emt"`` (smoke tests).
+
+    A model trained on top of a prior runs with it (prior + learned part, see
+    :class:`~piwsl.calculator.PiwslCalculator`).
+    """
     if str(checkpoint).lower() == "ase:emt":
         from ase.calculators.emt import EMT
 
         return EMT()
     from piwsl.calculator import PiwslCalculator
 
-    return PiwslCalculator(checkpoint, device=device, skin=skin)
+    return PiwslCalculator(
+        checkpoint, device=device, skin=skin, allow_prior_mismatch=allow_prior_mismatch
+    )
 
 
 def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -168,6 +179,11 @@ def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="neighbour-list skin (Å); the list is reused until an atom moves skin/2",
     )
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
+    g.add_argument(
+        "--allow-prior-mismatch",
+        action="store_true",
+        help="run a Δ-learning model even if the installed prior differs from the recorded one",
+    )
     return parser
 
 
@@ -265,7 +281,12 @@ def run_md_cli(args: argparse.Namespace) -> int:
     from piwsl.md.report import run_md
 
     config = config_from_args(args)
-    calculator = make_calculator(args.checkpoint, device=args.device, skin=args.skin)
+    calculator = make_calculator(
+        args.checkpoint,
+        device=args.device,
+        skin=args.skin,
+        allow_prior_mismatch=getattr(args, "allow_prior_mismatch", False),
+    )
     report = run_md(
         calculator,
         args.start_structures,

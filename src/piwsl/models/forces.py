@@ -34,6 +34,11 @@ class ForceField(nn.Module):
     differentiate forces in eval mode (tests, gradient checks).
     """
 
+    #: the prior potential this model was trained on top of (Δ-learning), as recorded by
+    #: :meth:`piwsl.priors.Prior.spec`; None: the model predicts the whole energy. The model
+    #: itself computes the learned part only; inference adds the prior (:mod:`piwsl.priors`).
+    prior_spec: dict[str, Any] | None = None
+
     def __init__(self, energy_model: EnergyModel) -> None:
         super().__init__()
         self.energy_model = energy_model

@@ -1,7 +1,13 @@
-"""Model files: save and load a trained force field (atomic write, version and model checks)."""
+"""Model files: save and load a trained force field (atomic write, version and model checks).
+
+A model trained on top of a prior (Δ-learning, :mod:`piwsl.priors`) carries the prior's spec in
+the file (``"prior"``, format version 2); :func:`load_model` restores it as
+``ForceField.prior_spec`` and inference adds the prior.
+"""
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +20,10 @@ from piwsl.errors import CheckpointError
 
 FORMAT = "piwsl-model"
 FORMAT_VERSION = 1
+#: Files of models trained on top of a prior (``"prior"`` entry): an older piwsl, which would
+#: silently drop the prior, refuses them instead.
+PRIOR_FORMAT_VERSION = 2
+READABLE_VERSIONS = (FORMAT_VERSION, PRIOR_FORMAT_VERSION)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -33,8 +43,9 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def model_state(model) -> dict[str, Any]:
-    """What is needed to rebuild ``model`` (a ForceField): its name, hyper-parameters, weights."""
-    return {
+    """What is needed to rebuild ``model`` (a ForceField): its name, hyper-parameters, weights,
+    and the spec of the prior it was trained on top of (if any)."""
+    state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "piwsl_version": __version__,
@@ -43,6 +54,11 @@ def model_state(model) -> dict[str, Any]:
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "state_dict": model.state_dict(),
     }
+    prior = getattr(model, "prior_spec", None)
+    if prior:
+        state["prior"] = copy.deepcopy(prior)
+        state["format_version"] = PRIOR_FORMAT_VERSION
+    return state
 
 
 def save_model(model, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
@@ -59,10 +75,11 @@ def model_from_state(state: dict[str, Any], source: str = "<state>"):
             f"{source} is not a piwsl model file (no '{FORMAT}' header); "
             "pass a file written by `piwsl train`"
         )
-    if state.get("format_version") != FORMAT_VERSION:
+    if state.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{source} has model-file format {state.get('format_version')}, this piwsl "
-            f"({__version__}) reads format {FORMAT_VERSION}; retrain or use the matching version"
+            f"({__version__}) reads format {FORMAT_VERSION} ({PRIOR_FORMAT_VERSION} for models "
+            "with a prior); retrain or use the matching version"
         )
     model = build_model(state["name"], **state["hparams"])
     dtype = getattr(torch, state.get("dtype", "float32"), None)
@@ -74,6 +91,10 @@ def model_from_state(state: dict[str, Any], source: str = "<state>"):
         raise CheckpointError(
             f"{source}: weights do not fit model {state['name']!r}: {err}"
         ) from err
+    prior = state.get("prior")
+    if prior is not None and not isinstance(prior, dict):
+        raise CheckpointError(f"{source}: the recorded prior is not a mapping ({prior!r})")
+    model.prior_spec = copy.deepcopy(prior) if prior else None
     return model
 
 

@@ -6,6 +6,14 @@ frames), the E0s and the normalisation (``shift`` = mean per-atom residual energ
 ``scale`` = RMS of the force labels, eV/Å, or the std of the per-atom residual energy, eV, when no
 frame has forces).
 
+With a prior (``prior.name``, Δ-learning, :mod:`piwsl.priors`) the prior's energy and forces are
+computed once for every labelled frame of every split (read from / added to the prior cache) and
+the training and validation labels become residuals ``E_ref − E_prior``, ``F_ref − F_prior``
+(label masks unchanged; label-free frames need no prior, since the physics terms act on the learned
+part alone); E0s, shift and scale are then fitted to the residuals. The test frames keep their
+full labels — the test errors are those of the total prediction — and so does
+``PreparedData.val_reference`` (the validation frames with full labels).
+
 It also warns (``logging``, once per kind, naming the frames) about data that is probably wrong but
 cannot be proven so: frames shared between the training set and the validation/test sets
 (:func:`find_duplicates`), atoms closer than :data:`MIN_DISTANCE` Å (:func:`find_close_atoms`) and
@@ -22,9 +30,10 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from piwsl.config import DataConfig
+from piwsl.config import DataConfig, PriorConfig
 from piwsl.data import Frame, LabelKeys, label_coverage, read_frames, resolve_e0s, split_indices
 from piwsl.errors import ConfigError, DataError
+from piwsl.priors import Prior, PriorValues
 from piwsl.units import ENERGY_UNITS, HARTREE
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,8 @@ class PreparedData:
     shift: float  # eV per atom
     scale: float  # eV (energy-scale of the network output)
     coverage: list[str] = field(default_factory=list)  # one summary line per split
+    prior: Prior | None = None  # the prior the labels of train/val are residuals to
+    val_reference: list[Frame] | None = None  # validation frames with full labels (with a prior)
 
     @property
     def val_has_forces(self) -> bool:
@@ -253,10 +264,61 @@ def _keep_labels(frames: list[Frame], which: str) -> list[Frame]:
     return frames
 
 
-def prepare_data(cfg: DataConfig, report: bool = True) -> PreparedData:
+def subtract_prior(frames: list[Frame], values: PriorValues) -> list[Frame]:
+    """Frames whose labels are residuals ``E − E_prior``, ``F − F_prior`` (masks unchanged)."""
+    out = []
+    for f, energy, forces in zip(frames, values.energies, values.forces, strict=True):
+        out.append(
+            replace(
+                f,
+                energy=None if f.energy is None else f.energy - float(energy),
+                forces=None if f.forces is None else f.forces - forces,
+            )
+        )
+    return out
+
+
+def apply_prior(
+    cfg: PriorConfig, splits: dict[str, list[Frame]], progress: bool = False
+) -> tuple[Prior, dict[str, list[Frame]], str]:
+    """The prior of ``cfg`` and ``splits`` with residual labels (``test`` keeps its labels).
+
+    Returns (prior, splits, summary line). Only labelled frames are evaluated.
+    """
+    from piwsl.priors import make_prior, prior_values
+
+    prior = make_prior(cfg.name, cfg.charge, cfg.multiplicity, cfg.settings)
+    labelled = {
+        name: [f for f in frames if f.has_energy or f.has_forces] for name, frames in splits.items()
+    }
+    everything = [f for frames in labelled.values() for f in frames]
+    values = prior_values(
+        prior, everything, cache_dir=cfg.cache_dir, workers=cfg.workers, progress=progress
+    )
+    out, start = {}, 0
+    for name, frames in splits.items():
+        n = len(labelled[name])
+        part = PriorValues(values.energies[start : start + n], values.forces[start : start + n])
+        start += n
+        if name == "test":
+            out[name] = frames
+            continue
+        residual = iter(subtract_prior(labelled[name], part))
+        out[name] = [next(residual) if f.has_energy or f.has_forces else f for f in frames]
+    return prior, out, values.summary(prior)
+
+
+def prepare_data(
+    cfg: DataConfig,
+    report: bool = True,
+    prior: PriorConfig | None = None,
+    progress: bool = False,
+) -> PreparedData:
     """Read, split and reference the data of a run (see the module docstring).
 
-    ``report=False`` skips the plausibility warnings (DDP ranks other than 0).
+    ``report=False`` skips the plausibility warnings (DDP ranks other than 0). ``prior`` (the
+    run's ``prior`` section) with a name turns the training and validation labels into residuals
+    to that prior; ``progress`` shows a progress bar while the prior is computed.
     """
     keys = LabelKeys(
         energy_key=cfg.energy_key,
@@ -309,6 +371,13 @@ def prepare_data(cfg: DataConfig, report: bool = True) -> PreparedData:
     others = {"validation": val, "test": test}
     if report:
         check_plausibility(train_all, others, cfg.energy_unit)
+    the_prior, val_reference, prior_line = None, None, None
+    if prior is not None and prior.name is not None:
+        splits = {"train": train, "validation": val, "test": test}
+        the_prior, splits, prior_line = apply_prior(prior, splits, progress=progress)
+        val_reference = val
+        train, val = splits["train"], splits["validation"]
+        train_all = train + unlabelled
     mode = cfg.e0s
     if isinstance(mode, dict):
         mode = dict(mode)
@@ -320,6 +389,8 @@ def prepare_data(cfg: DataConfig, report: bool = True) -> PreparedData:
     coverage.append(label_coverage(val).summary("validation"))
     if test:
         coverage.append(label_coverage(test).summary("test"))
+    if prior_line is not None:
+        coverage.append(f"{prior_line}; training labels are residuals to it")
     return PreparedData(
         train=train_all,
         val=val,
@@ -329,6 +400,8 @@ def prepare_data(cfg: DataConfig, report: bool = True) -> PreparedData:
         shift=shift,
         scale=scale,
         coverage=coverage,
+        prior=the_prior,
+        val_reference=val_reference,
     )
 
 

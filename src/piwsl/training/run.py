@@ -4,6 +4,11 @@ With ``model.init_from`` the run fine-tunes a pre-trained model (:func:`resolve_
 :func:`build_force_field`: element check, E0 re-fit or keep, ``model.freeze``); the optimiser
 only ever sees the parameters that still require a gradient.
 
+With ``prior.name`` (Δ-learning, :mod:`piwsl.priors`) the model learns the residuals to a prior
+(:func:`~piwsl.training.data.prepare_data`); the prior's spec is recorded on the model
+(:func:`record_prior`) and so in every model file and checkpoint, ``--resume`` refuses another
+prior, and the test metrics score the total prediction, prior + model.
+
 :func:`train` is what ``piwsl train`` calls; :func:`evaluate_checkpoint` is ``piwsl evaluate``.
 A run directory holds::
 
@@ -116,9 +121,26 @@ def build_force_field(cfg: Config, data: PreparedData, pretrained: Any = None):
         if cfg.model.e0s_on_init == "refit":
             refit_reference(model, data, cfg.data.e0s, device=_inference_device(cfg))
         model.train()
+    record_prior(model, data.prior, cfg.model.init_from)
     if cfg.model.freeze:
         apply_freeze(model, cfg.model.freeze)
     return model
+
+
+def record_prior(model: Any, prior: Any, init_from: str | None = None) -> None:
+    """Record the spec of ``prior`` (None: no prior) on ``model``; it travels with every saved
+    model and checkpoint. A pre-trained model (``init_from``) on top of another prior is warned
+    about: its learned part was fitted to residuals of that prior."""
+    spec = prior.spec() if prior is not None else None
+    old = getattr(model, "prior_spec", None)
+    if init_from is not None and old != spec:
+        log.warning(
+            "model.init_from %r was trained on top of the prior %s; this run uses %s",
+            init_from,
+            (old or {}).get("name", "none"),
+            (spec or {}).get("name", "none"),
+        )
+    model.prior_spec = spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,7 +370,17 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Path | None:
                     f"--resume: the {section} section differs from the run's {str(source)!r}; "
                     "only training/output settings may change when resuming"
                 )
+        _check_resumed_prior(old.get("prior") or {}, cfg, source)
+        recorded = (ckpt.get("piwsl_model") or {}).get("prior")
         del ckpt
+        if recorded:
+            from piwsl.priors import prior_from_spec
+
+            prior_from_spec(
+                recorded,
+                what=f"--resume: the checkpoint {str(last)!r}",
+                opt_out="start the run afresh (output.overwrite=true)",
+            )
         return last
     holds_run = last.exists() or (run_dir / "final_model.pt").exists()
     if holds_run:
@@ -362,6 +394,24 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Path | None:
         for name in ("best_model.pt", "final_model.pt", "summary.json"):
             (run_dir / name).unlink(missing_ok=True)
     return None
+
+
+#: The prior keys that set the training targets (cache_dir and workers may change on --resume).
+_PRIOR_KEYS = ("name", "charge", "multiplicity", "settings")
+
+
+def _check_resumed_prior(old: dict[str, Any], cfg: Config, source: Path) -> None:
+    from piwsl.config import PriorConfig
+
+    defaults = PriorConfig().model_dump(mode="json")
+    new = cfg.prior.model_dump(mode="json")
+    for key in _PRIOR_KEYS:
+        if old.get(key, defaults[key]) != new[key]:
+            raise ConfigError(
+                f"--resume: prior.{key} differs from the run's {str(source)!r} "
+                f"({old.get(key, defaults[key])!r} there, {new[key]!r} now); the prior sets the "
+                "training targets and cannot change when resuming"
+            )
 
 
 def _next_log_version(run_dir: Path) -> int:
@@ -463,7 +513,9 @@ def train(
     rank_zero = getattr(rank_zero_only, "rank", 0) == 0
     if not rank_zero:  # DDP ranks > 0: data coverage, warnings and model are reported once
         console = Console(quiet=True)
-    data = prepare_data(cfg.data, report=rank_zero)
+    data = prepare_data(
+        cfg.data, report=rank_zero, prior=cfg.prior, progress=cfg.output.progress_bar and rank_zero
+    )
     for line in data.coverage if rank_zero else []:
         log.info(line)
         console.print(f"[bold]data[/] {escape(line)}")
@@ -564,7 +616,7 @@ def train(
         )
     train_time = time.perf_counter() - start
 
-    metadata = {"run_dir": str(run_dir), "config": cfg.to_dict()}
+    metadata = {"run_dir": str(run_dir), "config": cfg.to_dict(), "prior": model.prior_spec}
     final_model = run_dir / "final_model.pt"
     best_ckpt = Path(checkpoint_cb.best_model_path) if checkpoint_cb.best_model_path else None
     best_model_path: Path | None = None
@@ -598,13 +650,21 @@ def train(
         f"best {monitor} = {_fmt(result.best_score)}"
     )
     if evaluate:
-        frames, name = (data.test, "test") if data.test else (data.val, "validation")
+        # with a prior: the test (or full-label validation) frames, scored on the total prediction
+        val_full = data.val_reference if data.val_reference is not None else data.val
+        frames, name = (data.test, "test") if data.test else (val_full, "validation")
         if frames:
             from piwsl.evaluation import evaluate_model
+            from piwsl.priors import PriorUse
 
             out_dir = run_dir / "evaluation"
             metrics = evaluate_model(
-                load_model(eval_source), frames, out_dir, batch_size=val_bs, name=name
+                load_model(eval_source),
+                frames,
+                out_dir,
+                batch_size=val_bs,
+                name=name,
+                prior=PriorUse(cache_dir=cfg.prior.cache_dir, workers=cfg.prior.workers),
             )
             result.test_metrics = metrics
             result.test_metrics_path = out_dir / f"{name}_metrics.json"
@@ -650,8 +710,16 @@ def evaluate_checkpoint(
     name: str | None = None,
     console: Console | None = None,
     keys: Any = None,
+    allow_prior_mismatch: bool = False,
+    prior_cache_dir: str | None = None,
+    prior_workers: int = 1,
 ) -> tuple[dict[str, Any], Path, Path | None]:
-    """Evaluate a model file or training checkpoint on a data file; (metrics, json path, plot)."""
+    """Evaluate a model file or training checkpoint on a data file; (metrics, json path, plot).
+
+    A model trained on top of a prior is scored on prior + learned part (the prior's values are
+    cached, :mod:`piwsl.priors.cache`); ``allow_prior_mismatch`` runs it even when the installed
+    prior differs from the recorded one.
+    """
     from piwsl.data import read_frames
     from piwsl.evaluation import evaluate_model
     from piwsl.models import load_model
@@ -672,7 +740,18 @@ def evaluate_checkpoint(
         stem = str(data).split(":", 1)[1] if str(data).startswith("builtin:") else Path(data).stem
         name = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "eval"
     out = Path(out_dir) if out_dir is not None else checkpoint.parent / "evaluation"
-    metrics = evaluate_model(model, frames, out, batch_size=batch_size, name=name)
+    from piwsl.priors import PriorUse, model_prior
+
+    prior = model_prior(model, allow_prior_mismatch, what=f"model {str(checkpoint)!r}")
+    if prior is not None:
+        console.print(f"[bold]prior[/] {escape(prior.describe())} added to the model's predictions")
+    use = PriorUse(
+        allow_mismatch=allow_prior_mismatch,
+        cache_dir=prior_cache_dir,
+        workers=prior_workers,
+        progress=console.is_terminal,
+    )
+    metrics = evaluate_model(model, frames, out, batch_size=batch_size, name=name, prior=use)
     metrics_path = out / f"{name}_metrics.json"
     plot = out / f"{name}_parity.png"
     console.print(metrics_table(metrics, title=f"{name} ({checkpoint.name})"))
