@@ -63,6 +63,10 @@ MODELS: dict[str, list[str]] = {
         "model.name=painn",
         "model.hparams={features: 64, interactions: 3, n_rbf: 20, forces: direct}",
     ],
+    "mace": [  # a CPU-sized MACE (mace-torch backend): 16 channels, L ≤ 1, correlation 2
+        "model.name=mace",
+        "model.hparams={num_channels: 16, max_L: 1, correlation: 2, num_interactions: 2}",
+    ],
     "schnet_tiny": [  # the --quick smoke test
         "model.name=schnet",
         "model.hparams={features: 16, interactions: 1, n_rbf: 8}",

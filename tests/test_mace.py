@@ -281,3 +281,41 @@ def test_missing_mace_torch_gives_install_hint(monkeypatch):
     with pytest.raises(ImportError, match=r"piwsl\[mace\]") as info:
         build_model("mace", elements=ELEMENTS, cutoff=4.0)
     assert isinstance(info.value, PiwslError)
+
+
+def test_ema_of_a_deep_copied_mace_tracks_the_model(mace):
+    """EMA pairs parameters and buffers by name (a deep copy of MACE lists its buffers otherwise)."""
+    import copy
+
+    from piwsl.training.module import ExponentialMovingAverage
+
+    # the benchmark's CPU-sized MACE: its deep copy lists 58 buffers where the original lists 57
+    hparams = {"num_channels": 16, "max_L": 1, "correlation": 2, "num_interactions": 2}
+    model = build_model("mace", elements=ELEMENTS, cutoff=4.0, **hparams)
+    ema_model = copy.deepcopy(model)
+    model(frames_to_batch(read_frames("builtin:ethanol_train")[:2], 4.0))
+    before = {k: v.clone() for k, v in ema_model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ExponentialMovingAverage(0.99).update(ema_model, model, n_updates=0)  # d = 0.1
+    for name, p in ema_model.named_parameters():
+        torch.testing.assert_close(p, before[name] + 0.9, rtol=1e-5, atol=1e-5)
+    buffers = dict(model.named_buffers())
+    for name, b in ema_model.named_buffers():
+        if name in buffers:
+            torch.testing.assert_close(b, buffers[name])
+
+
+def test_ema_copy_has_the_weights_layout_of_a_fresh_model(mace, tmp_path):
+    """The EMA model (what training saves) must load into a freshly built MACE."""
+    from piwsl.training.module import rebuilt_copy
+
+    hparams = {"num_channels": 16, "max_L": 1, "correlation": 2, "num_interactions": 2}
+    model = build_model("mace", elements=ELEMENTS, cutoff=4.0, **hparams)
+    ema_model = rebuilt_copy(model)
+    assert ema_model.state_dict().keys() == model.state_dict().keys()
+    save_model(ema_model, tmp_path / "ema.pt")
+    batch = frames_to_batch(read_frames("builtin:ethanol_train")[:2], 4.0)
+    loaded = load_model(tmp_path / "ema.pt")
+    torch.testing.assert_close(loaded(batch)["energy"], model(batch)["energy"])

@@ -20,7 +20,6 @@ good ones.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from typing import Any
@@ -61,6 +60,17 @@ def _world_size() -> int:
     return 1
 
 
+def rebuilt_copy(model: ForceField) -> ForceField:
+    """A copy of ``model`` built anew from its hyper-parameters, with its weights and prior.
+
+    Not ``copy.deepcopy``: deep copies of e3nn's compiled modules (MACE) gain buffers that a
+    freshly built model lacks, so the EMA weights saved from them would not load again.
+    """
+    from piwsl.models.io import model_from_state, model_state
+
+    return model_from_state(model_state(model), source="the model being trained")
+
+
 class ExponentialMovingAverage:
     """θ_ema ← d·θ_ema + (1 − d)·θ, with d = min(decay, (1 + n)/(10 + n)) after n updates.
 
@@ -73,10 +83,19 @@ class ExponentialMovingAverage:
     @torch.no_grad()
     def update(self, ema: torch.nn.Module, model: torch.nn.Module, n_updates: int) -> None:
         d = min(self.decay, (1.0 + n_updates) / (10.0 + n_updates))
-        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-            p_ema.lerp_(p.detach(), 1.0 - d)
-        for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
-            b_ema.copy_(b)
+        # matched by name: a deep copy need not list shared tensors in the same order (e3nn
+        # modules in MACE rebuild some buffers when copied)
+        ema_params = dict(ema.named_parameters())
+        for name, p in model.named_parameters():
+            ema_params[name].lerp_(p.detach(), 1.0 - d)
+        ema_buffers = dict(ema.named_buffers())
+        for name, b in model.named_buffers():
+            target = ema_buffers.get(name)
+            if target is None:
+                continue
+            if target.shape != b.shape:
+                target.resize_(b.shape)
+            target.copy_(b)
 
 
 class PiwslModule(lightning.LightningModule):
@@ -106,7 +125,7 @@ class PiwslModule(lightning.LightningModule):
         self.config_dict = config or {}
         self.use_ema = bool(training.ema_decay)
         if self.use_ema:
-            self.ema_model = copy.deepcopy(model)
+            self.ema_model = rebuilt_copy(model)
             for p in self.ema_model.parameters():
                 p.requires_grad_(False)
             self.ema = ExponentialMovingAverage(float(training.ema_decay))
