@@ -363,6 +363,11 @@ def aggregate(records: list[dict]) -> dict[tuple, dict[str, dict]]:
             slot["E"].append(e)
         if f is not None:
             slot["F"].append(f)
+        batch = next(
+            (int(o.split("=")[1]) for o in r["overrides"] if o.startswith("training.batch_size=")),
+            16,
+        )
+        slot["batch"] = batch
         slot["steps"].append(r.get("steps") or 0)
         slot["time"].append(r.get("train_time_s") or 0.0)
     return groups
@@ -397,7 +402,7 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
         "never by the test columns.",
         "",
         "| molecule | regime | model | method | n | validation | E MAE (meV) | F MAE (meV/Å) "
-        "| E ratio | F ratio | steps | train time (s) |",
+        "| E ratio | F ratio | steps × batch | train time (s) |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key in sorted(groups, key=lambda k: (k[0], list(N_TRAIN).index(k[1]), k[2])):
@@ -415,7 +420,8 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
             lines.append(
                 f"| {key[0]} | {key[1]} | {key[2]} | {method} | {len(s['E'])} "
                 f"| {fmt(mean_std(s['val'])[0])} | {fmt(em)} ± {fmt(es)} | {fmt(fm)} ± {fmt(fs)} | {fmt(er, 2)} | {fmt(fr, 2)} "
-                f"| {statistics.median(s['steps']):.0f} | {statistics.median(s['time']):.0f} |"
+                f"| {statistics.median(s['steps']):.0f} × {s['batch']} "
+                f"| {statistics.median(s['time']):.0f} |"
             )
     lines += [
         "",
@@ -620,6 +626,8 @@ def main(argv: list[str] | None = None) -> None:
             (x.split("=")[1] for x in args.set if x.startswith("training.batch_size=")), 16
         )
         budget = f"{args.steps} optimisation steps per run (batch {batch}), every method alike"
+        if args.summary_only:
+            budget = "equal steps for every method of a row (see the steps × batch column)"
     elif args.suite == "walltime":
         runs = walltime_runs(args, data_dir, results)
         budget = f"wall-clock: the training time of the matching `{args.time_of}` grid run"
