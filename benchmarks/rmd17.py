@@ -150,10 +150,15 @@ class Run:
     budget: list[str]  # the stopping rule: steps, epochs or wall time
     data_dir: Path
     extra: list[str] = field(default_factory=list)
+    suffix: str = ""  # appended to the method in names and tables, e.g. "@time_of_piwsl_2nd"
+
+    @property
+    def label(self) -> str:
+        return self.method + self.suffix
 
     @property
     def name(self) -> str:
-        return safe(f"{self.molecule}-{self.model}-{self.regime}-{self.method}-s{self.seed}")
+        return safe(f"{self.molecule}-{self.model}-{self.regime}-{self.label}-s{self.seed}")
 
     def data(self, kind: str) -> Path:
         return self.data_dir / f"rmd17_{self.molecule}_{kind}_01.npz"
@@ -187,7 +192,7 @@ class Run:
             "model": self.model,
             "regime": self.regime,
             "n_train": N_TRAIN[self.regime],
-            "method": self.method,
+            "method": self.label,
             "seed": self.seed,
             "budget": self.budget,
             "overrides": [
@@ -245,8 +250,7 @@ def walltime_runs(args: argparse.Namespace, data_dir: Path, results: Path) -> li
             "training.max_epochs=null",
             "training.max_steps=null",
         ]
-        run.method = f"{run.method}@time_of_{args.time_of}"
-        run.extra = [*run.extra]
+        run.suffix = f"@time_of_{args.time_of}"
         runs.append(run)
     return runs
 
@@ -407,15 +411,17 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
     ]
     for key in sorted(groups, key=lambda k: (k[0], list(N_TRAIN).index(k[1]), k[2])):
         methods = groups[key]
-        base = methods.get("plain")
+        # the reference: plain training (at equal wall-clock: the time-limited plain runs)
+        base_name = next((m for m in sorted(methods) if m.startswith("plain")), None)
+        base = methods.get(base_name) if base_name else None
         for method in ordered(methods, list(METHODS)):
             s = methods[method]
             em, es = mean_std(s["E"])
             fm, fs = mean_std(s["F"])
             er = fr = None
-            if base and method != "plain" and base["E"] and s["E"]:
+            if base and method != base_name and base["E"] and s["E"]:
                 er = statistics.fmean(base["E"]) / em
-            if base and method != "plain" and base["F"] and s["F"]:
+            if base and method != base_name and base["F"] and s["F"]:
                 fr = statistics.fmean(base["F"]) / fm
             lines.append(
                 f"| {key[0]} | {key[1]} | {key[2]} | {method} | {len(s['E'])} "
