@@ -233,23 +233,31 @@ def grid_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
 
 
 def walltime_runs(args: argparse.Namespace, data_dir: Path, results: Path) -> list[Run]:
-    """Runs limited by the training time of the matching ``--time-of`` grid run."""
+    """Runs given the wall-clock of the matching ``--time-of`` grid run.
+
+    The budget becomes a step count: as many steps as fit into the ``--time-of`` run's training
+    time at this method's own measured time per step (from its grid run of the same molecule,
+    model, regime and seed). A step count keeps the learning-rate schedule (cosine needs a
+    horizon) and does not depend on what else the machine runs at the time.
+    """
     grid_dir = results / "rmd17" / ("grid" + (f"_{args.time_tag}" if args.time_tag else ""))
-    runs = []
-    for run in grid_runs(args, data_dir):
-        ref = Run(run.molecule, run.model, run.regime, args.time_of, run.seed, [], data_dir)
+
+    def grid_record(run: Run, method: str) -> dict | None:
+        ref = Run(run.molecule, run.model, run.regime, method, run.seed, [], data_dir)
         path = grid_dir / f"{ref.name}.json"
         if not path.exists():
-            print(f"skip {run.name}: no grid run {path.name} to take the time budget from")
+            print(f"skip {run.name}: no grid run {path.name}")
+            return None
+        return json.loads(path.read_text())
+
+    runs = []
+    for run in grid_runs(args, data_dir):
+        target, own = grid_record(run, args.time_of), grid_record(run, run.method)
+        if not target or not own or not own.get("train_time_s") or not own.get("steps"):
             continue
-        seconds = json.loads(path.read_text()).get("train_time_s")
-        if not seconds:
-            continue
-        run.budget = [
-            f"training.max_time_minutes={seconds / 60:.4f}",
-            "training.max_epochs=null",
-            "training.max_steps=null",
-        ]
+        seconds_per_step = own["train_time_s"] / own["steps"]
+        steps = max(1, round(target["train_time_s"] / seconds_per_step))
+        run.budget = steps_budget(steps)
         run.suffix = f"@time_of_{args.time_of}"
         runs.append(run)
     return runs
@@ -388,7 +396,7 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
         f"# rMD17 benchmark — suite `{header['suite']}`",
         "",
         f"Command: `{header['command']}`  ",
-        f"Commit (of the newest run): `{header['commit']}`  ",
+        f"Summary written at commit `{header['commit']}` (each run: its own commit, below)  ",
         f"Machine: {header['machine']['platform']}, {header['machine']['cpu_count']} CPUs, "
         f"torch {header['machine']['torch']}; {header['threads']} thread(s) per run, "
         f"{header['jobs']} run(s) at a time  ",
@@ -453,13 +461,18 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
 def plot(records: list[dict], stem: Path) -> list[Path]:
     """Error vs training size (per molecule, model and label regime) and learning curves."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
     groups = aggregate(records)
-    panels = sorted({(m, mo, r.split("_")[0]) for (m, r, mo) in groups})
+
+    def kind_of(regime: str) -> str:
+        return "E" if regime.startswith("E_only") else "EF"
+
+    panels = sorted({(m, mo, kind_of(r)) for (m, r, mo) in groups})
     if panels:
         fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 6), squeeze=False)
         for col, (molecule, model, kind) in enumerate(panels):
@@ -469,14 +482,14 @@ def plot(records: list[dict], stem: Path) -> list[Path]:
                     {
                         m
                         for (mol, reg, mo), d in groups.items()
-                        if (mol, mo) == (molecule, model) and reg.startswith(kind)
+                        if (mol, mo) == (molecule, model) and kind_of(reg) == kind
                         for m in d
                     }
                 )
                 for method in ordered(methods, list(METHODS)):
                     xs, ys, es = [], [], []
                     for (mol, reg, mo), d in groups.items():
-                        if (mol, mo) != (molecule, model) or not reg.startswith(kind):
+                        if (mol, mo) != (molecule, model) or kind_of(reg) != kind:
                             continue
                         if method in d and d[method][quantity]:
                             m, s = mean_std(d[method][quantity])
@@ -495,6 +508,9 @@ def plot(records: list[dict], stem: Path) -> list[Path]:
                         )
                 ax.set_xscale("log")
                 ax.set_yscale("log")
+                sizes = sorted({N_TRAIN[r] for (mol, r, mo) in groups if kind_of(r) == kind})
+                ax.set_xticks(sizes, [str(n) for n in sizes])
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
                 ax.set_xlabel("training frames")
                 ax.set_ylabel(f"test {quantity} MAE ({unit})")
                 label = "energy-only" if kind == "E" else "energies + forces"
@@ -636,7 +652,10 @@ def main(argv: list[str] | None = None) -> None:
             budget = "equal steps for every method of a row (see the steps × batch column)"
     elif args.suite == "walltime":
         runs = walltime_runs(args, data_dir, results)
-        budget = f"wall-clock: the training time of the matching `{args.time_of}` grid run"
+        budget = (
+            f"wall-clock: the training time of the matching `{args.time_of}` grid run, as steps "
+            "at the method's own measured time per step"
+        )
     else:
         runs = legacy_runs(args, data_dir)
         budget = "epochs (see the runs)"
@@ -657,6 +676,10 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     stem = results / f"rmd17_{name}"
+    if args.summary_only and stem.with_suffix(".json").exists():
+        before = json.loads(stem.with_suffix(".json").read_text())
+        header["command"] = f"{before['command']} (summary rewritten: {header['command']})"
+        header["threads"], header["jobs"] = before["threads"], before["jobs"]
     todo = [r for r in runs if args.rerun or not (out / f"{r.name}.json").exists()]
     if args.summary_only:
         todo = []
