@@ -90,12 +90,7 @@ class ExponentialMovingAverage:
             ema_params[name].lerp_(p.detach(), 1.0 - d)
         ema_buffers = dict(ema.named_buffers())
         for name, b in model.named_buffers():
-            target = ema_buffers.get(name)
-            if target is None:
-                continue
-            if target.shape != b.shape:
-                target.resize_(b.shape)
-            target.copy_(b)
+            ema_buffers[name].copy_(b)
 
 
 class PiwslModule(lightning.LightningModule):
