@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from common import git_commit, machine_info
+from rmd17 import aggregate, load_records
 
 from piwsl.data import read_frames, split_indices
 from piwsl.priors import make_prior, prior_values
@@ -59,24 +60,12 @@ def xtb_alone(molecule: str, regime: str, seeds: list[int], data: Path) -> dict[
     return out
 
 
-def collect(run_dirs: list[Path]) -> dict[tuple, dict[str, list[float]]]:
-    """{(molecule, regime, model, method): {"E": [...], "F": [...]}} from per-run JSON files."""
-    table: dict[tuple, dict[str, list[float]]] = {}
-    for folder in run_dirs:
-        for path in sorted(folder.glob("*.json")):
-            if path.name.endswith(".failed.json"):
-                continue
-            r = json.loads(path.read_text())
-            if r["regime"] not in N_TRAIN or r["method"] not in METHODS or not r.get("test"):
-                continue
-            slot = table.setdefault((r["molecule"], r["regime"], r["model"], r["method"]), {})
-            seed_key = f"s{r['seed']}"
-            if seed_key in slot.setdefault("seeds", []):
-                continue  # the same run collected from two folders
-            slot["seeds"].append(seed_key)
-            slot.setdefault("E", []).append(r["test"]["energy_mae_meV"])
-            slot.setdefault("F", []).append(r["test"]["forces_mae_meV_per_A"])
-    return table
+def collect(run_dirs: list[Path]) -> dict[tuple, dict[str, dict]]:
+    """Energy-only runs of the Δ table, grouped by :func:`rmd17.aggregate`; a run found in two
+    folders (plain runs are copied next to the Δ runs) counts once."""
+    runs = {r["name"]: r for folder in run_dirs for r in load_records(folder)}
+    wanted = [r for r in runs.values() if r["regime"] in N_TRAIN and r["method"] in METHODS]
+    return aggregate(wanted)
 
 
 def ms(values: list[float]) -> str:
@@ -106,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             xtb = xtb_alone(molecule, regime, args.seeds, Path(args.data))
             models = sorted({k[2] for k in table if k[:2] == (molecule, regime)})
             for model in models:
-                got = {m: table.get((molecule, regime, model, m), {}) for m in METHODS}
+                got = {m: table[molecule, regime, model].get(m, {}) for m in METHODS}
                 plain_f = got["plain"].get("F")
                 ratios = {}
                 for m in ("delta", "delta_piwsl_2nd"):
@@ -132,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
                         "regime": regime,
                         "model": model,
                         "xtb_alone": xtb,
-                        **{m: got[m] for m in METHODS},
+                        **{
+                            m: {"E": got[m].get("E", []), "F": got[m].get("F", [])} for m in METHODS
+                        },
                         "force_ratio_plain_over": ratios,
                     }
                 )

@@ -360,6 +360,21 @@ def test_errors(record: dict) -> tuple[float | None, float | None]:
     return t.get("energy_mae_meV"), t.get("forces_mae_meV_per_A")
 
 
+def batch_size_of(overrides: list[str]) -> int:
+    """The batch size a run's overrides set (16, the built-in config's, when none does)."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("training.batch_size=")]
+    return int(given[-1]) if given else 16
+
+
+def load_records(folder: Path) -> list[dict]:
+    """The per-run result files of a folder (finished runs only)."""
+    return [
+        json.loads(p.read_text())
+        for p in sorted(folder.glob("*.json"))
+        if not p.name.endswith(".failed.json")
+    ]
+
+
 def aggregate(records: list[dict]) -> dict[tuple, dict[str, dict]]:
     """{(molecule, regime, model): {method: {E: [..], F: [..], steps, time}}}."""
     groups: dict[tuple, dict[str, dict]] = {}
@@ -375,11 +390,7 @@ def aggregate(records: list[dict]) -> dict[tuple, dict[str, dict]]:
             slot["E"].append(e)
         if f is not None:
             slot["F"].append(f)
-        batch = next(
-            (int(o.split("=")[1]) for o in r["overrides"] if o.startswith("training.batch_size=")),
-            16,
-        )
-        slot["batch"] = batch
+        slot["batch"] = batch_size_of(r["overrides"])
         slot["steps"].append(r.get("steps") or 0)
         slot["time"].append(r.get("train_time_s") or 0.0)
     return groups
@@ -559,11 +570,7 @@ def plot(records: list[dict], stem: Path) -> list[Path]:
 
 
 def write_summary(out: Path, stem: Path, header: dict) -> None:
-    records = [
-        json.loads(p.read_text())
-        for p in sorted(out.glob("*.json"))
-        if not p.name.endswith(".failed.json")
-    ]
+    records = load_records(out)
     done = {r["name"] for r in records}
     failed = [json.loads(p.read_text()) for p in sorted(out.glob("*.failed.json"))]
     failed = [r for r in failed if r["name"] not in done]
@@ -644,10 +651,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.suite == "grid":
         runs = grid_runs(args, data_dir)
-        batch = next(
-            (x.split("=")[1] for x in args.set if x.startswith("training.batch_size=")), 16
+        budget = (
+            f"{args.steps} optimisation steps per run (batch {batch_size_of(args.set)}), "
+            "every method alike"
         )
-        budget = f"{args.steps} optimisation steps per run (batch {batch}), every method alike"
         if args.summary_only:
             budget = "equal steps for every method of a row (see the steps × batch column)"
     elif args.suite == "walltime":
@@ -678,7 +685,9 @@ def main(argv: list[str] | None = None) -> None:
     stem = results / f"rmd17_{name}"
     if args.summary_only and stem.with_suffix(".json").exists():
         before = json.loads(stem.with_suffix(".json").read_text())
-        header["command"] = f"{before['command']} (summary rewritten: {header['command']})"
+        # the command that trained the runs, without earlier "(summary rewritten: …)" notes
+        trained_by = before["command"].split(" (summary rewritten: ")[0]
+        header["command"] = f"{trained_by} (summary rewritten: {header['command']})"
         header["threads"], header["jobs"] = before["threads"], before["jobs"]
     todo = [r for r in runs if args.rerun or not (out / f"{r.name}.json").exists()]
     if args.summary_only:
