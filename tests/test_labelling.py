@@ -277,6 +277,36 @@ def test_cbs_backend_energy_and_forces_are_the_same_combination():
     assert e_cbs < h3 + c3
 
 
+def test_finite_difference_forces_match_analytic_ones_and_are_recorded(tmp_path):
+    pytest.importorskip("tblite")
+    atoms = water()
+    analytic = make_backend("gfn2-xtb").compute(atoms)
+    backend = make_backend("gfn2-xtb", finite_difference_forces=True, finite_difference_step=0.004)
+    assert backend.gives_forces
+    out = backend.compute(atoms)
+    assert out["energy"] == analytic["energy"]  # the undisplaced energy, not an average
+    assert np.abs(analytic["forces"]).max() > 0.1  # a real force field to compare against
+    np.testing.assert_allclose(out["forces"], analytic["forces"], atol=2e-3)
+    assert out["provenance"]["forces_method"] == "central finite differences of the energy"
+    assert out["provenance"]["energy_evaluations"] == 6 * len(atoms) + 1
+    # an energy-only method gains forces, through the runner into REF_forces
+    pytest.importorskip("pyscf")
+    src = tmp_path / "in.extxyz"
+    ase.io.write(src, [water()])
+    options = {"basis": "sto-3g", "density_fit": False, "finite_difference_forces": True}
+    label_structures(str(src), str(tmp_path / "out.extxyz"), "mp2", options, progress=False)
+    (labelled,) = ase.io.read(tmp_path / "out.extxyz", ":")
+    reference = make_backend("mp2", basis="sto-3g", density_fit=False, forces=True).compute(water())
+    np.testing.assert_allclose(labelled.arrays["REF_forces"], reference["forces"], atol=2e-3)
+    # contradictory or nonsensical options are errors that say what to do
+    with pytest.raises(ConfigError, match="drop forces=true"):
+        make_backend("mp2", forces=True, finite_difference_forces=True)
+    with pytest.raises(ConfigError, match="finite_difference_forces is not"):
+        make_backend("gfn2-xtb", finite_difference_step=0.01)
+    with pytest.raises(ConfigError, match="small positive step"):
+        make_backend("gfn2-xtb", finite_difference_forces=True, finite_difference_step=-1)
+
+
 def test_cbs_delta_ccsd_t_and_density_fitted_hf():
     pytest.importorskip("pyscf")
     from pyscf import cc, mp, scf

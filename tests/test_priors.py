@@ -327,7 +327,7 @@ def test_mismatched_prior_spec_is_refused_unless_allowed(tmp_path, caplog):
         PiwslCalculator(unknown)
 
 
-def test_evaluate_refuses_a_mismatched_prior_and_scores_the_total(tmp_path):
+def test_evaluate_refuses_a_mismatched_prior_and_scores_the_total(tmp_path, caplog):
     from piwsl.training import evaluate_checkpoint
 
     spec = make_prior("zbl", settings=WIDE_ZBL).spec()
@@ -344,7 +344,9 @@ def test_evaluate_refuses_a_mismatched_prior_and_scores_the_total(tmp_path):
     stale = delta_model_file(tmp_path, {**spec, "program_version": "0"})
     with pytest.raises(PriorError):
         evaluate_checkpoint(stale, data, out_dir=tmp_path / "eval2")
-    evaluate_checkpoint(stale, data, out_dir=tmp_path / "eval3", allow_prior_mismatch=True)
+    with caplog.at_level(logging.WARNING, logger="piwsl.priors.base"):
+        evaluate_checkpoint(stale, data, out_dir=tmp_path / "eval3", allow_prior_mismatch=True)
+    assert caplog.text.count("running anyway") == 1  # the prior is built (and checked) once
 
 
 def test_model_files_without_a_prior_keep_format_1(tmp_path):

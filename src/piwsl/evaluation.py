@@ -114,7 +114,9 @@ def predict(
     """
     model = as_force_field(model)
     use = prior if prior is not None else PriorUse()
-    the_prior = model_prior(model, use.allow_mismatch) if use.enabled else None
+    the_prior = None
+    if use.enabled:
+        the_prior = use.built if use.built is not None else model_prior(model, use.allow_mismatch)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
     if isinstance(frames_or_dataset, GraphDataset):

@@ -750,6 +750,7 @@ def evaluate_checkpoint(
         cache_dir=prior_cache_dir,
         workers=prior_workers,
         progress=console.is_terminal,
+        built=prior,
     )
     metrics = evaluate_model(model, frames, out, batch_size=batch_size, name=name, prior=use)
     metrics_path = out / f"{name}_metrics.json"
