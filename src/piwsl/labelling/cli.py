@@ -63,7 +63,8 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
         dest="options",
         action="append",
         metavar="KEY=VALUE",
-        help="backend option, repeatable: forces=true, bases=cc-pvdz,cc-pvtz, density_fit=false…",
+        help="backend option, repeatable: forces=true, bases=cc-pvdz,cc-pvtz, density_fit=false, "
+        "finite_difference_forces=true (forces of any energy-only method, 6N+1 energies)…",
     )
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     p.add_argument("--threads-per-worker", type=int, default=1, help="BLAS/OpenMP threads each")
