@@ -71,6 +71,43 @@ def test_rmd17_builtin_is_converted_to_eV():
     assert not frames[0].pbc.any()
 
 
+def test_mp2cbs_builtin_sets_are_rmd17_positions_with_consistent_high_level_labels():
+    import ase.io
+
+    from piwsl.data.readers import resolve_path
+
+    train, test = (
+        read_frames("builtin:ethanol_mp2cbs_train"),
+        read_frames("builtin:ethanol_mp2cbs_test"),
+    )
+    pbe_train, pbe_test = read_frames("builtin:ethanol_train"), read_frames("builtin:ethanol_test")
+    assert (len(train), len(test)) == (350, 100)
+    for frames, pbe in ((train, pbe_train), (test, pbe_test)):
+        for k in (0, 57, len(frames) - 1):
+            np.testing.assert_allclose(frames[k].positions, pbe[k].positions, atol=1e-8)
+            np.testing.assert_array_equal(frames[k].numbers, pbe[k].numbers)
+    assert all(f.has_energy and not f.has_forces for f in train)  # energy-only training pool
+    assert all(f.has_energy and f.has_forces for f in test)
+    # relative energies track PBE/def2-SVP (measured r = 0.88; shuffled frames would give r ≈ 0)
+    e_high = np.array([f.energy for f in train])
+    e_pbe = np.array([pbe_train[k].energy for k in range(len(train))])
+    assert np.corrcoef(e_high, e_pbe)[0, 1] > 0.8
+    assert 0.05 < np.std(e_high) < 1.0  # eV: thermal spread of a 9-atom molecule
+    # finite-difference forces of an invariant energy: no net force, no net torque (eV/Å, eV)
+    for f in test:
+        assert np.abs(f.forces.sum(axis=0)).max() < 5e-3
+        torque = np.cross(f.positions - f.positions.mean(axis=0), f.forces).sum(axis=0)
+        assert np.abs(torque).max() < 5e-3
+        assert np.abs(f.forces).max() > 0.5  # real thermal forces, not zeros
+    # forces at the two levels are related but not equal (that gap is what fine-tuning closes)
+    gap = np.mean([np.abs(f.forces - pbe_test[k].forces).mean() for k, f in enumerate(test)])
+    assert 0.02 < gap < 1.0
+    # provenance travels with every frame
+    info = ase.io.read(resolve_path("builtin:ethanol_mp2cbs_test"), index=0).info
+    assert info["REF_method"] == "MP2/CBS(cc-pvdz,cc-pvtz)"
+    assert info["REF_forces_method"] == "central finite differences of the energy"
+
+
 # --- extxyz --------------------------------------------------------------------------------------
 
 

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 BUILTIN = {
     "ethanol_train": "rmd17_ethanol_train_01.npz",
     "ethanol_test": "rmd17_ethanol_test_01.npz",
+    # MP2/CBS(cc-pVDZ,cc-pVTZ) labels of rMD17 ethanol positions (benchmarks/mp2cbs_workflow.py)
+    "ethanol_mp2cbs_train": "ethanol_mp2cbs_train.extxyz",  # 350 frames, energies only
+    "ethanol_mp2cbs_test": "ethanol_mp2cbs_test.extxyz",  # 100 frames, energies + forces
 }
 
 #: Keys tried, in order, when no energy/forces key is given (MACE's ``REF_`` convention first).
