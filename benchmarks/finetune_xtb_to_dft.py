@@ -252,15 +252,19 @@ def summary_mtime(run_dir: Path) -> float:
     return (run_dir / "summary.json").stat().st_mtime
 
 
-def pretrain(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    overrides = [
-        f"data.train={work / 'xtb_train.extxyz'}",
-        f"data.test={work / 'xtb_test.extxyz'}",
+def pretrain_overrides(
+    args: argparse.Namespace, train: str, test: str, extra: list[str] | None = None
+) -> list[str]:
+    """``piwsl train`` overrides of a pre-training on energies + forces (``extra``: e.g. a prior)."""
+    return [
+        f"data.train={train}",
+        f"data.test={test}",
         f"data.n_train={args.pretrain_n_train}",
         f"data.n_val={args.pretrain_n_val}",
         "data.split_seed=0",
         *MODEL,
         *PLAIN,
+        *(extra or []),
         "loss.energy_weight=1.0",
         "loss.force_weight=10.0",
         f"training.max_epochs={args.pretrain_epochs}",
@@ -268,20 +272,26 @@ def pretrain(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "training.scheduler=cosine",
         "training.seed=0",
     ]
+
+
+def pretrain(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    overrides = pretrain_overrides(
+        args, str(work / "xtb_train.extxyz"), str(work / "xtb_test.extxyz")
+    )
     record = train_run(args, work, "pretrain_xtb", overrides)
     record["test_set"] = "GFN2-xTB labels of the 1,000 rMD17 test positions"
     return record
 
 
-def finetune_overrides(
-    args: argparse.Namespace, n: int, variant: str, pretrained: Path, seed: int = 0
+def energy_only_overrides(
+    args: argparse.Namespace, train: str, test: str, n: int, physics: list[str], seed: int
 ) -> list[str]:
-    from_pretrained, physics = VARIANTS[variant]
-    steps_per_epoch = math.ceil(n / args.batch_size)
-    epochs = max(1, round(args.finetune_steps / steps_per_epoch))
-    overrides = [
-        f"data.train={DFT_TRAIN}",
-        f"data.test={DFT_TEST}",
+    """``piwsl train`` overrides of an energy-only run on N frames (about ``finetune_steps``
+    optimiser steps, paper loss units; ``physics``: the PIWSL settings and anything else)."""
+    epochs = max(1, round(args.finetune_steps / math.ceil(n / args.batch_size)))
+    return [
+        f"data.train={train}",
+        f"data.test={test}",
         f"data.n_train={n}",
         f"data.n_val={args.finetune_n_val}",
         "data.split_seed=0",
@@ -294,6 +304,13 @@ def finetune_overrides(
         "training.scheduler=cosine",
         f"training.seed={seed}",
     ]
+
+
+def finetune_overrides(
+    args: argparse.Namespace, n: int, variant: str, pretrained: Path, seed: int = 0
+) -> list[str]:
+    from_pretrained, physics = VARIANTS[variant]
+    overrides = energy_only_overrides(args, DFT_TRAIN, DFT_TEST, n, physics, seed)
     if from_pretrained:
         overrides += [
             f"model.init_from={pretrained}",
@@ -635,15 +652,8 @@ def summarise(result: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------------- main
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default=str(ROOT / "runs" / "finetune"))
-    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 50])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per run")
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0], help="training seeds of the fine-tuning runs"
-    )
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pre-training and energy-only training options both fine-tuning benchmarks share."""
     parser.add_argument("--pretrain-epochs", type=int, default=60)
     parser.add_argument("--pretrain-n-train", type=int, default=950)
     parser.add_argument("--pretrain-n-val", type=int, default=50)
@@ -653,6 +663,18 @@ def main() -> None:
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
     parser.add_argument("--scratch-lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=16)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=str(ROOT / "runs" / "finetune"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 50])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per run")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="training seeds of the fine-tuning runs"
+    )
+    add_training_arguments(parser)
     parser.add_argument("--label-index", default=None, help="label only these frames (ASE index)")
     parser.add_argument("--tag", default=None, help="suffix of the result files")
     parser.add_argument("--results", default=str(RESULTS), help="folder of the result files")

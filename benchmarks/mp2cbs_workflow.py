@@ -52,13 +52,13 @@ from typing import Any
 
 from common import git_commit, machine_info
 from finetune_xtb_to_dft import (
-    ENERGY_ONLY,
-    MODEL,
-    PAPER_UNITS,
     PIWSL_2ND,
     PLAIN,
+    add_training_arguments,
+    energy_only_overrides,
     fmt,
     pick,
+    pretrain_overrides,
     read_json,
     run_logged,
     write_json,
@@ -211,22 +211,7 @@ def train_run(args: argparse.Namespace, work: Path, name: str, overrides: list[s
 
 
 def pretrain(args: argparse.Namespace, work: Path, delta: bool) -> dict[str, Any]:
-    overrides = [
-        f"data.train={PBE_TRAIN}",
-        f"data.test={PBE_TEST}",
-        f"data.n_train={args.pretrain_n_train}",
-        f"data.n_val={args.pretrain_n_val}",
-        "data.split_seed=0",
-        *MODEL,
-        *PLAIN,
-        *(PRIOR if delta else []),
-        "loss.energy_weight=1.0",
-        "loss.force_weight=10.0",
-        f"training.max_epochs={args.pretrain_epochs}",
-        f"training.lr={args.pretrain_lr}",
-        "training.scheduler=cosine",
-        "training.seed=0",
-    ]
+    overrides = pretrain_overrides(args, PBE_TRAIN, PBE_TEST, PRIOR if delta else None)
     return train_run(args, work, "pretrain_pbe_delta" if delta else "pretrain_pbe", overrides)
 
 
@@ -234,23 +219,8 @@ def finetune_overrides(
     args: argparse.Namespace, labels: dict, n: int, variant: str, seed: int, models: dict
 ) -> list[str]:
     start, physics, prior = VARIANTS[variant]
-    epochs = max(1, round(args.finetune_steps / math.ceil(n / args.batch_size)))
-    overrides = [
-        f"data.train={labels['train']['file']}",
-        f"data.test={labels['test']['file']}",
-        f"data.n_train={n}",
-        f"data.n_val={args.finetune_n_val}",
-        "data.split_seed=0",
-        *MODEL,
-        *ENERGY_ONLY,
-        *PAPER_UNITS,
-        *physics,
-        *prior,
-        f"training.batch_size={args.batch_size}",
-        f"training.max_epochs={epochs}",
-        "training.scheduler=cosine",
-        f"training.seed={seed}",
-    ]
+    train, test = labels["train"]["file"], labels["test"]["file"]
+    overrides = energy_only_overrides(args, train, test, n, [*physics, *prior], seed)
     if start == "scratch":
         return [*overrides, f"training.lr={args.scratch_lr}"]
     return [
@@ -494,15 +464,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per run")
-    parser.add_argument("--pretrain-epochs", type=int, default=60)
-    parser.add_argument("--pretrain-n-train", type=int, default=950)
-    parser.add_argument("--pretrain-n-val", type=int, default=50)
-    parser.add_argument("--pretrain-lr", type=float, default=2e-3)
-    parser.add_argument("--finetune-steps", type=int, default=800, help="≈ optimiser steps")
-    parser.add_argument("--finetune-n-val", type=int, default=50)
-    parser.add_argument("--finetune-lr", type=float, default=5e-4)
-    parser.add_argument("--scratch-lr", type=float, default=2e-3)
-    parser.add_argument("--batch-size", type=int, default=16)
+    add_training_arguments(parser)
     parser.add_argument("--relabel", action="store_true", help="recompute the MP2/CBS labels")
     parser.add_argument("--label-workers", type=int, default=2)
     parser.add_argument("--results", default=str(RESULTS), help="folder of the result files")
