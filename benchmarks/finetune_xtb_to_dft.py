@@ -170,10 +170,13 @@ def label(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return record
 
 
-def train_run(
+def train_once(
     args: argparse.Namespace, work: Path, name: str, overrides: list[str]
-) -> dict[str, Any]:
-    """One ``piwsl train`` run in ``work/name`` (skipped when it finished before)."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``piwsl train`` in ``work/name`` unless it finished before with the same command.
+
+    Returns the run's ``summary.json`` and its timing record (wall time, command).
+    """
     run_dir = work / name
     summary_path, timing = run_dir / "summary.json", run_dir / "run_wall_time.json"
     cmd = [
@@ -196,11 +199,19 @@ def train_run(
     if args.force or not done:
         wall = run_logged(cmd, work / "logs" / f"{name}.log", args.threads)
         write_json(timing, {"wall_time_s": wall, "command": cmd[2:]})
-    summary = read_json(summary_path)
+    return read_json(summary_path), read_json(timing)
+
+
+def train_run(
+    args: argparse.Namespace, work: Path, name: str, overrides: list[str]
+) -> dict[str, Any]:
+    """One ``piwsl train`` run in ``work/name`` (skipped when it finished before)."""
+    run_dir = work / name
+    summary, timing = train_once(args, work, name, overrides)
     final = final_model_test(args, run_dir, summary) if name != "pretrain_xtb" else None
     record = {
         "name": name,
-        "wall_time_s": round(read_json(timing)["wall_time_s"], 1),
+        "wall_time_s": round(timing["wall_time_s"], 1),
         "train_time_s": summary.get("train_time_s"),
         "epochs": summary.get("epochs"),
         "steps": summary.get("steps"),
@@ -212,7 +223,7 @@ def train_run(
         )
         if summary.get("steps") and summary.get("train_time_s")
         else None,
-        "command": "python -m piwsl.cli " + " ".join(cmd[3:]),
+        "command": "python -m " + " ".join(timing["command"]),
         "test": pick(summary.get("test")),
         "test_final_model": final,
     }

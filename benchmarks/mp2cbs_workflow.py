@@ -61,6 +61,7 @@ from finetune_xtb_to_dft import (
     pretrain_overrides,
     read_json,
     run_logged,
+    train_once,
     write_json,
 )
 
@@ -175,30 +176,18 @@ def frames_of(record: dict[str, Any], split: str):
 
 def train_run(args: argparse.Namespace, work: Path, name: str, overrides: list[str]) -> dict:
     """One ``piwsl train`` run in ``work/name`` (skipped when it finished with these settings)."""
-    run_dir = work / name
-    summary_path, timing = run_dir / "summary.json", run_dir / "run_wall_time.json"
-    cmd = [sys.executable, "-m", "piwsl.cli", "train", "builtin:ethanol", *overrides]
-    cmd += [f"training.num_threads={args.threads}", "output.progress_bar=false"]
-    cmd += ["output.overwrite=true", "--run-dir", str(run_dir)]
-    done = summary_path.exists() and timing.exists()
-    if done and read_json(timing).get("command") != cmd[2:]:
-        print(f"{name}: settings changed since the finished run, training again", flush=True)
-        done = False
-    if args.force or not done:
-        wall = run_logged(cmd, work / "logs" / f"{name}.log", args.threads)
-        write_json(timing, {"wall_time_s": wall, "command": cmd[2:]})
-    summary = read_json(summary_path)
+    summary, timing = train_once(args, work, name, overrides)
     steps, train_time = summary.get("steps"), summary.get("train_time_s")
-    wall = read_json(timing).get("wall_time_s")
+    wall = timing.get("wall_time_s")
     record = {
         "name": name,
         "wall_time_s": None if wall is None else round(wall, 1),
-        "timing_note": read_json(timing).get("note"),
+        "timing_note": timing.get("note"),
         "steps": steps,
         "epochs": summary.get("epochs"),
         "ms_per_step": round(1e3 * train_time / steps, 1) if steps and train_time else None,
         "best_model": summary.get("best_model"),
-        "command": "piwsl " + " ".join(cmd[3:]),
+        "command": "piwsl " + " ".join(timing["command"][1:]),
         "test": pick(summary.get("test")),
     }
     t = record["test"]
@@ -250,14 +239,13 @@ def baselines(args: argparse.Namespace, work: Path, labels: dict, n: int, models
     """GFN2-xTB and the PBE labels themselves, and the PBE model zero-shot, on the MP2/CBS test."""
     import numpy as np
     import torch
-    from ase import Atoms
 
     from piwsl.config import load_config
     from piwsl.data import read_frames
     from piwsl.data.splits import split_indices
     from piwsl.evaluation import evaluate_model
-    from piwsl.labelling import make_backend
     from piwsl.models import load_model
+    from piwsl.priors import make_prior, prior_values
     from piwsl.training.data import prepare_data
     from piwsl.training.run import refit_reference
 
@@ -266,16 +254,12 @@ def baselines(args: argparse.Namespace, work: Path, labels: dict, n: int, models
     train_idx, _, _ = split_indices(len(pool), n, args.finetune_n_val, None, seed=0)
     out: dict[str, Any] = {}
 
-    xtb = make_backend("gfn2-xtb")
-
-    def xtb_of(frames):
-        results = [xtb.compute(Atoms(numbers=f.numbers, positions=f.positions)) for f in frames]
-        return [r["energy"] for r in results], [r["forces"] for r in results]
-
-    e_pool, _ = xtb_of([pool[k] for k in train_idx])
-    e_test, f_test = xtb_of(test)
-    offset = float(np.mean([pool[k].energy for k in train_idx]) - np.mean(e_pool))
-    out["gfn2_xtb"] = offset_metrics(test, e_test, f_test, offset)
+    # GFN2-xTB as the Δ runs see it: the prior (tblite) through piwsl's prior cache
+    prior = make_prior("gfn2-xtb")
+    xtb_pool = prior_values(prior, [pool[k] for k in train_idx])
+    xtb_test = prior_values(prior, test)
+    offset = float(np.mean([pool[k].energy for k in train_idx]) - np.mean(xtb_pool.energies))
+    out["gfn2_xtb"] = offset_metrics(test, xtb_test.energies, xtb_test.forces, offset)
 
     # the PBE labels of the same positions (the shipped sets keep the rMD17 order)
     pbe_pool = read_frames(PBE_TRAIN)
