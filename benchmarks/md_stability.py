@@ -18,25 +18,36 @@ runs is compared with the whole test split. Writes ``benchmarks/results/md_stabi
     OMP_NUM_THREADS=1 python benchmarks/md_stability.py --quick runs/a/best.pt  # 2 × 1 ps smoke run
     OMP_NUM_THREADS=1 python benchmarks/md_stability.py --quick --untrained-schnet  # no checkpoint:
         # an untrained SchNet (64 features, 3 interactions) — throughput only, stability meaningless
+
+Each finished (model, protocol) run leaves ``benchmark_run.json`` in its folder (written
+atomically, with the settings it depends on): running the same command again reuses it, so a killed
+benchmark resumes where it stopped (``--rerun`` forces a new run). ``--jobs N`` runs N of them at a
+time in separate processes (give each ``--threads 1`` on a small machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
+import multiprocessing
+import os
 import shlex
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 from common import git_commit, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data/rmd17/rmd17_aspirin_test_01.npz")
+DATA = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_test_01.npz"
 RESULTS = ROOT / "benchmarks" / "results"
+#: per (model, protocol) run folder: its summary and what it depends on (resume key)
+DONE_NAME = "benchmark_run.json"
 
 #: name → (ensemble, temperature K, length ps); the ensemble "nvt" becomes --thermostat
 PROTOCOLS: dict[str, tuple[str, float, float]] = {
@@ -81,62 +92,140 @@ def untrained_schnet(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def run_protocols(
-    label: str,
-    checkpoint: Path,
-    args: argparse.Namespace,
-    reference: list,
-    starts: list,
-) -> dict[str, Any]:
-    from piwsl.calculator import PiwslCalculator
-    from piwsl.md import FailureCriteria, MDConfig, run_md
+def protocol_config(name: str, args: argparse.Namespace):
+    """The :class:`~piwsl.md.MDConfig` of protocol ``name`` under the command-line options."""
+    from piwsl.md import FailureCriteria, MDConfig
 
-    out: dict[str, Any] = {"checkpoint": str(checkpoint), "protocols": {}}
-    for name, (ensemble, temperature, length) in PROTOCOLS.items():
-        if args.protocols and name not in args.protocols:
-            continue
-        if ensemble == "nvt":
-            ensemble = args.thermostat
-        length = args.length if args.length is not None else length
-        config = MDConfig(
-            ensemble=ensemble,
-            temperature_K=temperature,
-            timestep_fs=args.timestep,
-            length_ps=length,
-            n_trajectories=args.trajectories,
-            seed=args.seed,
-            traj_interval=args.output_interval,
-            log_interval=args.log_interval,
-            failure=(
-                FailureCriteria(check_bonds=False, check_temperature=False)
-                if args.no_checks
-                else FailureCriteria()
-            ),
-            write_trajectories=not args.no_trajectories,
-            progress=not args.no_progress,
-        )
-        calc = PiwslCalculator(checkpoint, device=args.device, skin=args.skin)
-        run_dir = args.out / "md_stability" / label / name
-        start = time.perf_counter()
-        report = run_md(
-            calc, starts, config, out_dir=run_dir, reference=reference, calculator_name=label
-        )
-        summary = dict(report.summary)
-        summary["run_dir"] = str(
-            run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
-        )
-        summary["elapsed_s"] = time.perf_counter() - start
-        summary["trajectories"] = [
-            {k: v for k, v in t.summary(config.timestep_fs).items() if k not in ("files",)}
-            for t in report.trajectories
-        ]
-        out["protocols"][name] = summary
-        print(
-            f"[{label} {name}] stable {summary['n_stable']}/{summary['n_trajectories']}, "
-            f"{summary['steps_per_s']:.1f} steps/s, "
-            f"calculator {100 * summary['calculator_share']:.0f} %",
-            flush=True,
-        )
+    ensemble, temperature, length = PROTOCOLS[name]
+    return MDConfig(
+        ensemble=args.thermostat if ensemble == "nvt" else ensemble,
+        temperature_K=temperature,
+        timestep_fs=args.timestep,
+        length_ps=args.length if args.length is not None else length,
+        n_trajectories=args.trajectories,
+        seed=args.seed,
+        traj_interval=args.output_interval,
+        log_interval=args.log_interval,
+        failure=(
+            FailureCriteria(check_bonds=False, check_temperature=False)
+            if args.no_checks
+            else FailureCriteria()
+        ),
+        write_trajectories=not args.no_trajectories,
+        progress=not args.no_progress,
+    )
+
+
+def fingerprint(checkpoint: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """What a finished (model, protocol) run depends on: reused only when all of it matches."""
+    from dataclasses import asdict
+
+    config = asdict(protocol_config(name, args))
+    config.pop("progress")
+    stat = checkpoint.stat()
+    return {
+        "checkpoint": str(checkpoint.resolve()),
+        "checkpoint_size": stat.st_size,
+        "checkpoint_mtime": stat.st_mtime,
+        "data": str(Path(args.data).resolve()),
+        "protocol": name,
+        "config": config,
+        "skin_A": args.skin,
+        "device": args.device,
+    }
+
+
+def run_dir_of(args: argparse.Namespace, label: str, name: str) -> Path:
+    return args.out / "md_stability" / label / name
+
+
+def finished(args: argparse.Namespace, label: str, checkpoint: Path, name: str) -> dict | None:
+    """The summary of an earlier run of the same (model, protocol, settings), or None."""
+    path = run_dir_of(args, label, name) / DONE_NAME
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    from piwsl.md.report import jsonable
+
+    if saved.get("fingerprint") != jsonable(fingerprint(checkpoint, name, args)):
+        return None
+    return saved["summary"]
+
+
+@functools.cache
+def _structures(path: str) -> list:
+    from piwsl.md.runner import load_structures
+
+    return load_structures(path)
+
+
+def run_protocol(
+    label: str, checkpoint: Path, name: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Run one protocol for one model (in this process); write its summary next to its run."""
+    import torch
+
+    from piwsl.calculator import PiwslCalculator
+    from piwsl.md import run_md
+    from piwsl.md.report import jsonable
+
+    torch.set_num_threads(args.threads)
+    structures = _structures(args.data)
+    config = protocol_config(name, args)
+    calc = PiwslCalculator(checkpoint, device=args.device, skin=args.skin)
+    run_dir = run_dir_of(args, label, name)
+    start = time.perf_counter()
+    report = run_md(
+        calc, structures, config, out_dir=run_dir, reference=structures, calculator_name=label
+    )
+    summary = dict(report.summary)
+    summary["run_dir"] = str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir)
+    summary["elapsed_s"] = time.perf_counter() - start
+    summary["trajectories"] = [
+        {k: v for k, v in t.summary(config.timestep_fs).items() if k not in ("files",)}
+        for t in report.trajectories
+    ]
+    done = {"fingerprint": fingerprint(checkpoint, name, args), "summary": summary}
+    tmp = run_dir / (DONE_NAME + ".tmp")
+    tmp.write_text(json.dumps(jsonable(done), indent=2, default=str))
+    os.replace(tmp, run_dir / DONE_NAME)  # atomic: a killed run leaves no half-written summary
+    print(
+        f"[{label} {name}] stable {summary['n_stable']}/{summary['n_trajectories']}, "
+        f"{summary['steps_per_s']:.1f} steps/s, "
+        f"calculator {100 * summary['calculator_share']:.0f} %, {summary['elapsed_s']:.0f} s",
+        flush=True,
+    )
+    return jsonable(summary)
+
+
+def run_all(
+    tasks: list[tuple[str, Path, str]], args: argparse.Namespace
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every (label, checkpoint, protocol) task, reusing finished ones; ``--jobs`` processes."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    todo = []
+    for label, path, name in tasks:
+        summary = None if args.rerun else finished(args, label, path, name)
+        if summary is not None:
+            print(f"[{label} {name}] reused the finished run in {summary['run_dir']}", flush=True)
+            out[(label, name)] = summary
+        else:
+            todo.append((label, path, name))
+    if args.jobs <= 1:
+        for label, path, name in todo:
+            out[(label, name)] = run_protocol(label, path, name, args)
+        return out
+    context = multiprocessing.get_context("spawn")  # no forked OpenMP/torch state
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+        futures = {
+            pool.submit(run_protocol, label, path, name, args): (label, name)
+            for label, path, name in todo
+        }
+        for future in as_completed(futures):
+            out[futures[future]] = future.result()
     return out
 
 
@@ -265,7 +354,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skin", type=float, default=1.0, metavar="Å")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="(model, protocol) runs at a time, each a process"
+    )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run again even where a finished run with the same settings exists",
+    )
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be ≥ 1")
 
     import torch
 
@@ -284,9 +383,6 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         parser.error("give at least one checkpoint (or --untrained-schnet)")
 
-    from piwsl.md.runner import load_structures
-
-    structures = load_structures(args.data)
     result: dict[str, Any] = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
@@ -310,12 +406,20 @@ def main(argv: list[str] | None = None) -> int:
             "interactions, cutoff 5 Å): its steps/s is the MD throughput of a small "
             "piwsl model; its stability numbers mean nothing"
         )
+    names = [n for n in PROTOCOLS if not args.protocols or n in args.protocols]
+    tasks = [
+        (label, path, name) for label, path in zip(labels, paths, strict=True) for name in names
+    ]
     try:
-        for label, path in zip(labels, paths, strict=True):
-            result["models"][label] = run_protocols(label, path, args, structures, structures)
+        summaries = run_all(tasks, args)
     finally:
         if tmp is not None:
             tmp.cleanup()
+    for label, path in zip(labels, paths, strict=True):
+        result["models"][label] = {
+            "checkpoint": str(path),
+            "protocols": {name: summaries[(label, name)] for name in names},
+        }
     args.out.mkdir(parents=True, exist_ok=True)
     from piwsl.md.report import jsonable
 
