@@ -53,11 +53,35 @@ def direct(model, atoms: Atoms) -> tuple[float, np.ndarray]:
     )
     batch = frames_to_batch([frame], model.cutoff, dtype=torch.float64)
     out = model(batch)
-    return float(out["energy"][0]), out["forces"].detach().numpy()
+    return float(out["energy"].detach()[0]), out["forces"].detach().numpy()
 
 
 def test_exported_lazily_from_package():
     assert piwsl.PiwslCalculator is PiwslCalculator
+
+
+def test_direct_force_model_agrees_with_its_own_forward():
+    """The calculator runs without a parameter graph; a direct-force head must give the same."""
+    torch.manual_seed(0)
+    model = (
+        build_model(
+            "painn",
+            elements=ELEMENTS,
+            cutoff=3.0,
+            features=8,
+            interactions=1,
+            n_rbf=8,
+            forces="direct",
+        )
+        .to(torch.float64)
+        .eval()
+    )
+    atoms = ethanol()
+    atoms.calc = PiwslCalculator(model)
+    e_ref, f_ref = direct(model, atoms)
+    assert atoms.get_potential_energy() == pytest.approx(e_ref, abs=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), f_ref, atol=1e-12)
+    assert np.abs(f_ref).max() > 1e-6
 
 
 def test_energy_and_forces_agree_with_model():

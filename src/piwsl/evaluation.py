@@ -149,7 +149,8 @@ def predict(
     try:
         for batch in dataset.loader(batch_size, shuffle=False):
             batch = batch.to(device=device, dtype=dtype)
-            out = model(batch, compute_forces=compute_forces, create_graph=False)
+            with torch.no_grad():  # conservative forces re-enable grad inside the ForceField
+                out = model(batch, compute_forces=compute_forces, create_graph=False)
             e = out["energy"].detach().to("cpu", torch.float64).numpy()
             ids = batch.frame_id.cpu().numpy()
             energy[ids] = e
