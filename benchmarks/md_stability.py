@@ -214,6 +214,10 @@ def run_all(
             out[(label, name)] = summary
         else:
             todo.append((label, path, name))
+    if args.summary_only:
+        for label, _, name in todo:
+            print(f"[{label} {name}] not run yet (left out of the summary)", flush=True)
+        return out
     if args.jobs <= 1:
         for label, path, name in todo:
             out[(label, name)] = run_protocol(label, path, name, args)
@@ -280,6 +284,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f" | {fmt(drift)} | {fmt(fluct)} | {fmt(s['hr_error_pooled_stable'], '.4f')}"
                 f" | {fmt(s['steps_per_s'], '.1f')} | {fmt(100 * s['calculator_share'], '.0f')} % |"
             )
+    if result.get("not_run"):
+        lines += ["", f"Not run yet ({len(result['not_run'])}): " + "; ".join(result["not_run"])]
     lines += ["", "![survival](md_stability_survival.png)"]
     lines += ["", "Plots (energy, temperature, survival, h(r)) are in each run folder:", ""]
     for label, model in result["models"].items():
@@ -358,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs", type=int, default=1, help="(model, protocol) runs at a time, each a process"
     )
     parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="run nothing: write the report from the finished runs and list the missing ones",
+    )
+    parser.add_argument(
         "--rerun",
         action="store_true",
         help="run again even where a finished run with the same settings exists",
@@ -416,10 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         if tmp is not None:
             tmp.cleanup()
     for label, path in zip(labels, paths, strict=True):
-        result["models"][label] = {
-            "checkpoint": str(path),
-            "protocols": {name: summaries[(label, name)] for name in names},
-        }
+        done = {name: summaries[(label, name)] for name in names if (label, name) in summaries}
+        result["models"][label] = {"checkpoint": str(path), "protocols": done}
+    result["not_run"] = [
+        f"{label} / {name}" for label, _, name in tasks if (label, name) not in summaries
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     from piwsl.md.report import jsonable
 
