@@ -663,6 +663,25 @@ def summarise(result: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------------- main
 
 
+def run_header(script: str, args: argparse.Namespace) -> dict[str, Any]:
+    """What both fine-tuning benchmarks record first: command, commit, machine, shared options."""
+    return {
+        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),
+        "machine": machine_info(),
+        "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "sizes": args.sizes,
+        "seeds": args.seeds,
+        "variants": args.variants,
+        "finetune_steps": args.finetune_steps,
+        "finetune_n_val": args.finetune_n_val,
+        "finetune_lr": args.finetune_lr,
+        "scratch_lr": args.scratch_lr,
+        "batch_size": args.batch_size,
+    }
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The pre-training and energy-only training options both fine-tuning benchmarks share."""
     parser.add_argument("--pretrain-epochs", type=int, default=60)
@@ -708,23 +727,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     stem = STEM + (f"_{args.tag}" if args.tag else "")
     header = {
-        "command": "python benchmarks/finetune_xtb_to_dft.py " + " ".join(sys.argv[1:]),
-        "commit": git_commit(),
-        "machine": machine_info(),
-        "threads": args.threads,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "sizes": args.sizes,
-        "seeds": args.seeds,
-        "variants": args.variants,
+        **run_header("finetune_xtb_to_dft.py", args),
         "model": "painn (conservative forces): " + "; ".join(MODEL[2:]),
         "pretrain_n_train": args.pretrain_n_train,
         "pretrain_n_val": args.pretrain_n_val,
         "pretrain_epochs": args.pretrain_epochs,
-        "finetune_steps": args.finetune_steps,
-        "finetune_n_val": args.finetune_n_val,
-        "finetune_lr": args.finetune_lr,
-        "scratch_lr": args.scratch_lr,
-        "batch_size": args.batch_size,
     }
     result: dict[str, Any] = {
         "header": header,

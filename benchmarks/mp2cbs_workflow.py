@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import git_commit, machine_info
 from finetune_xtb_to_dft import (
     PIWSL_2ND,
     PLAIN,
@@ -60,6 +59,7 @@ from finetune_xtb_to_dft import (
     pick,
     pretrain_overrides,
     read_json,
+    run_header,
     run_logged,
     train_once,
     write_json,
@@ -464,21 +464,7 @@ def main() -> None:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
-        "header": {
-            "command": "python benchmarks/mp2cbs_workflow.py " + " ".join(sys.argv[1:]),
-            "commit": git_commit(),
-            "machine": machine_info(),
-            "threads": args.threads,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "sizes": args.sizes,
-            "seeds": args.seeds,
-            "variants": args.variants,
-            "finetune_steps": args.finetune_steps,
-            "finetune_n_val": args.finetune_n_val,
-            "finetune_lr": args.finetune_lr,
-            "scratch_lr": args.scratch_lr,
-            "batch_size": args.batch_size,
-        },
+        "header": run_header("mp2cbs_workflow.py", args),
         "labels": None,
         "baselines": {},
         "runs": {},
