@@ -273,11 +273,8 @@ def run_trajectory(
     def observe(step: int) -> bool:
         """Record, write and check the state after ``step`` steps; True to stop."""
         t = step * dt_ps
-        if (
-            "forces" in timed.results
-            and timed.atoms is not None
-            and np.array_equal(timed.atoms.positions, atoms.positions)
-        ):  # the integrator's last call was at these positions (skips ASE's slower state check)
+        if "forces" in timed.results and not timed.check_state(atoms):
+            # the integrator's last call was at these positions (same test as the calculator's)
             energy, forces = float(timed.results["energy"]), timed.results["forces"]
         else:
             energy = float(atoms.get_potential_energy())
