@@ -7,7 +7,7 @@ import math
 import torch
 
 from piwsl.data import Frame, frames_to_batch
-from piwsl.objective import Objective
+from piwsl.objective import EnergyTerm, ForcesTerm
 from piwsl.units import KCAL_MOL
 
 
@@ -36,19 +36,23 @@ def _output(batch):
 def test_default_units_are_per_atom_ev_and_masked():
     batch = _batch()
     out = _output(batch)
-    objective = Objective()
+    energy, forces = EnergyTerm(), ForcesTerm()
     # structure 1 has no energy: its (absurd) prediction must not enter
     expected = ((0.3 / 2) ** 2 + (0.2 / 2) ** 2) / 2
-    assert math.isclose(float(objective.energy_loss(out, batch)), expected, rel_tol=1e-12)
+    assert math.isclose(float(energy.loss(out, batch)), expected, rel_tol=1e-12)
     # only the last structure carries forces: 6 components, two of them off by 0.05 eV/Å
-    assert math.isclose(float(objective.forces_loss(out, batch)), 2 * 0.05**2 / 6, rel_tol=1e-9)
+    assert math.isclose(float(forces.loss(out, batch)), 2 * 0.05**2 / 6, rel_tol=1e-9)
+    # validation averages over these counts
+    assert int(energy.count(batch)) == 2 and int(forces.count(batch)) == 6
 
 
 def test_kcal_mol_total_energy_convention():
     batch = _batch()
     out = _output(batch)
-    objective = Objective(energy_unit="kcal/mol", per_atom_energy=False)
+    energy = EnergyTerm(unit="kcal/mol", per_atom=False)
     expected = ((0.3 / KCAL_MOL) ** 2 + (0.2 / KCAL_MOL) ** 2) / 2
-    assert math.isclose(float(objective.energy_loss(out, batch)), expected, rel_tol=1e-12)
+    assert math.isclose(float(energy.loss(out, batch)), expected, rel_tol=1e-12)
     expected_f = 2 * (0.05 / KCAL_MOL) ** 2 / 6
-    assert math.isclose(float(objective.forces_loss(out, batch)), expected_f, rel_tol=1e-9)
+    assert math.isclose(
+        float(ForcesTerm(unit="kcal/mol").loss(out, batch)), expected_f, rel_tol=1e-9
+    )

@@ -350,13 +350,16 @@ def test_persistent_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 
 def test_checkpoint_with_nan_weights_is_refused(tiny_data, tmp_path):
+    from piwsl.objective import Objective
     from piwsl.training import prepare_data
     from piwsl.training.module import PiwslModule
     from piwsl.training.run import build_force_field
 
     cfg = config_from_dict(tiny_config(tiny_data, tmp_path))
     data = prepare_data(cfg.data)
-    module = PiwslModule(build_force_field(cfg, data), cfg.loss, cfg.training)
+    module = PiwslModule(
+        build_force_field(cfg, data), Objective.from_config(cfg.loss, cfg.physics), cfg.training
+    )
     checkpoint: dict = {}
     module.on_save_checkpoint(checkpoint)
     assert "piwsl_model" in checkpoint

@@ -1,7 +1,8 @@
 """The typed run configuration: pydantic models, YAML loading, dotted command-line overrides.
 
-A configuration has seven sections — ``data``, ``model``, ``loss``, ``physics``, ``training``,
-``prior`` and ``output`` — each a pydantic model that forbids unknown keys. :func:`load_config`
+A configuration has seven sections — ``data``, ``model``, ``loss`` (the objective's terms, see
+:mod:`piwsl.objective.config`), ``physics`` (the displaced copies), ``training``, ``prior`` and
+``output`` — each a pydantic model that forbids unknown keys, plus an optional ``plugins`` list. :func:`load_config`
 reads a YAML file (or ``builtin:NAME`` for a packaged config), applies overrides such as
 ``training.max_epochs=5 model.hparams.features=32`` and validates; every problem becomes a
 :class:`~piwsl.errors.ConfigError` naming the full dotted key, with a "did you mean" suggestion for
@@ -22,6 +23,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from piwsl.errors import ConfigError
+from piwsl.objective.config import LossConfig, translate_legacy
 from piwsl.physics.config import PhysicsConfig
 from piwsl.registry import suggest
 from piwsl.units import ENERGY_UNITS, LENGTH_UNITS
@@ -149,30 +151,6 @@ class ModelConfig(_Section):
         return self
 
 
-class LossConfig(_Section):
-    """Weights and units of the supervised terms.
-
-    By default the energy term is the MSE of per-atom energies in eV² and the force term the MSE
-    of force components in (eV/Å)². ``energy_unit: kcal/mol`` with ``per_atom_energy: false``
-    gives the paper's convention (total energies in kcal/mol), the one in which its physics
-    weights (taylor 1.2, spatial 0.01 with ``physics.weight_energy_unit: kcal/mol``) were tuned.
-    """
-
-    energy_weight: float = Field(1.0, ge=0)
-    force_weight: float = Field(10.0, ge=0)
-    energy_unit: str = Field("eV", description="energy unit of the supervised losses")
-    per_atom_energy: bool = Field(True, description="energy loss on E/N_atoms (else total E)")
-
-    @model_validator(mode="after")
-    def _check_unit(self) -> LossConfig:
-        if self.energy_unit not in ENERGY_UNITS:
-            raise ValueError(
-                f"loss.energy_unit: unknown unit {self.energy_unit!r}"
-                f"{suggest(self.energy_unit, ENERGY_UNITS)}"
-            )
-        return self
-
-
 class TrainingConfig(_Section):
     """Optimiser, schedule, EMA, stopping, seeds, devices and precision."""
 
@@ -285,8 +263,18 @@ class OutputConfig(_Section):
 
 
 class Config(_Section):
-    """A whole training run."""
+    """A whole training run.
 
+    ``plugins``: modules (dotted import paths or ``.py`` files) imported before the rest is
+    validated, so that the model backends, priors and loss terms they register can be named
+    (:mod:`piwsl.plugins`). Old loss keys are rewritten into ``loss.terms`` first
+    (:func:`piwsl.objective.config.translate_legacy`).
+    """
+
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules or .py files that register models, priors or loss terms",
+    )
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -294,6 +282,18 @@ class Config(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     prior: PriorConfig = Field(default_factory=PriorConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugins_and_old_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        plugins = data.get("plugins")
+        if plugins:
+            from piwsl.plugins import import_plugins
+
+            import_plugins(list(plugins) if isinstance(plugins, (list, tuple)) else [plugins])
+        return translate_legacy(data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-ready mapping (round-trips through :func:`config_from_dict`)."""
@@ -374,6 +374,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Validate a mapping; any problem becomes a :class:`ConfigError` naming the dotted key."""
+    if isinstance(data, dict):
+        data = translate_legacy(data)  # its ConfigErrors name the keys themselves
     try:
         return Config.model_validate(data)
     except ValidationError as err:
@@ -461,7 +463,8 @@ def format_validation_error(err: ValidationError) -> str:
         kind = item["type"]
         if kind == "extra_forbidden" and owner is not None:
             prefix = ".".join(path[:-1])
-            choices = [f"{prefix}.{name}" if prefix else name for name in owner.model_fields]
+            names = [*owner.model_fields, *getattr(owner, "legacy_keys", ())]
+            choices = [f"{prefix}.{name}" if prefix else name for name in names]
             lines.append(f"unknown config key {key!r}{suggest(key, choices)}")
         elif kind == "missing":
             lines.append(f"{key}: required key is missing")

@@ -36,6 +36,7 @@ from piwsl.priors.base import (
     model_prior,
     prior_from_spec,
     prior_names,
+    register_prior,
     spec_differences,
 )
 from piwsl.priors.cache import PriorValues, cache_path, prior_values, user_cache_dir
@@ -54,6 +55,7 @@ __all__ = [
     "prior_from_spec",
     "prior_names",
     "prior_values",
+    "register_prior",
     "spec_differences",
     "user_cache_dir",
 ]

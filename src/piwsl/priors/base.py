@@ -189,10 +189,19 @@ def _jsonable(value: Any) -> Any:
 PRIORS: Registry[Callable[[int, int, dict[str, Any]], Prior]] = Registry("prior potential")
 
 
+def register_prior(name: str):
+    """Decorator: register a prior builder ``(charge, multiplicity, settings) -> Prior`` (e.g. a
+    :class:`Prior` subclass) under ``name`` (lower case)."""
+    return PRIORS.register(name.lower())
+
+
 def _load_builtins() -> None:
     # importing registers them; the programs behind them are imported only when one is built
     import piwsl.priors.xtb
     import piwsl.priors.zbl  # noqa: F401
+    from piwsl.plugins import load_plugins
+
+    load_plugins()
 
 
 def prior_names() -> list[str]:

@@ -27,7 +27,7 @@ from typing import Any
 import lightning
 import torch
 
-from piwsl.config import LossConfig, TrainingConfig
+from piwsl.config import TrainingConfig
 from piwsl.data.batch import Batch
 from piwsl.errors import NonFiniteError
 from piwsl.models.forces import ForceField
@@ -99,23 +99,15 @@ class PiwslModule(lightning.LightningModule):
     def __init__(
         self,
         model: ForceField,
-        loss: LossConfig,
+        objective: Objective,
         training: TrainingConfig,
-        physics: Any = None,
         monitor: str = "val_forces_mae_meV_per_A",
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
-        self.loss_cfg = loss
         self.train_cfg = training
-        self.objective = Objective(
-            loss.energy_weight,
-            loss.force_weight,
-            physics=physics,
-            energy_unit=loss.energy_unit,
-            per_atom_energy=loss.per_atom_energy,
-        )
+        self.objective = objective
         self.monitor = monitor
         self.config_dict = config or {}
         self.use_ema = bool(training.ema_decay)
@@ -264,14 +256,14 @@ class PiwslModule(lightning.LightningModule):
             s["epa_abs"] += per_atom.abs().sum()
             s["epa_sq"] += (per_atom**2).sum()
             s["n_e"] += em.sum()
-            s["loss_e"] += self.objective.energy_loss(out, batch).double() * em.sum()
+            s["loss_e"] += self.objective.term("energy").loss(out, batch).double() * em.sum()
         if need_forces:
             am = batch.atom_forces_mask
             err = (out["forces"][am] - batch.forces[am]).double()
             s["f_abs"] += err.abs().sum()
             s["f_sq"] += (err**2).sum()
             s["n_f"] += err.numel()
-            s["loss_f"] += self.objective.forces_loss(out, batch).double() * err.numel()
+            s["loss_f"] += self.objective.term("forces").loss(out, batch).double() * err.numel()
         s["n_batches"] += 1
 
     def on_validation_epoch_end(self) -> None:
@@ -284,11 +276,11 @@ class PiwslModule(lightning.LightningModule):
             metrics["val_energy_rmse_meV"] = 1e3 * (float(s["e_sq"]) / n_e) ** 0.5
             metrics["val_energy_mae_meV_per_atom"] = 1e3 * float(s["epa_abs"]) / n_e
             metrics["val_energy_rmse_meV_per_atom"] = 1e3 * (float(s["epa_sq"]) / n_e) ** 0.5
-            loss += self.loss_cfg.energy_weight * float(s["loss_e"]) / n_e
+            loss += self.objective.term("energy").weight * float(s["loss_e"]) / n_e
         if n_f > 0:
             metrics["val_forces_mae_meV_per_A"] = 1e3 * float(s["f_abs"]) / n_f
             metrics["val_forces_rmse_meV_per_A"] = 1e3 * (float(s["f_sq"]) / n_f) ** 0.5
-            loss += self.loss_cfg.force_weight * float(s["loss_f"]) / n_f
+            loss += self.objective.term("forces").weight * float(s["loss_f"]) / n_f
         metrics["val_loss"] = loss
         show = {"val_energy_mae_meV", "val_forces_mae_meV_per_A"}
         for key, value in metrics.items():
@@ -360,12 +352,10 @@ class PiwslModule(lightning.LightningModule):
                 )
         checkpoint["piwsl_model"] = model_state(self.eval_model)
         checkpoint["piwsl_config"] = self.config_dict
-        physics = self.objective.physics
-        if physics is not None and hasattr(physics, "state_dict"):
-            checkpoint["piwsl_physics"] = physics.state_dict()
+        if self.objective.displacements is not None:
+            checkpoint["piwsl_physics"] = self.objective.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        physics = self.objective.physics
         state = checkpoint.get("piwsl_physics")
-        if physics is not None and state is not None and hasattr(physics, "load_state_dict"):
-            physics.load_state_dict(state)
+        if state is not None:
+            self.objective.load_state_dict(state)

@@ -320,22 +320,19 @@ def training_skin(cfg: Config) -> float:
     """The neighbour-list skin of the training set, Å (``data.skin``, or the physics minimum)."""
     if cfg.data.skin is not None:
         return cfg.data.skin
-    physics = cfg.physics.required_skin if cfg.physics.enabled else 0.0
+    physics = cfg.physics.required_skin if cfg.loss.displaces else 0.0
     # noisy-node jitter moves each atom by up to √3·x, a pair by up to 2√3·x
     noise = 2.0 * 3.0**0.5 * cfg.training.position_noise
     return 1.05 * max(physics, noise)
 
 
-def build_physics(cfg: Config, cutoff: float) -> Any:
-    """The physics terms of ``cfg`` (None when every physics weight is zero)."""
-    if not cfg.physics.enabled:
-        return None
-    from piwsl.physics import build_physics as _build
+def build_objective(cfg: Config, cutoff: float) -> Any:
+    """The objective of ``cfg``; the training skin is checked against its displacements."""
+    from piwsl.objective import Objective
 
-    physics = _build(cfg.physics)
-    if physics is not None and hasattr(physics, "check_skin"):
-        physics.check_skin(training_skin(cfg), cutoff)
-    return physics
+    objective = Objective.from_config(cfg.loss, cfg.physics)
+    objective.check_skin(training_skin(cfg), cutoff)
+    return objective
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Path | None:
@@ -535,7 +532,7 @@ def train(
         log.info(line)
         console.print(f"[bold]data[/] {escape(line)}")
     model = build_force_field(cfg, data, pretrained)
-    physics = build_physics(cfg, model.cutoff)
+    objective = build_objective(cfg, model.cutoff)
     dtype = torch.float64 if tcfg.dtype == "float64" else torch.float32
     n_params = sum(p.numel() for p in model.parameters())
     n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -550,7 +547,7 @@ def train(
         f"[bold]model[/] {cfg.model.name} ({n_params:,} parameters{trained}, cutoff "
         f"{model.cutoff} Å, {tcfg.dtype}); energy shift {float(em.energy_shift) * 1e3:.2f} "
         f"meV/atom, scale {float(em.energy_scale):.4g}; "
-        f"physics {'on' if physics is not None else 'off'}"
+        f"physics {'on' if objective.displaces else 'off'}"
     )
 
     # only the training set needs a skin (the physics terms displace its structures)
@@ -569,9 +566,7 @@ def train(
     )
 
     monitor = "val_forces_mae_meV_per_A" if data.val_has_forces else "val_energy_mae_meV"
-    module = PiwslModule(
-        model, cfg.loss, tcfg, physics=physics, monitor=monitor, config=cfg.to_dict()
-    )
+    module = PiwslModule(model, objective, tcfg, monitor=monitor, config=cfg.to_dict())
     ckpt_dir = run_dir / "checkpoints"
     checkpoint_cb = ModelCheckpoint(
         dirpath=ckpt_dir,
