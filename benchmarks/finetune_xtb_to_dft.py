@@ -351,7 +351,7 @@ def zero_shot(args: argparse.Namespace, work: Path, n: int, pretrained: Path) ->
     from piwsl.evaluation import Predictions, compute_metrics, evaluate_model
     from piwsl.models import load_model
     from piwsl.training.data import prepare_data
-    from piwsl.training.run import refit_reference
+    from piwsl.training.finetune import refit_reference
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

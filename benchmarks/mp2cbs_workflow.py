@@ -247,7 +247,7 @@ def baselines(args: argparse.Namespace, work: Path, labels: dict, n: int, models
     from piwsl.models import load_model
     from piwsl.priors import make_prior, prior_values
     from piwsl.training.data import prepare_data
-    from piwsl.training.run import refit_reference
+    from piwsl.training.finetune import refit_reference
 
     torch.set_num_threads(args.threads)
     pool, test = frames_of(labels, "train"), frames_of(labels, "test")

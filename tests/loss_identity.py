@@ -83,6 +83,41 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
+#: The same runs written in the new form of the loss section (``loss.preset`` / ``convention`` /
+#: ``terms``, issue 17); they must give the numbers the old keys gave.
+NEW_FORM: dict[str, dict[str, Any]] = {
+    "plain_energy_forces": {
+        "loss": {"convention": "default", "terms": {"energy": 1.0, "forces": {"weight": 10.0}}}
+    },
+    "piwsl_energy_only_second_order": {
+        "loss": {
+            "preset": "paper",
+            "terms": {
+                "forces": 0.0,
+                "taylor": {"second_order": True},
+                "spatial": {"second_order": True},
+            },
+        },
+        "physics": {},
+    },
+    "physics_variants": {
+        "loss": {
+            "convention": "paper",
+            "terms": [
+                {"name": "taylor", "weight": 1.2, "anchor_to_labels": True},
+                {"name": "taylor_two_point", "weight": 0.5, "anchor_to_labels": True},
+            ],
+        },
+        "physics": {
+            "local_fraction": 0.5,
+            "evaluation": "fused",
+            "sampler": "generator",
+            "seed": 3,
+        },
+    },
+}
+
+
 def write_data(folder: Path) -> dict[str, Path]:
     """16 labelled training frames (every 4th without labels), 4 validation frames, 4 label-free."""
     from piwsl.data import read_frames
@@ -108,8 +143,10 @@ def write_data(folder: Path) -> dict[str, Path]:
     }
 
 
-def config_of(case: str, files: dict[str, Path], run_dir: Path) -> dict[str, Any]:
-    spec = CASES[case]
+def config_of(
+    case: str, files: dict[str, Path], run_dir: Path, new_form: bool = False
+) -> dict[str, Any]:
+    spec = {**CASES[case], **(NEW_FORM[case] if new_form else {})}
     data = {
         "train": str(files["train"]),
         "validation": str(files["validation"]),
@@ -176,8 +213,9 @@ class _Recorder:
         return Record()
 
 
-def run_case(case: str, folder: Path) -> dict[str, Any]:
-    """Train one case in ``folder``; its per-step record."""
+def run_case(case: str, folder: Path, new_form: bool = False) -> dict[str, Any]:
+    """Train one case in ``folder`` (its config in the new form of the loss section with
+    ``new_form``); its per-step record."""
     import lightning.pytorch.trainer.trainer as trainer_module
 
     from piwsl.config import config_from_dict
@@ -187,7 +225,7 @@ def run_case(case: str, folder: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
     files = write_data(folder)
     run_dir = folder / case
-    cfg = config_from_dict(config_of(case, files, run_dir))
+    cfg = config_from_dict(config_of(case, files, run_dir, new_form))
     recorder = _Recorder()
     cls = trainer_module.Trainer
     original_init = cls.__init__

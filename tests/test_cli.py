@@ -154,7 +154,8 @@ def test_run_dir_protection_and_resume_errors(project, monkeypatch, capsys):
     assert "already holds a run" in capsys.readouterr().err
     # resuming with a different model is refused before touching the checkpoint
     assert main([*args, "--resume", "model.hparams.features=8"]) == 2
-    assert "model section differs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "differs from the run's" in err and "model.hparams.features: 16 there, 8 now" in err
 
 
 def test_version_and_entry_point():

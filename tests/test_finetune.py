@@ -51,7 +51,8 @@ def finetune_config(data_path, run_dir, init_from, model=None, **sections) -> di
 def built(cfg_dict):
     """(config, prepared data, model) as ``piwsl train`` builds them, without training."""
     from piwsl.training import prepare_data
-    from piwsl.training.run import build_force_field, resolve_init_from
+    from piwsl.training.builders import build_force_field
+    from piwsl.training.finetune import resolve_init_from
 
     cfg, pre = resolve_init_from(config_from_dict(cfg_dict))
     data = prepare_data(cfg.data, report=False)

@@ -328,7 +328,7 @@ def test_mismatched_prior_spec_is_refused_unless_allowed(tmp_path, caplog):
 
 
 def test_evaluate_refuses_a_mismatched_prior_and_scores_the_total(tmp_path, caplog):
-    from piwsl.training import evaluate_checkpoint
+    from piwsl.evaluation import evaluate_checkpoint
 
     spec = make_prior("zbl", settings=WIDE_ZBL).spec()
     path = delta_model_file(tmp_path, spec)
@@ -455,7 +455,7 @@ def test_resume_refuses_another_prior(tmp_path):
     train(cfg, evaluate=False)
     longer = {"max_epochs": 2}
     changed = tiny_config(path, run, data={"n_val": 2}, training=longer)
-    with pytest.raises(ConfigError, match=r"prior\.name differs.*'zbl' there, None now"):
+    with pytest.raises(ConfigError, match=r"differs .* prior\.name: 'zbl' there, None now"):
         train(config_from_dict(changed), resume=True)
     # a checkpoint written with another version of the prior's program
     last = run / "checkpoints" / "last.ckpt"

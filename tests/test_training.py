@@ -221,8 +221,8 @@ def test_nonfinite_loss_skips_then_raises(tiny_data, tmp_path):
     from piwsl.data import frames_to_batch
     from piwsl.objective import Objective, ObjectiveResult
     from piwsl.training import prepare_data
+    from piwsl.training.builders import build_force_field
     from piwsl.training.module import PiwslModule
-    from piwsl.training.run import build_force_field
 
     cfg = config_from_dict(tiny_config(tiny_data, tmp_path, training={"max_nonfinite_steps": 3}))
     data = prepare_data(cfg.data)

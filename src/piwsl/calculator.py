@@ -22,7 +22,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from piwsl.data.batch import Batch, Graph, collate
 from piwsl.data.frames import Frame
-from piwsl.evaluation import as_force_field, check_elements, model_dtype
+from piwsl.evaluation import as_force_field, check_model_knows, model_dtype
 from piwsl.priors.base import Prior, model_prior
 
 
@@ -150,7 +150,7 @@ class PiwslCalculator(Calculator):
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
         frame = self._frame(self.atoms)
-        check_elements(self.model, [frame])
+        check_model_knows(self.model, [frame])
         batch = self._get_batch(frame)
         # no graph through the parameters (a direct-force head runs ~20 % faster); conservative
         # forces still come from autograd: the ForceField re-enables grad for them

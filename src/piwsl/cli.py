@@ -98,7 +98,7 @@ def _train(args: argparse.Namespace, console) -> int:
 
 def _evaluate(args: argparse.Namespace, console) -> int:
     from piwsl.data import LabelKeys
-    from piwsl.training import evaluate_checkpoint
+    from piwsl.evaluation import evaluate_checkpoint
 
     keys = LabelKeys(args.energy_key, args.forces_key, args.energy_unit, args.length_unit)
     evaluate_checkpoint(

@@ -10,11 +10,11 @@
         forces: {weight: 10.0}
         taylor: {weight: 1.2, second_order: true}
 
-Terms are evaluated and summed in registration order (energy, forces, taylor, spatial,
+Terms are evaluated and summed in a fixed order (energy, forces, taylor, spatial,
 taylor_two_point, then terms registered from outside), however they are written. After validation
 the section holds the resolved form — every term of the preset and of ``terms`` with its weight
-and options, and the convention by name where it is a named one — which is what ``config.yaml``
-records.
+and all its options (defaults filled in), and the convention by name where it is a named one —
+which is what ``config.yaml`` records.
 
 **The energy convention** (one key instead of three): ``default`` trains on per-atom energies in
 eV (eV²/atom²) and forces in eV/Å, and squares the physics residuals (total energies) in
@@ -160,7 +160,7 @@ def _resolve_convention(raw: Any, preset: Preset) -> Any:
 
 
 def _resolve_terms(raw: Any, preset: Preset) -> Any:
-    from piwsl.objective.base import check_term_options, term_class, term_order
+    from piwsl.objective.base import check_term_options, term_class, term_options, term_order
 
     raw = _as_mapping(raw)
     if not isinstance(raw, dict):
@@ -185,7 +185,8 @@ def _resolve_terms(raw: Any, preset: Preset) -> Any:
             check_term_options(name, options, f"loss.terms.{name}")
         except ConfigError as err:
             raise ValueError(str(err)) from None
-        out[name] = {"weight": merged[name].get("weight", 0.0), **options}
+        defaults = term_options(term_class(name))
+        out[name] = {"weight": merged[name].get("weight", 0.0), **defaults, **options}
     return out
 
 
