@@ -91,9 +91,7 @@ def test_old_checkpoint_resumes_to_the_old_codes_weights(old_run):
 
 
 def test_old_run_accepts_the_new_spelling_of_its_config(old_run):
-    from piwsl.training.rundir import resume_checkpoint
-
-    from piwsl.training.rundir import frozen_part
+    from piwsl.training.rundir import frozen_part, resume_checkpoint
 
     new, old = (frozen_part(config_from_dict(c()).to_dict()) for c in (new_style, old_style))
     assert new == old
@@ -110,9 +108,7 @@ def test_old_run_accepts_the_new_spelling_of_its_config(old_run):
         ({"prior": {"name": "zbl"}}, "prior.name"),
     ],
 )
-def test_resume_refuses_changes_outside_training_and_output_naming_the_key(
-    old_run, change, named
-):
+def test_resume_refuses_changes_outside_training_and_output_naming_the_key(old_run, change, named):
     from piwsl.training.rundir import resume_checkpoint
 
     cfg = new_style()
