@@ -128,3 +128,12 @@ def test_resume_allows_training_output_and_prior_location_changes(old_run, tmp_p
     cfg["output"]["progress_bar"] = True
     cfg["prior"] = {"cache_dir": str(tmp_path / "elsewhere"), "workers": 2}
     assert resume_checkpoint(config_from_dict(cfg), old_run).is_file()
+
+
+def test_a_term_with_weight_zero_is_no_term_when_resuming():
+    from piwsl.training.rundir import frozen_part
+
+    data = {"data": {"train": "x.xyz"}}
+    old = config_from_dict({**data, "physics": {"taylor_weight": 0.0, "spatial_weight": 0.0}})
+    assert "taylor" in old.loss.terms
+    assert frozen_part(old.to_dict()) == frozen_part(config_from_dict(data).to_dict())

@@ -385,7 +385,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read ``source`` (a YAML path or ``builtin:NAME``; default :data:`DEFAULT_CONFIG`)."""
     path = resolve_config_path(source if source is not None else DEFAULT_CONFIG)
-    data = apply_overrides(read_yaml(path), list(overrides or []))
+    data = translate_legacy(read_yaml(path))
+    for text in overrides or []:  # an old loss key given later wins over the file's new form
+        data = translate_legacy(apply_overrides(data, [text]), later=True)
     return config_from_dict(data)
 
 

@@ -177,7 +177,13 @@ def term_options(cls: type[Term]) -> dict[str, Any]:
 def check_term_options(name: str, options: dict[str, Any], where: str) -> None:
     """ConfigError naming ``where.<key>`` for an option the term does not take."""
     known = term_options(term_class(name))
-    for key in options:
+    for key, value in options.items():
         if key not in known:
             hint = suggest(key, known) if known else f"; term {name!r} takes only a weight"
             raise ConfigError(f"{where}.{key}: unknown option of loss term {name!r}{hint}")
+        default = known[key]
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")

@@ -323,12 +323,12 @@ def legacy_message(old: dict[str, dict[str, Any]]) -> str:
 _TOLD: set[str] = set()
 
 
-def _merge_terms(terms: dict[str, Any], legacy: _Legacy) -> dict[str, Any]:
+def _merge_terms(terms: dict[str, Any], legacy: _Legacy, later: bool) -> dict[str, Any]:
     terms = {n: dict(s) for n, s in _as_mapping(terms).items()}
     for name, spec in legacy.terms.items():
         given = terms.setdefault(name, {})
         for key, value in spec.items():
-            if key in given and given[key] != value:
+            if key in given and given[key] != value and not later:
                 raise ConfigError(
                     f"loss.terms.{name}.{key} is {given[key]!r}, but an old key sets it to "
                     f"{value!r}; give it once (the new form: loss.terms.{name}.{key})"
@@ -337,9 +337,28 @@ def _merge_terms(terms: dict[str, Any], legacy: _Legacy) -> dict[str, Any]:
     return terms
 
 
-def translate_legacy(data: dict[str, Any]) -> dict[str, Any]:
+def _merge_convention(given: Any, legacy: _Legacy, later: bool, old: dict[str, Any]) -> Any:
+    if given is None:
+        return legacy.convention
+    if not later:
+        keys = [f"loss.{k}" for k in ("energy_unit", "per_atom_energy") if k in old]
+        raise ConfigError(
+            f"loss.convention is given, and so are the old unit keys {', '.join(keys)}"
+            f"{' physics.weight_energy_unit' if 'weight_energy_unit' in old else ''}; give "
+            "the convention once, as loss.convention"
+        )
+    if isinstance(given, str) and given in CONVENTIONS:
+        given = CONVENTIONS[given].model_dump()
+    return {**(given if isinstance(given, dict) else {}), **legacy.convention}
+
+
+def translate_legacy(data: dict[str, Any], later: bool = False) -> dict[str, Any]:
     """``data`` (a whole config mapping) with the old loss/physics keys rewritten into
-    ``loss.terms`` / ``loss.convention`` (see the module docstring); unchanged without them."""
+    ``loss.terms`` / ``loss.convention`` (see the module docstring); unchanged without them.
+
+    An old key and the new form that set the same thing differently are an error, unless
+    ``later``: the old keys were given after the new form (a command-line override on top of a
+    config file) and win."""
     from piwsl.physics.config import LEGACY_KEYS
 
     loss, physics = data.get("loss") or {}, data.get("physics") or {}
@@ -352,16 +371,10 @@ def translate_legacy(data: dict[str, Any]) -> dict[str, Any]:
     legacy = legacy_parts(old_loss, old_physics)
     new_loss = {k: v for k, v in loss.items() if k not in LEGACY_LOSS_KEYS}
     if legacy.terms:
-        new_loss["terms"] = _merge_terms(new_loss.get("terms"), legacy)
+        new_loss["terms"] = _merge_terms(new_loss.get("terms"), legacy, later)
     if legacy.convention:
-        if new_loss.get("convention") is not None:
-            raise ConfigError(
-                f"loss.convention is given, and so are the old unit keys "
-                f"{', '.join(k for k in ('energy_unit', 'per_atom_energy') if k in old_loss)}"
-                f"{' physics.weight_energy_unit' if 'weight_energy_unit' in old_physics else ''}"
-                "; give the convention once, as loss.convention"
-            )
-        new_loss["convention"] = legacy.convention
+        old = {**old_loss, **old_physics}
+        new_loss["convention"] = _merge_convention(new_loss.get("convention"), legacy, later, old)
     message = legacy_message({"loss": old_loss, "physics": old_physics})
     if message not in _TOLD:
         _TOLD.add(message)
