@@ -57,7 +57,9 @@ def frozen_part(config: dict[str, Any]) -> dict[str, Any]:
             out[section] = {k: v for k, v in out[section].items() if k != key}
     terms = (out.get("loss") or {}).get("terms")
     if isinstance(terms, dict):  # a term with weight 0 is no term at all
-        kept = {n: t for n, t in terms.items() if not (isinstance(t, dict) and t.get("weight") == 0)}
+        kept = {
+            n: t for n, t in terms.items() if not (isinstance(t, dict) and t.get("weight") == 0)
+        }
         out["loss"] = {**out["loss"], "terms": kept}
     return out
 
