@@ -118,6 +118,13 @@ NEW_FORM: dict[str, dict[str, Any]] = {
 }
 
 
+#: Cases that are not bit-identical by design, with the relative tolerance of their per-step
+#: losses. ``delta_zbl``: ZBL became part of the model (issue 17), evaluated at the batch's float32
+#: positions inside the force field instead of at the frames' float64 positions and subtracted
+#: from the labels; the losses agree to ~5e-7 relative over the 12 steps.
+TOLERANCES: dict[str, float] = {"delta_zbl": 1e-5}
+
+
 def write_data(folder: Path) -> dict[str, Path]:
     """16 labelled training frames (every 4th without labels), 4 validation frames, 4 label-free."""
     from piwsl.data import read_frames
@@ -259,6 +266,17 @@ def run_all(cases: list[str] | None = None) -> dict[str, Any]:
     return out
 
 
+def close_losses(expected: dict[str, Any], got: dict[str, Any], rtol: float) -> str | None:
+    """The first step whose total loss differs by more than ``rtol`` relative (None: none)."""
+    if len(expected["steps"]) != len(got["steps"]):
+        return f"{len(expected['steps'])} steps recorded, {len(got['steps'])} now"
+    for k, (a, b) in enumerate(zip(expected["steps"], got["steps"], strict=True)):
+        x, y = float.fromhex(a["loss"]), float.fromhex(b["loss"])
+        if abs(x - y) > rtol * abs(x):
+            return f"step {k}: loss {x!r} recorded, {y!r} now"
+    return None
+
+
 def first_difference(expected: dict[str, Any], got: dict[str, Any]) -> str | None:
     """Where two records of one case first differ (None: identical)."""
     for k, (a, b) in enumerate(zip(expected["steps"], got["steps"], strict=False)):
@@ -304,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     got = run_all(args.case or list(reference["cases"]))
     failed = 0
     for case, record in got.items():
+        if case in TOLERANCES:
+            diff = close_losses(reference["cases"][case], record, TOLERANCES[case])
+            print(f"{case}: losses within {TOLERANCES[case]} relative: {diff is None}")
+            failed += diff is not None
+            continue
         diff = first_difference(reference["cases"][case], record)
         n = len(record["steps"])
         print(

@@ -159,6 +159,7 @@ def evaluate_checkpoint(
     if prior is not None:
         console.print(f"[bold]prior[/] {escape(prior.describe())} added to the model's predictions")
     use = PriorUse(
+        enabled=prior is not None,  # None: no prior, or an analytic one inside the model
         allow_mismatch=allow_prior_mismatch,
         cache_dir=prior_cache_dir,
         workers=prior_workers,

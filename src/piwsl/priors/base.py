@@ -70,6 +70,9 @@ class Prior(abc.ABC):
     method: str = "prior"
     #: the program that evaluates it, e.g. ``"tblite"``
     program: str = "piwsl"
+    #: an analytic prior with a torch :meth:`module`: it becomes part of the force field
+    #: (batched, differentiable) instead of being added from the cache at inference
+    in_model: bool = False
 
     def __init__(self, charge: int = 0, multiplicity: int = 1) -> None:
         if multiplicity < 1:
@@ -131,6 +134,10 @@ class Prior(abc.ABC):
         if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
             raise PriorError(f"{where}: prior {self.name!r} gave a non-finite energy or force")
         return float(energy), forces
+
+    def module(self) -> Any:
+        """The torch module of an analytic (``in_model``) prior: ``module(batch) -> E [S]``."""
+        raise NotImplementedError(f"prior {self.name!r} is not an analytic (in-model) prior")
 
     def calculator(self) -> PriorCalculator:
         """This prior as an ASE calculator (energy, forces)."""
@@ -275,13 +282,15 @@ def prior_from_spec(
     allow_mismatch: bool = False,
     what: str = "this model",
     opt_out: str = OPT_OUT,
+    check: bool = True,
 ) -> Prior:
     """The prior a model recorded, rebuilt and checked against the installed program.
 
     Raises :class:`PriorError` when the program is missing, and when the installed prior's
     :meth:`Prior.spec` differs from ``spec`` (program version, settings, charge, …) unless
     ``allow_mismatch`` (then a warning is logged). ``what`` names the model in the messages,
-    ``opt_out`` is the way round a mismatch they suggest.
+    ``opt_out`` is the way round a mismatch they suggest; ``check=False`` skips the comparison
+    (the prior is rebuilt from the recorded settings as they are).
     """
     described = f"{spec.get('method', spec.get('name'))} ({spec.get('program')} " + (
         f"{spec.get('program_version')})"
@@ -302,7 +311,7 @@ def prior_from_spec(
         raise PriorError(
             f"{what} was trained on top of {described}, which this piwsl cannot rebuild: {err}"
         ) from None
-    differences = spec_differences(spec, prior.spec())
+    differences = spec_differences(spec, prior.spec()) if check else []
     if differences:
         message = (
             f"{what} was trained on top of {described}, but the installed prior differs: "
@@ -318,8 +327,33 @@ def prior_from_spec(
 
 
 def model_prior(model: Any, allow_mismatch: bool = False, what: str = "this model") -> Prior | None:
-    """The prior a force field was trained on top of (its ``prior_spec``), or None."""
+    """The external prior inference must add to a force field's predictions (from its
+    ``prior_spec``); None without one, and for an analytic prior, which is part of the model."""
     spec = getattr(model, "prior_spec", None)
     if not spec:
         return None
-    return prior_from_spec(copy.deepcopy(spec), allow_mismatch=allow_mismatch, what=what)
+    prior = prior_from_spec(copy.deepcopy(spec), allow_mismatch=allow_mismatch, what=what)
+    return None if prior.in_model else prior
+
+
+def is_in_model(name: str) -> bool:
+    """Whether the prior ``name`` is an analytic prior that lives inside the force field."""
+    text = str(name).strip().lower()
+    if text.startswith(ASE_PREFIX):
+        return False
+    _load_builtins()
+    return text in PRIORS and bool(getattr(PRIORS.get(text), "in_model", False))
+
+
+def attach_prior(model: Any, spec: dict[str, Any] | None, what: str = "this model") -> None:
+    """Record ``spec`` on a force field and, for an analytic prior, put its torch module inside,
+    built from the recorded settings (checked against the model's cutoff). Whether the installed
+    implementation still matches the recorded one is checked where the model is run
+    (:func:`model_prior`, with its ``allow_mismatch`` opt-out)."""
+    model.prior_spec = copy.deepcopy(spec) if spec else None
+    modules = []
+    if spec and is_in_model(str(spec.get("name", ""))):
+        module = prior_from_spec(copy.deepcopy(spec), what=what, check=False).module()
+        module.check_cutoff(model.elements, model.cutoff)
+        modules.append(module)
+    model.set_priors(modules)

@@ -92,7 +92,9 @@ def record_prior(model: Any, prior: Any, init_from: str | None = None) -> None:
             (old or {}).get("name", "none"),
             (spec or {}).get("name", "none"),
         )
-    model.prior_spec = spec
+    from piwsl.priors import attach_prior
+
+    attach_prior(model, spec)
 
 
 def training_skin(cfg: Config) -> float:

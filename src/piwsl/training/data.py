@@ -12,7 +12,9 @@ the training and validation labels become residuals ``E_ref − E_prior``, ``F_r
 (label masks unchanged; label-free frames need no prior, since the physics terms act on the learned
 part alone); E0s, shift and scale are then fitted to the residuals. The test frames keep their
 full labels — the test errors are those of the total prediction — and so does
-``PreparedData.val_reference`` (the validation frames with full labels).
+``PreparedData.val_reference`` (the validation frames with full labels). An analytic prior (ZBL)
+is part of the model instead: every label stays whole and only the E0s and the normalisation are
+fitted to the residuals.
 
 It also warns (``logging``, once per kind, naming the frames) about data that is probably wrong but
 cannot be proven so: frames shared between the training set and the validation/test sets
@@ -278,6 +280,24 @@ def subtract_prior(frames: list[Frame], values: PriorValues) -> list[Frame]:
     return out
 
 
+def in_model_residuals(prior: Prior, frames: list[Frame]) -> tuple[list[Frame], str]:
+    """An analytic prior lives in the model, so the labels stay whole; the E0s and the
+    normalisation are fitted to these residual frames (labelled ``frames`` minus the prior)."""
+    import time
+
+    labelled = [f for f in frames if f.has_energy or f.has_forces]
+    start = time.perf_counter()
+    energies, forces = prior.compute(labelled)
+    values = PriorValues(energies, forces, n_computed=len(labelled))
+    values.wall_time_s = time.perf_counter() - start
+    line = (
+        f"prior {prior.describe()}: part of the model (the E0s and normalisation fitted to "
+        f"E_ref − E_prior of {len(labelled)} training frames, computed in "
+        f"{values.wall_time_s:.1f} s)"
+    )
+    return subtract_prior(labelled, values), line
+
+
 def apply_prior(
     cfg: PriorConfig, splits: dict[str, list[Frame]], progress: bool = False
 ) -> tuple[Prior, dict[str, list[Frame]], str]:
@@ -288,6 +308,8 @@ def apply_prior(
     from piwsl.priors import make_prior, prior_values
 
     prior = make_prior(cfg.name, cfg.charge, cfg.multiplicity, cfg.settings)
+    if prior.in_model:
+        return prior, splits, ""
     labelled = {
         name: [f for f in frames if f.has_energy or f.has_forces] for name, frames in splits.items()
     }
@@ -371,26 +393,31 @@ def prepare_data(
     others = {"validation": val, "test": test}
     if report:
         check_plausibility(train_all, others, cfg.energy_unit)
-    the_prior, val_reference, prior_line = None, None, None
+    the_prior, val_reference, prior_line, fit = None, None, None, train
     if prior is not None and prior.name is not None:
         splits = {"train": train, "validation": val, "test": test}
         the_prior, splits, prior_line = apply_prior(prior, splits, progress=progress)
-        val_reference = val
-        train, val = splits["train"], splits["validation"]
-        train_all = train + unlabelled
+        if the_prior.in_model:
+            fit, prior_line = in_model_residuals(the_prior, train)
+        else:
+            val_reference = val
+            train, val = splits["train"], splits["validation"]
+            train_all, fit = train + unlabelled, splits["train"]
     mode = cfg.e0s
     if isinstance(mode, dict):
         mode = dict(mode)
-    e0s = resolve_e0s(mode, train, elements)
-    shift, scale = reference_statistics(train, e0s)
+    e0s = resolve_e0s(mode, fit, elements)
+    shift, scale = reference_statistics(fit, e0s)
     coverage = [label_coverage(train).summary("train")]
     if unlabelled:
         coverage.append(label_coverage(unlabelled).summary("unlabelled (added to train)"))
     coverage.append(label_coverage(val).summary("validation"))
     if test:
         coverage.append(label_coverage(test).summary("test"))
-    if prior_line is not None:
+    if prior_line is not None and not the_prior.in_model:
         coverage.append(f"{prior_line}; training labels are residuals to it")
+    elif prior_line is not None:
+        coverage.append(prior_line)
     return PreparedData(
         train=train_all,
         val=val,
