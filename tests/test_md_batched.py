@@ -313,3 +313,17 @@ def test_a_killed_batched_run_resumes_from_its_saved_state(tiny_model, tmp_path)
         np.testing.assert_allclose(b.thermo["conserved_eV"], a.thermo["conserved_eV"], atol=1e-8)
         written = ase.io.read(tmp_path / "b" / f"traj_{a.index:03d}.extxyz", ":")
         assert [x.info["step"] for x in written] == [0, 5, 10, 15, 20, 25, 30, 35, 40]
+
+
+def test_the_xtb_prior_session_restarts_and_agrees_with_fresh_single_points():
+    pytest.importorskip("tblite")
+    from piwsl.priors import make_prior
+
+    prior = make_prior("gfn2-xtb")
+    frames = read_frames("builtin:ethanol_test")[:4]
+    session = prior.session()
+    for frame in frames:  # successive geometries, like MD steps (larger jumps, even)
+        e, f = session(frame)
+        e_ref, f_ref = prior.checked(frame)
+        assert e == pytest.approx(e_ref, abs=1e-6)  # eV: SCF convergence level
+        np.testing.assert_allclose(f, f_ref, atol=5e-4)  # eV/Å: 0.5 meV/Å

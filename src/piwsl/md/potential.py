@@ -4,7 +4,8 @@
 no atom of that replica has moved more than ``skin / 2`` since it was built (the models' smooth
 cutoff makes a reused list give the same result as a fresh one), and evaluates every active replica
 in one model call. A model trained on top of a prior (Δ-learning) gets the prior's energy and forces
-added per replica (the prior is a program such as GFN2-xTB: one call per replica and step). Time
+added per replica (the prior is a program such as GFN2-xTB: one call per replica and step, each
+continuing from the replica's previous step, see :meth:`piwsl.priors.base.Prior.session`). Time
 spent in the model and in the prior is accumulated separately (s).
 """
 
@@ -56,6 +57,7 @@ class BatchedPotential:
         self._built_at: list[np.ndarray | None] = []
         self._batch: Batch | None = None
         self._batch_members: tuple[int, ...] = ()
+        self._prior_sessions: list = []
 
     @property
     def cutoff(self) -> float:
@@ -69,6 +71,8 @@ class BatchedPotential:
         self._graphs = [None] * len(templates)
         self._built_at = [None] * len(templates)
         self._batch, self._batch_members = None, ()
+        # one prior session per replica: tblite restarts each SCF from the replica's last step
+        self._prior_sessions = [self.prior.session() for _ in templates] if self.prior else []
 
     @staticmethod
     def _frame(template: Atoms, positions: np.ndarray, k: int) -> Frame:
@@ -126,7 +130,7 @@ class BatchedPotential:
         if self.prior is not None:
             start = time.perf_counter()
             for k in members:
-                e, f = self.prior.checked(self._frame(self._templates[k], per[k], k))
+                e, f = self._prior_sessions[k](self._frame(self._templates[k], per[k], k))
                 energies[k] += e
                 forces[ptr[k] : ptr[k + 1]] += f
             self.prior_s += time.perf_counter() - start
