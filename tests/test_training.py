@@ -387,3 +387,18 @@ def test_the_run_stops_when_the_plateau_schedule_reaches_stop_lr(tiny_data, tmp_
     assert lrs == pytest.approx([lr] * 4 + [lr / 2] * 2 + [lr / 4])  # the last: epoch 6
     with pytest.raises(ConfigError, match="never stop"):
         config_from_dict(tiny_config(tiny_data, tmp_path, training={"stop_lr": 1e-7}))
+
+
+def test_resume_with_early_stopping_and_validation_every_epoch(tiny_data, tmp_path):
+    """Early stopping is checked after validations: a resumed run (no score yet) used to raise."""
+    from piwsl.training import train
+
+    run = tmp_path / "run"
+    training = {"early_stopping_patience": 5}
+    train(config_from_dict(tiny_config(tiny_data, run, training=training)), evaluate=False)
+    resumed = train(
+        config_from_dict(tiny_config(tiny_data, run, training={**training, "max_epochs": 4})),
+        resume=True,
+        evaluate=False,
+    )
+    assert resumed.epochs == 4 and resumed.stopped_by == "cap"

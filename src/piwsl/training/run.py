@@ -598,8 +598,13 @@ def train(
     callbacks: list[Any] = [checkpoint_cb, last_cb]
     early_stop = None
     if tcfg.early_stopping_patience:
+        # checked after each validation: on a train-epoch end (Lightning's choice when validating
+        # every epoch) a resumed run has no validation score yet and Lightning raises
         early_stop = EarlyStopping(
-            monitor=monitor, mode="min", patience=tcfg.early_stopping_patience
+            monitor=monitor,
+            mode="min",
+            patience=tcfg.early_stopping_patience,
+            check_on_train_epoch_end=False,
         )
         callbacks.append(early_stop)
     floor = None
