@@ -90,22 +90,24 @@ RECIPES: dict[str, Recipe] = {
 
 C, D = "painn32_conservative", "painn32_direct"
 
-#: The cells (molecule, regime, model, method), in the order they are trained: the models the
-#: MD study needs first (aspirin EF_100 and the energy-only Δ models), the rest after.
-CELLS: list[tuple[str, str, str, str]] = [
-    *[("aspirin", "EF_100", m, meth) for m in (C, D) for meth in ("plain", "piwsl_2nd")],
-    *[("aspirin", "E_only_1000", C, meth) for meth in ("delta", "delta_piwsl_2nd")],
-    *[("ethanol", "EF_100", m, meth) for m in (C, D) for meth in ("plain", "piwsl_2nd")],
-    *[(mol, "EF_50", m, meth) for mol in ("ethanol", "aspirin") for m in (C, D)
-      for meth in ("plain", "piwsl_2nd")],
-    *[(mol, "EF_100", D, "piwsl") for mol in ("ethanol", "aspirin")],  # the paper's 1st order
-    *[("ethanol", "E_only_1000", C, meth) for meth in ("delta", "delta_piwsl_2nd")],
-    *[(mol, "E_only_1000", C, meth) for mol in ("ethanol", "aspirin")
-      for meth in ("plain", "piwsl_2nd")],
-    *[(mol, "E_only_1000", D, meth) for mol in ("ethanol", "aspirin")
-      for meth in ("plain", "piwsl_2nd")],
-    ("ethanol", "EF_1000", C, "plain"),  # the sanity anchor
+#: The cells (molecule, regime, model, method) in blocks, trained block by block and, within a
+#: block, seed by seed: a block's verdict (3 seeds) is complete before the next block starts. The
+#: models the MD study needs come first (aspirin EF_100, then the aspirin energy-only Δ models).
+BLOCKS: list[list[tuple[str, str, str, str]]] = [
+    [("aspirin", "EF_100", m, meth) for m in (C, D) for meth in ("plain", "piwsl_2nd")],
+    [("aspirin", "E_only_1000", C, meth) for meth in ("delta", "delta_piwsl_2nd")],
+    [("ethanol", "EF_100", m, meth) for m in (C, D) for meth in ("plain", "piwsl_2nd")],
+    [(mol, "EF_100", D, "piwsl") for mol in ("ethanol", "aspirin")],  # the paper's 1st order
+    [("ethanol", "E_only_1000", C, meth) for meth in ("delta", "delta_piwsl_2nd")],
+    [(mol, "EF_50", m, meth) for mol in ("ethanol", "aspirin") for m in (C, D)
+     for meth in ("plain", "piwsl_2nd")],
+    [(mol, "E_only_1000", D, meth) for mol in ("ethanol", "aspirin")
+     for meth in ("plain", "piwsl_2nd")],
+    [(mol, "E_only_1000", C, meth) for mol in ("ethanol", "aspirin")
+     for meth in ("plain", "piwsl_2nd")],
+    [("ethanol", "EF_1000", C, "plain")],  # the sanity anchor
 ]  # fmt: skip
+CELLS = [cell for block in BLOCKS for cell in block]
 
 SEEDS = [0, 1, 2]
 
