@@ -591,3 +591,20 @@ def test_periodic_crystal_runs_with_bonds_across_the_cell():
     )
     found = detector.check(moved, cu.cell.array, 0.0, np.zeros_like(moved), 300.0)
     assert found is not None and found[0] == "bond"
+
+
+def test_bootstrap_intervals_cover_the_statistic_and_detect_a_shift():
+    from piwsl.md.metrics import bootstrap_difference, bootstrap_interval, censored_times
+
+    rng = np.random.default_rng(0)
+    a = rng.exponential(5.0, 40)
+    low, high = bootstrap_interval(a, "mean")
+    assert low < a.mean() < high and high - low < a.mean()
+    lo_m, hi_m = bootstrap_interval(a, "median")
+    assert lo_m <= np.median(a) <= hi_m
+    same = bootstrap_difference(a, a + 0.0, "mean")
+    assert same["difference"] == 0 and same["low"] < 0 < same["high"]
+    shifted = bootstrap_difference(a, a + 20.0, "median")
+    assert shifted["difference"] == pytest.approx(20.0) and shifted["low"] > 0
+    assert shifted["p_positive"] == 1.0
+    np.testing.assert_array_equal(censored_times([1.0, None, 2.5], 50.0), [1.0, 50.0, 2.5])

@@ -211,6 +211,29 @@ def summarise(report: MDReport) -> dict[str, Any]:
     return out
 
 
+def _run_trajectories(calculator, starts, frames, config, out) -> list[TrajectoryResult]:
+    """One at a time through an ASE calculator, or all at once through a BatchedPotential."""
+    from piwsl.md.potential import BatchedPotential
+
+    if isinstance(calculator, BatchedPotential):
+        from piwsl.md.batched import run_batched
+
+        results = run_batched(calculator, starts, frames, config, out)
+    else:
+        results = [
+            run_trajectory(calculator, starts[frame], config, k, frame, out)
+            for k, frame in enumerate(frames)
+        ]
+    for k, result in enumerate(results):
+        state = (
+            "stable"
+            if result.stable
+            else (f"failed at {result.failure.time_ps:.3f} ps ({result.failure.reason})")
+        )
+        log.info("MD trajectory %d/%d from frame %d: %s", k + 1, len(frames), frames[k], state)
+    return results
+
+
 def run_md(
     calculator: Calculator,
     start_structures: str | Path | Sequence[Atoms],
@@ -247,16 +270,7 @@ def run_md(
         out.mkdir(parents=True, exist_ok=True)
     frames = pick_start_frames(len(starts), config)
     begin = time.perf_counter()
-    results = []
-    for k, frame in enumerate(frames):
-        result = run_trajectory(calculator, starts[frame], config, k, frame, out)
-        results.append(result)
-        state = (
-            "stable"
-            if result.stable
-            else (f"failed at {result.failure.time_ps:.3f} ps ({result.failure.reason})")
-        )
-        log.info("MD trajectory %d/%d from frame %d: %s", k + 1, len(frames), frame, state)
+    results = _run_trajectories(calculator, starts, frames, config, out)
     template = starts[frames[0]]
     report = MDReport(
         config=config,

@@ -180,13 +180,19 @@ class Callbacks:
     all: list[Any]
     best: Any  # ModelCheckpoint of the best validation score
     early_stop: Any = None
+    floor: Any = None  # LearningRateFloor (training.stop_lr)
 
 
 def build_callbacks(cfg: Config, data: PreparedData, run_dir: Path, monitor: str) -> Callbacks:
-    """Best and last checkpoints, early stopping, the test curve and the progress bar."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    """Best and last checkpoints, early stopping, the learning-rate floor, the test curve and
+    the progress bar."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from piwsl.training.callbacks import PiwslProgressBar
+    from piwsl.training.callbacks import (
+        ConfiguredEarlyStopping,
+        LearningRateFloor,
+        PiwslProgressBar,
+    )
 
     ckpt_dir = run_dir / "checkpoints"
     best = ModelCheckpoint(
@@ -210,10 +216,11 @@ def build_callbacks(cfg: Config, data: PreparedData, run_dir: Path, monitor: str
     )
     out = Callbacks([best, last], best)
     if cfg.training.early_stopping_patience:
-        out.early_stop = EarlyStopping(
-            monitor=monitor, mode="min", patience=cfg.training.early_stopping_patience
-        )
+        out.early_stop = ConfiguredEarlyStopping(monitor, cfg.training.early_stopping_patience)
         out.all.append(out.early_stop)
+    if cfg.training.stop_lr is not None:
+        out.floor = LearningRateFloor(cfg.training.stop_lr)
+        out.all.append(out.floor)
     if cfg.output.test_curve_steps and data.test:
         out.all.append(build_test_curve(cfg, data, run_dir))
     if cfg.output.progress_bar:

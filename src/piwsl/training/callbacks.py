@@ -1,4 +1,4 @@
-"""Training plumbing: atomic checkpoint writes and a quieter progress bar.
+"""Training plumbing: atomic checkpoint writes, a quieter progress bar, a learning-rate floor.
 
 Lightning's own checkpoint writer goes through an fsspec transaction; piwsl writes local
 checkpoints itself — to a temporary file in the same folder, fsync, then ``os.replace`` — so a
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from piwsl.models.io import atomic_save
@@ -35,3 +35,37 @@ class PiwslProgressBar(TQDMProgressBar):
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         return items
+
+
+class LearningRateFloor(Callback):
+    """Stop training once the schedule has cut the learning rate to ``stop_lr`` or below.
+
+    Checked at the start of every epoch (after the plateau schedule stepped on the last
+    validation), so the run ends without training another epoch; ``triggered`` says it did.
+    """
+
+    def __init__(self, stop_lr: float) -> None:
+        self.stop_lr = float(stop_lr)
+        self.triggered = False
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        lr = max(group["lr"] for group in trainer.optimizers[0].param_groups)
+        if lr <= self.stop_lr * (1 + 1e-9):
+            self.triggered = True
+            trainer.should_stop = True
+
+
+class ConfiguredEarlyStopping(EarlyStopping):
+    """Lightning's early stopping, checked after validations only (on a train-epoch end a
+    resumed run has no score yet), whose patience stays the configured one when a checkpoint is
+    restored (Lightning would restore the saved patience; its counters and best score are kept)."""
+
+    def __init__(self, monitor: str, patience: int) -> None:
+        super().__init__(
+            monitor=monitor, mode="min", patience=patience, check_on_train_epoch_end=False
+        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        configured = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = configured

@@ -121,10 +121,13 @@ def quiet_lightning():
                 logging.getLogger(n).setLevel(level)
 
 
-def stop_reason(trainer: Any, tcfg: Any, early_stop: Any) -> str:
-    """Why training ended: ``plateau`` (early stopping), ``cap`` (max_steps / max_epochs) or
-    ``time`` (max_time_minutes); ``interrupted`` otherwise (e.g. Ctrl-C)."""
+def stop_reason(trainer: Any, tcfg: Any, early_stop: Any, floor: Any = None) -> str:
+    """Why training ended: ``plateau`` (early stopping, or the plateau schedule reached
+    ``stop_lr``), ``cap`` (max_steps / max_epochs) or ``time`` (max_time_minutes);
+    ``interrupted`` otherwise (e.g. Ctrl-C)."""
     if early_stop is not None and early_stop.stopped_epoch > 0:
+        return "plateau"
+    if floor is not None and floor.triggered:
         return "plateau"
     if tcfg.max_steps is not None and trainer.global_step >= tcfg.max_steps:
         return "cap"
@@ -221,7 +224,7 @@ def _result(
         epochs=int(trainer.current_epoch),
         steps=int(trainer.global_step),
         train_time_s=train_time,
-        stopped_by=stop_reason(trainer, cfg.training, callbacks.early_stop),
+        stopped_by=stop_reason(trainer, cfg.training, callbacks.early_stop, callbacks.floor),
     )
 
 
