@@ -16,11 +16,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "rmd17.py"
-sys.path.insert(0, str(SCRIPT.parent))
 
 
-def test_method_variants_become_overrides():
-    import rmd17
+@pytest.fixture
+def rmd17(monkeypatch):
+    """The driver as a module (its folder on the import path for this test only, as when the
+    script runs)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    return importlib.import_module("rmd17")
+
+
+def test_method_variants_become_overrides(rmd17):
 
     overrides = rmd17.method_overrides("piwsl_2nd[delta=0.01,taylor=12]")
     assert "physics.second_order=true" in overrides

@@ -21,7 +21,7 @@ from piwsl.data import Frame, frames_to_batch, read_frames
 from piwsl.errors import ConfigError, PriorError
 from piwsl.models import build_model, load_model, save_model
 from piwsl.priors import make_prior, prior_values
-from piwsl.priors.base import Prior, frame_of
+from piwsl.priors.base import Prior
 from piwsl.priors.cache import CACHE_FOLDER, cache_path
 
 torch.set_num_threads(1)
@@ -66,7 +66,7 @@ def tiny_model(seed: int = 0):
 
 
 def learned_part(model, atoms: Atoms) -> tuple[float, np.ndarray]:
-    batch = frames_to_batch([frame_of(atoms)], model.cutoff, dtype=torch.float64)
+    batch = frames_to_batch([Frame.from_atoms(atoms)], model.cutoff, dtype=torch.float64)
     out = model(batch)
     return float(out["energy"][0]), out["forces"].detach().numpy()
 
@@ -79,7 +79,7 @@ def test_zbl_forces_are_minus_the_energy_gradient(periodic):
         atoms.set_cell([[3.2, 0.0, 0.0], [0.4, 3.0, 0.0], [0.0, 0.3, 3.4]])
         atoms.pbc = True
     prior = make_prior("zbl", settings=WIDE_ZBL)
-    frame = frame_of(atoms)
+    frame = Frame.from_atoms(atoms)
     energy, forces = prior.compute_one(frame)
     assert energy > 0 and np.abs(forces).max() > 0.1  # the test exercises the repulsion
 
@@ -129,7 +129,7 @@ def test_sum_model_forces_match_finite_differences_of_its_energy(tmp_path):
     np.testing.assert_allclose(forces, reference, atol=1e-6)
     # and the sum is the sum: prior + learned part
     e_model, f_model = learned_part(model, atoms)
-    e_prior, f_prior = prior.compute_one(frame_of(atoms))
+    e_prior, f_prior = prior.compute_one(Frame.from_atoms(atoms))
     assert atoms.get_potential_energy() == pytest.approx(e_model + e_prior, abs=1e-9)
     np.testing.assert_allclose(atoms.get_forces(), f_model + f_prior, atol=1e-10)
     assert abs(e_prior) > 1e-3  # the prior contributes
@@ -138,14 +138,16 @@ def test_sum_model_forces_match_finite_differences_of_its_energy(tmp_path):
 # ----------------------------------------------------------------- ZBL inside the model
 def zbl_frames() -> list[Frame]:
     """Compressed molecules of different sizes, one of them periodic."""
-    frames = [frame_of(compressed_ethanol(seed=k, squeeze=0.8 + 0.05 * k)) for k in range(3)]
+    frames = [
+        Frame.from_atoms(compressed_ethanol(seed=k, squeeze=0.8 + 0.05 * k)) for k in range(3)
+    ]
     water = molecule("H2O")
     water.positions *= 0.7
-    frames.append(frame_of(water))
+    frames.append(Frame.from_atoms(water))
     box = compressed_ethanol(seed=7)
     box.set_cell([[3.2, 0.0, 0.0], [0.4, 3.0, 0.0], [0.0, 0.3, 3.4]])
     box.pbc = True
-    frames.append(frame_of(box))
+    frames.append(Frame.from_atoms(box))
     return frames
 
 
@@ -288,8 +290,8 @@ def test_xtb_prior_records_charge_and_spin():
     spec = prior.spec()
     assert (spec["charge"], spec["multiplicity"], spec["uhf"]) == (1, 2, 1)
     assert spec["program"] == "tblite" and spec["program_version"] not in ("", "unknown")
-    cation = prior.compute([frame_of(molecule("H2O"))])[0][0]
-    neutral = make_prior("gfn2-xtb").compute([frame_of(molecule("H2O"))])[0][0]
+    cation = prior.compute([Frame.from_atoms(molecule("H2O"))])[0][0]
+    neutral = make_prior("gfn2-xtb").compute([Frame.from_atoms(molecule("H2O"))])[0][0]
     assert cation - neutral > 5.0  # ionisation costs several eV
     with pytest.raises(ConfigError, match=r"prior\.multiplicity"):
         make_prior("gfn2-xtb", settings={"spin": 1})
@@ -414,7 +416,7 @@ def test_missing_prior_backend_is_a_clear_error(tmp_path, monkeypatch):
     from piwsl.evaluation import predict
 
     with pytest.raises(PriorError, match=pattern):
-        predict(load_model(path), [frame_of(molecule("H2O"))])
+        predict(load_model(path), [Frame.from_atoms(molecule("H2O"))])
 
 
 def test_mismatched_prior_spec_is_refused_unless_allowed(tmp_path, caplog):

@@ -111,16 +111,6 @@ class PiwslCalculator(Calculator):
     def cutoff(self) -> float:
         return self.model.cutoff
 
-    def _frame(self, atoms) -> Frame:
-        return Frame(
-            numbers=atoms.numbers,
-            positions=atoms.positions,
-            cell=np.asarray(atoms.cell.array),
-            pbc=atoms.pbc,
-            source="<ase.Atoms>",
-            index=0,
-        )
-
     def _get_batch(self, frame: Frame) -> Batch:
         key = (frame.numbers.tobytes(), frame.cell.tobytes(), frame.pbc.tobytes())
         positions = torch.as_tensor(frame.positions, dtype=self.dtype, device=self.device)
@@ -149,7 +139,7 @@ class PiwslCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
-        frame = self._frame(self.atoms)
+        frame = Frame.from_atoms(self.atoms)
         check_model_knows(self.model, [frame])
         batch = self._get_batch(frame)
         # no graph through the parameters (a direct-force head runs ~20 % faster); conservative

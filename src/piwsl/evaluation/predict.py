@@ -48,7 +48,31 @@ class Predictions:
         return self.forces[self.ptr[s] : self.ptr[s + 1]]
 
     @classmethod
-    def from_frames(cls, frames: Sequence[Frame]) -> Predictions:
+    def of(
+        cls,
+        frames: Sequence[Frame],
+        energies: Sequence[float] | np.ndarray,
+        forces: Sequence[np.ndarray] | np.ndarray | None = None,
+        energy_offset: float = 0.0,
+    ) -> Predictions:
+        """Predictions for ``frames`` from another source: energies (eV) per frame, forces
+        (eV/Å) per frame or concatenated, plus a constant ``energy_offset`` (eV) on every
+        energy (e.g. fitted between two levels of theory)."""
+        frames = list(frames)
+        energy = np.asarray(energies, dtype=np.float64).reshape(-1) + float(energy_offset)
+        if energy.shape[0] != len(frames):
+            raise ValueError(f"{len(frames)} frames but {energy.shape[0]} energies")
+        ptr = np.zeros(len(frames) + 1, dtype=np.int64)
+        ptr[1:] = np.cumsum([f.n_atoms for f in frames])
+        if forces is not None and not isinstance(forces, np.ndarray):
+            forces = np.concatenate([np.asarray(f, dtype=np.float64) for f in forces])
+        if forces is not None and forces.shape != (int(ptr[-1]), 3):
+            raise ValueError(f"forces of shape {forces.shape}, expected ({int(ptr[-1])}, 3)")
+        numbers = np.concatenate([f.numbers for f in frames]).astype(np.int64)
+        return cls(energy=energy, forces=forces, numbers=numbers, ptr=ptr)
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[Frame], energy_offset: float = 0.0) -> Predictions:
         """The energies and forces that ``frames`` carry, as predictions (e.g. a cheaper method's
         labels of the test structures, scored against the reference with
         :func:`~piwsl.evaluation.compute_metrics`). Every frame needs an energy; forces are kept
@@ -61,16 +85,12 @@ class Predictions:
                 f"Predictions.from_frames: file {f.source!r} frame {f.index} has no energy "
                 f"({len(missing)} of {len(frames)} frames lack one)"
             )
-        ptr = np.zeros(len(frames) + 1, dtype=np.int64)
-        ptr[1:] = np.cumsum([f.n_atoms for f in frames])
         with_forces = all(f.has_forces for f in frames)
-        return cls(
-            energy=np.array([float(f.energy) for f in frames], dtype=np.float64),
-            forces=np.concatenate([f.forces for f in frames]).astype(np.float64)
-            if with_forces
-            else None,
-            numbers=np.concatenate([f.numbers for f in frames]).astype(np.int64),
-            ptr=ptr,
+        return cls.of(
+            frames,
+            [float(f.energy) for f in frames],
+            [f.forces for f in frames] if with_forces else None,
+            energy_offset,
         )
 
 

@@ -21,7 +21,7 @@ from ase import Atoms
 
 from piwsl.data.batch import Batch, Graph, collate
 from piwsl.data.frames import Frame
-from piwsl.evaluation import as_force_field, check_elements, model_dtype
+from piwsl.evaluation import as_force_field, check_model_knows, model_dtype
 from piwsl.priors.base import Prior, model_prior
 
 
@@ -65,25 +65,14 @@ class BatchedPotential:
 
     def set_structures(self, templates: list[Atoms]) -> None:
         """The replicas (numbers, cell, pbc) that later calls give positions for."""
-        frames = [self._frame(t, t.positions, k) for k, t in enumerate(templates)]
-        check_elements(self.model, frames)
+        frames = [Frame.from_atoms(t, "<MD replica>", k) for k, t in enumerate(templates)]
+        check_model_knows(self.model, frames)
         self._templates = list(templates)
         self._graphs = [None] * len(templates)
         self._built_at = [None] * len(templates)
         self._batch, self._batch_members = None, ()
         # one prior session per replica: tblite restarts each SCF from the replica's last step
         self._prior_sessions = [self.prior.session() for _ in templates] if self.prior else []
-
-    @staticmethod
-    def _frame(template: Atoms, positions: np.ndarray, k: int) -> Frame:
-        return Frame(
-            numbers=template.numbers,
-            positions=np.asarray(positions, dtype=np.float64),
-            cell=np.asarray(template.cell.array),
-            pbc=template.pbc,
-            source="<MD replica>",
-            index=k,
-        )
 
     def _refresh(self, positions: list[np.ndarray], members: tuple[int, ...]) -> bool:
         """Rebuild the neighbour lists that went stale; True when the batch must be re-collated."""
@@ -93,7 +82,7 @@ class BatchedPotential:
             fresh = ref is not None and self.skin > 0
             if fresh and np.sqrt(((positions[k] - ref) ** 2).sum(1)).max() < 0.5 * self.skin:
                 continue
-            frame = self._frame(self._templates[k], positions[k], k)
+            frame = Frame.from_atoms(self._templates[k], "<MD replica>", k, positions[k])
             self._graphs[k] = Graph.from_frame(frame, self.cutoff, self.skin, dtype=self.dtype)
             self._built_at[k] = positions[k].copy()
             self.n_neighbor_builds += 1
@@ -130,7 +119,9 @@ class BatchedPotential:
         if self.prior is not None:
             start = time.perf_counter()
             for k in members:
-                e, f = self._prior_sessions[k](self._frame(self._templates[k], per[k], k))
+                e, f = self._prior_sessions[k](
+                    Frame.from_atoms(self._templates[k], "<MD replica>", k, per[k])
+                )
                 energies[k] += e
                 forces[ptr[k] : ptr[k + 1]] += f
             self.prior_s += time.perf_counter() - start

@@ -176,26 +176,8 @@ class PriorCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
-        energy, forces = self.prior.checked(frame_of(self.atoms))
+        energy, forces = self.prior.checked(Frame.from_atoms(self.atoms))
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
-
-
-def frame_of(atoms, source: str = "<ase.Atoms>") -> Frame:
-    """A label-free :class:`Frame` of an ``ase.Atoms``."""
-    return Frame(
-        numbers=atoms.numbers,
-        positions=atoms.positions,
-        cell=np.asarray(atoms.cell.array),
-        pbc=atoms.pbc,
-        source=source,
-    )
-
-
-def atoms_of(frame: Frame):
-    """A bare ``ase.Atoms`` of a frame (no labels, no constraints)."""
-    from ase import Atoms
-
-    return Atoms(numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
 
 
 def _jsonable(value: Any) -> Any:

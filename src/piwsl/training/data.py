@@ -121,7 +121,7 @@ _UNIT_CANDIDATES = {
 _MAX_LISTED = 8
 
 
-def frame_key(frame: Frame) -> bytes:
+def duplicate_key(frame: Frame) -> bytes:
     """A hash key of atomic numbers and positions rounded to 1e-5 Å (labels ignored)."""
     import hashlib
 
@@ -140,11 +140,11 @@ def find_duplicates(train: list[Frame], others: dict[str, list[Frame]]) -> list[
     numbers and positions (rounded to 1e-5 Å) equal those of a training frame."""
     seen: dict[bytes, Frame] = {}
     for f in train:
-        seen.setdefault(frame_key(f), f)
+        seen.setdefault(duplicate_key(f), f)
     found = []
     for name, frames in others.items():
         for f in frames:
-            twin = seen.get(frame_key(f))
+            twin = seen.get(duplicate_key(f))
             if twin is not None:
                 found.append(f"{name} {_where(f)} = train {_where(twin)}")
     return found

@@ -188,3 +188,26 @@ def apply_freeze(model: Any, patterns: list[str]) -> list[str]:
             "would be trained. Take some back with '!pattern' (e.g. '!readout.*')"
         )
     return frozen
+
+
+def zero_shot(
+    cfg: Config, frames: list, out_dir: Any, name: str = "zero_shot", batch_size: int = 32
+) -> dict[str, Any]:
+    """The pre-trained model of ``model.init_from`` on ``frames``, before any fine-tuning step:
+    ``raw`` (as it is) and ``refit`` (its E0s and shift re-fitted to the training energies of
+    ``cfg``, as ``model.e0s_on_init=refit`` does when the fine-tuning run starts). Writes
+    ``<name>_raw_metrics.json`` / ``<name>_refit_metrics.json`` under ``out_dir``; returns
+    ``{"raw": metrics, "refit": metrics, "n_energies": training energies used}``."""
+    from piwsl.evaluation import evaluate_model
+    from piwsl.training.data import prepare_data
+
+    if cfg.model.init_from is None:
+        raise ConfigError("zero_shot: model.init_from names no pre-trained model")
+    cfg, model = resolve_init_from(cfg)
+    data = prepare_data(cfg.data, report=False, prior=cfg.prior)
+    kw = {"batch_size": batch_size, "plot": False}
+    raw = evaluate_model(model, frames, out_dir, name=f"{name}_raw", **kw)
+    refit_reference(model, data, cfg.data.e0s)
+    model.eval()
+    refit = evaluate_model(model, frames, out_dir, name=f"{name}_refit", **kw)
+    return {"raw": raw, "refit": refit, "n_energies": sum(f.has_energy for f in data.train)}
