@@ -1,10 +1,44 @@
-"""A loss term defined outside piwsl (tests/test_objective.py registers and trains with it)."""
+"""Parts defined outside piwsl: a loss term, a model backend and a prior (tests/test_objective.py
+registers them through a config's plugins list and trains with them)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from piwsl.models import register_model
 from piwsl.objective import Needs, Term, register_term
+from piwsl.priors import Prior, register_prior
+
+
+@register_model("schnet_small")
+def build_schnet_small(**hparams):
+    """SchNet with 8 features and one interaction unless told otherwise."""
+    from piwsl.models.schnet import SchNet
+
+    return SchNet(**{"features": 8, "interactions": 1, **hparams})
+
+
+@register_prior("per_atom_constant")
+class PerAtomConstant(Prior):
+    """E = c × N_atoms (eV), no forces: a baseline as simple as they come."""
+
+    name = "per_atom_constant"
+    method = "per-atom constant"
+    program = "tests"
+
+    def __init__(self, charge: int = 0, multiplicity: int = 1, settings: dict | None = None):
+        super().__init__(charge, multiplicity)
+        self.c = float((settings or {}).get("c", -100.0))
+
+    def program_version(self) -> str:
+        return "1"
+
+    def settings(self) -> dict:
+        return {"c": self.c}
+
+    def compute_one(self, frame):
+        return self.c * frame.n_atoms, np.zeros((frame.n_atoms, 3))
 
 
 @register_term("energy_l1")

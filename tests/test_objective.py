@@ -295,3 +295,23 @@ def test_old_keys_on_the_command_line_override_the_files_new_form():
     # and the other way round: a new-form override after an old key in the same command
     both = load_config(None, ["physics.taylor_weight=1.2", "loss.terms.taylor.weight=0.5"])
     assert both.loss.weight("taylor") == 0.5
+
+
+def test_a_model_backend_and_a_prior_from_a_plugin_module(tmp_path):
+    from test_training import tiny_config, write_tiny_extxyz
+
+    from piwsl.config import config_from_dict
+    from piwsl.models import load_model
+    from piwsl.training import train
+
+    data = write_tiny_extxyz(tmp_path / "d.xyz", n=10)
+    cfg = tiny_config(data, tmp_path / "run", training={"max_epochs": 1})
+    cfg["plugins"] = [str(Path(__file__).parent / "plugin_terms.py")]
+    cfg["model"] = {"name": "schnet_small", "cutoff": 4.0}
+    cfg["prior"] = {"name": "per_atom_constant", "settings": {"c": -50.0}}
+    result = train(config_from_dict(cfg), evaluate=False)
+    model = load_model(result.final_model)
+    assert model.hparams["name"] == "schnet_small"  # rebuilt through the plugin's builder
+    assert model.prior_spec["name"] == "per_atom_constant" and model.prior_spec["settings"] == {
+        "c": -50.0
+    }

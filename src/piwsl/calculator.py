@@ -13,17 +13,14 @@ refuses to start when its program is missing or differs from the recorded versio
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from piwsl.data.batch import Batch, Graph, collate
 from piwsl.data.frames import Frame
-from piwsl.evaluation import as_force_field, check_model_knows, model_dtype
-from piwsl.priors.base import Prior, model_prior
+from piwsl.evaluation.predict import check_model_knows, inference_model
+from piwsl.priors.base import Prior
 
 
 def state_changes(old, atoms, tol: float = 1e-15) -> list[str]:
@@ -89,18 +86,16 @@ class PiwslCalculator(Calculator):
         super().__init__(**kwargs)
         if not skin >= 0:
             raise ValueError(f"skin must be ≥ 0 Å, got {skin}")
-        self.device = torch.device(device)
-        force_field = as_force_field(model)
-        if dtype is not None and dtype != model_dtype(force_field):
-            force_field = copy.deepcopy(force_field).to(dtype)
-        self.model = force_field.to(self.device)
-        self.model.eval()
-        self.dtype = model_dtype(self.model)
+        ready = inference_model(model, device, dtype, allow_prior_mismatch, "<atoms>")
+        self.model, self.device, self.dtype, self.source = (
+            ready.model,
+            ready.device,
+            ready.dtype,
+            ready.source,
+        )
         self.skin = float(skin)
-        self.source = str(model) if isinstance(model, (str, Path)) else "<atoms>"
-        what = f"model {self.source!r}" if isinstance(model, (str, Path)) else "this model"
-        #: the prior the model was trained on top of (added to every result), or None
-        self.prior: Prior | None = model_prior(self.model, allow_prior_mismatch, what=what)
+        #: the external prior the model was trained on top of (added to every result), or None
+        self.prior: Prior | None = ready.prior
         self._batch: Batch | None = None
         self._ref_positions: np.ndarray | None = None
         self._ref_key: tuple | None = None

@@ -19,10 +19,12 @@ from piwsl.evaluation.metrics import ErrorMetrics, Labels, compute_metrics
 from piwsl.evaluation.nonconservative import nonconservativeness
 from piwsl.evaluation.plots import parity_plot
 from piwsl.evaluation.predict import (
+    InferenceModel,
     Predictions,
     add_prior,
     as_force_field,
     check_model_knows,
+    inference_model,
     model_device,
     model_dtype,
     predict,
@@ -31,6 +33,7 @@ from piwsl.evaluation.report import evaluate_checkpoint, evaluate_model, metrics
 
 __all__ = [
     "ErrorMetrics",
+    "InferenceModel",
     "Labels",
     "Predictions",
     "add_prior",
@@ -39,6 +42,7 @@ __all__ = [
     "compute_metrics",
     "evaluate_checkpoint",
     "evaluate_model",
+    "inference_model",
     "metrics_table",
     "model_device",
     "model_dtype",

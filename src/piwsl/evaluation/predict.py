@@ -107,6 +107,42 @@ def as_force_field(model):
     raise TypeError(f"expected a piwsl ForceField, EnergyModel or model path, got {type(model)}")
 
 
+@dataclass
+class InferenceModel:
+    """A force field ready to run (eval mode, on its device and dtype) and the external prior
+    that must be added to its results (None: none, or an analytic one inside the model)."""
+
+    model: Any
+    device: torch.device
+    dtype: torch.dtype
+    prior: Prior | None
+    source: str  # the model file, or a placeholder for an in-memory model
+
+
+def inference_model(
+    model,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    allow_prior_mismatch: bool = False,
+    placeholder: str = "<model>",
+) -> InferenceModel:
+    """Load (a path), wrap (an EnergyModel) or take (a ForceField) ``model`` for inference: a
+    copy cast to ``dtype`` when it differs, moved to ``device``, in eval mode, with its recorded
+    prior rebuilt and checked (:func:`piwsl.priors.model_prior`)."""
+    import copy
+
+    force_field = as_force_field(model)
+    if dtype is not None and dtype != model_dtype(force_field):
+        force_field = copy.deepcopy(force_field).to(dtype)
+    device = torch.device(device)
+    force_field = force_field.to(device).eval()
+    named = isinstance(model, (str, Path))
+    source = str(model) if named else placeholder
+    what = f"model {source!r}" if named else "this model"
+    prior = model_prior(force_field, allow_prior_mismatch, what=what)
+    return InferenceModel(force_field, device, model_dtype(force_field), prior, source)
+
+
 def model_dtype(model) -> torch.dtype:
     """The floating dtype of the model's parameters (float32 if it has none)."""
     for p in model.parameters():

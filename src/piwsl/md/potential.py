@@ -11,9 +11,7 @@ spent in the model and in the prior is accumulated separately (s).
 
 from __future__ import annotations
 
-import copy
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,8 +19,8 @@ from ase import Atoms
 
 from piwsl.data.batch import Batch, Graph, collate
 from piwsl.data.frames import Frame
-from piwsl.evaluation import as_force_field, check_model_knows, model_dtype
-from piwsl.priors.base import Prior, model_prior
+from piwsl.evaluation.predict import check_model_knows, inference_model
+from piwsl.priors.base import Prior
 
 
 class BatchedPotential:
@@ -38,16 +36,10 @@ class BatchedPotential:
     ) -> None:
         if not skin >= 0:
             raise ValueError(f"skin must be ≥ 0 Å, got {skin}")
-        self.device = torch.device(device)
-        force_field = as_force_field(model)
-        if dtype is not None and dtype != model_dtype(force_field):
-            force_field = copy.deepcopy(force_field).to(dtype)
-        self.model = force_field.to(self.device).eval()
-        self.dtype = model_dtype(self.model)
-        self.skin = float(skin)
-        self.source = str(model) if isinstance(model, (str, Path)) else "<model>"
-        what = f"model {self.source!r}" if isinstance(model, (str, Path)) else "this model"
-        self.prior: Prior | None = model_prior(self.model, allow_prior_mismatch, what=what)
+        ready = inference_model(model, device, dtype, allow_prior_mismatch)
+        self.model, self.device, self.dtype = ready.model, ready.device, ready.dtype
+        self.source, self.skin = ready.source, float(skin)
+        self.prior: Prior | None = ready.prior
         self.model_s = 0.0
         self.prior_s = 0.0
         self.n_calls = 0

@@ -85,21 +85,6 @@ class Objective:
         active = [t for t in self.terms if t.active(batch)]
         return active, Needs.union(t.needs() for t in active)
 
-    def evaluate(
-        self,
-        model,
-        batch: Batch,
-        needs: Needs,
-        step: int | None = None,
-        displacements: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> CopyOutputs:
-        """The copies ``needs`` names: one plain pass when only A is needed."""
-        if not needs.displaced:
-            return CopyOutputs.of_a(model(batch, compute_forces=bool(needs.forces_at)))
-        if self.displacements is None:
-            self.displacements = Displacements()
-        return self.displacements.evaluate(model, batch, needs, step, displacements)
-
     def __call__(
         self,
         model,
@@ -110,7 +95,12 @@ class Objective:
         """Evaluate every active term on ``batch``; ``step`` / ``displacements`` pin the fields
         (neither advances the step counter)."""
         active, needs = self.plan(batch)
-        out = self.evaluate(model, batch, needs, step, displacements)
+        if needs.displaced:  # the copies, through the sampling state
+            if self.displacements is None:
+                self.displacements = Displacements()
+            out = self.displacements.evaluate(model, batch, needs, step, displacements)
+        else:  # one plain pass at A
+            out = CopyOutputs.of_a(model(batch, compute_forces=bool(needs.forces_at)))
         # residual terms first, all residuals before their squares (the order of the autograd
         # graph, and so of the gradient sums, is that of the terms before issue 17)
         residual_terms = [t for t in active if isinstance(t, ResidualTerm)]

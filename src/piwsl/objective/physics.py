@@ -58,9 +58,8 @@ class ResidualTerm(Term):
         return f"{type(self).__name__}(weight={self.weight}, second_order={self.second_order})"
 
 
-@register_term("taylor")
-class TaylorTerm(ResidualTerm):
-    """PITC: the energy at C against the first-order extrapolation from A."""
+class AnchoredTerm(ResidualTerm):
+    """A residual term whose target can be built from the labels (``anchor_to_labels``)."""
 
     config_options = ("second_order", "anchor_to_labels")
 
@@ -73,6 +72,11 @@ class TaylorTerm(ResidualTerm):
     ) -> None:
         super().__init__(weight, unit, second_order)
         self.anchor_to_labels = bool(anchor_to_labels)
+
+
+@register_term("taylor")
+class TaylorTerm(AnchoredTerm):
+    """PITC: the energy at C against the first-order extrapolation from A."""
 
     def needs(self) -> Needs:
         return Needs({"A", "C"}, {"A", "C"} if self.second_order else {"A"})
@@ -98,20 +102,8 @@ class SpatialTerm(ResidualTerm):
 
 
 @register_term("taylor_two_point")
-class TwoPointTerm(ResidualTerm):
+class TwoPointTerm(AnchoredTerm):
     """Extrapolation from C back to A, compared with E(A) (or E_ref(A) when anchored)."""
-
-    config_options = ("second_order", "anchor_to_labels")
-
-    def __init__(
-        self,
-        weight: float = 1.2,
-        unit: str = "kcal/mol",
-        second_order: bool = False,
-        anchor_to_labels: bool = False,
-    ) -> None:
-        super().__init__(weight, unit, second_order)
-        self.anchor_to_labels = bool(anchor_to_labels)
 
     def needs(self) -> Needs:
         return Needs({"A", "C"}, {"A", "C"} if self.second_order else {"C"})

@@ -330,6 +330,49 @@ def apply_prior(
     return prior, out, values.summary(prior)
 
 
+def _check_splits(
+    cfg: DataConfig, train: list[Frame], val: list[Frame], test: list[Frame], elements: list[int]
+) -> None:
+    """Errors for splits a run cannot use (no validation frames, no labels, unknown elements)."""
+    if not val:
+        raise ConfigError(
+            "no validation frames: set data.n_val > 0 or data.validation files "
+            "(the best checkpoint is chosen on validation errors)"
+        )
+    if not any(f.has_energy or f.has_forces for f in val):
+        raise DataError(
+            "no validation frame carries an energy or forces; the best checkpoint cannot be chosen",
+            file=", ".join(cfg.validation or cfg.train),
+        )
+    if not any(f.has_energy or f.has_forces for f in train):
+        raise DataError(
+            "no training frame carries an energy or forces",
+            file=", ".join(cfg.train),
+            hint="check data.energy_key / data.forces_key",
+        )
+    for name, frames in (("validation", val), ("test", test)):
+        for f in frames:
+            extra = set(np.unique(f.numbers).tolist()) - set(elements)
+            if extra:
+                raise DataError(
+                    f"{name} frame has atomic numbers {sorted(extra)} absent from training",
+                    file=f.source,
+                    frame=f.index,
+                    hint="add such structures to the training set",
+                )
+
+
+def _coverage(train, unlabelled, val, test) -> list[str]:
+    """One label-coverage line per split."""
+    coverage = [label_coverage(train).summary("train")]
+    if unlabelled:
+        coverage.append(label_coverage(unlabelled).summary("unlabelled (added to train)"))
+    coverage.append(label_coverage(val).summary("validation"))
+    if test:
+        coverage.append(label_coverage(test).summary("test"))
+    return coverage
+
+
 def prepare_data(
     cfg: DataConfig,
     report: bool = True,
@@ -362,34 +405,9 @@ def prepare_data(
     test = _read_all(cfg.test, keys) if cfg.test else [pool[k] for k in te]
     train, val = _keep_labels(train, cfg.train_labels), _keep_labels(val, cfg.train_labels)
     unlabelled = _strip_labels(_read_all(cfg.unlabelled, keys)) if cfg.unlabelled else []
-    if not val:
-        raise ConfigError(
-            "no validation frames: set data.n_val > 0 or data.validation files "
-            "(the best checkpoint is chosen on validation errors)"
-        )
-    if not any(f.has_energy or f.has_forces for f in val):
-        raise DataError(
-            "no validation frame carries an energy or forces; the best checkpoint cannot be chosen",
-            file=", ".join(cfg.validation or cfg.train),
-        )
-    if not any(f.has_energy or f.has_forces for f in train):
-        raise DataError(
-            "no training frame carries an energy or forces",
-            file=", ".join(cfg.train),
-            hint="check data.energy_key / data.forces_key",
-        )
     train_all = train + unlabelled
     elements = sorted({int(z) for f in train_all for z in np.unique(f.numbers)})
-    for name, frames in (("validation", val), ("test", test)):
-        for f in frames:
-            extra = set(np.unique(f.numbers).tolist()) - set(elements)
-            if extra:
-                raise DataError(
-                    f"{name} frame has atomic numbers {sorted(extra)} absent from training",
-                    file=f.source,
-                    frame=f.index,
-                    hint="add such structures to the training set",
-                )
+    _check_splits(cfg, train, val, test, elements)
     others = {"validation": val, "test": test}
     if report:
         check_plausibility(train_all, others, cfg.energy_unit)
@@ -408,16 +426,10 @@ def prepare_data(
         mode = dict(mode)
     e0s = resolve_e0s(mode, fit, elements)
     shift, scale = reference_statistics(fit, e0s)
-    coverage = [label_coverage(train).summary("train")]
-    if unlabelled:
-        coverage.append(label_coverage(unlabelled).summary("unlabelled (added to train)"))
-    coverage.append(label_coverage(val).summary("validation"))
-    if test:
-        coverage.append(label_coverage(test).summary("test"))
-    if prior_line is not None and not the_prior.in_model:
-        coverage.append(f"{prior_line}; training labels are residuals to it")
-    elif prior_line is not None:
-        coverage.append(prior_line)
+    coverage = _coverage(train, unlabelled, val, test)
+    if prior_line is not None:
+        residual = "" if the_prior.in_model else "; training labels are residuals to it"
+        coverage.append(f"{prior_line}{residual}")
     return PreparedData(
         train=train_all,
         val=val,
