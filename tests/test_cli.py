@@ -154,7 +154,13 @@ def test_run_dir_protection_and_resume_errors(project, monkeypatch, capsys):
     assert "already holds a run" in capsys.readouterr().err
     # resuming with a different model is refused before touching the checkpoint
     assert main([*args, "--resume", "model.hparams.features=8"]) == 2
-    assert "model section differs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "belongs to another run" in err and "model.hparams.features" in err
+    # a plain --resume says where it continues
+    assert main([*args, "--resume", "training.max_epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from 'runs/again/checkpoints/last.ckpt': 1 epoch(s) and" in out
+    assert "continuing with epoch 2" in out
 
 
 def test_version_and_entry_point():

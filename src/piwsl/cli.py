@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     # made training steps ~50× slower whenever another process held a core. Must be set before
     # torch starts its thread pool; an explicit OMP_WAIT_POLICY in the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from rich.console import Console
+    from piwsl.terminal import make_console
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    console = Console()
+    console = make_console()
     try:
         if args.command == "train":
             return _train(args, console)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except PiwslError as err:
         if args.debug:
             raise
-        Console(stderr=True).print(
+        make_console(stderr=True).print(
             f"error: {err}", style="bold red", markup=False, highlight=False, soft_wrap=True
         )
         return 2

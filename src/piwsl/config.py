@@ -47,8 +47,30 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: The splits ``data.units`` may name (each file of a split is read in that split's units).
+UNIT_SPLITS = ("train", "validation", "test", "unlabelled")
+
+
+def _check_unit(where: str, value: str | None, known: dict[str, float]) -> None:
+    if value is not None and value not in known:
+        raise ValueError(f"{where}: unknown unit {value!r}{suggest(value, known)}")
+
+
+class FileUnits(_Section):
+    """The units a split or a file stores (``data.units``); None: the data section's default."""
+
+    energy: str | None = Field(None, description="energy unit, e.g. eV, Hartree, kcal/mol")
+    length: str | None = Field(None, description="length unit: Å or Bohr")
+
+
 class DataConfig(_Section):
-    """Where the frames come from, how labels are read, how they are split and referenced."""
+    """Where the frames come from, how labels are read, how they are split and referenced.
+
+    Units: every file is read in ``energy_unit`` / ``length_unit`` unless ``units`` says
+    otherwise for its split or for the file itself, e.g.
+    ``units: {train: {energy: Hartree, length: Bohr}, test.xyz: {energy: kcal/mol}}`` (a file's
+    own entry wins over its split's). rMD17 ``.npz`` files always hold kcal/mol and Å.
+    """
 
     train: PathList = Field(description="training file(s); `builtin:NAME` for packaged data")
     validation: PathList | None = Field(None, description="validation file(s); else a split")
@@ -58,8 +80,15 @@ class DataConfig(_Section):
     )
     energy_key: str | None = None
     forces_key: str | None = None
-    energy_unit: str = "eV"
-    length_unit: str = "Å"
+    energy_unit: str = Field("eV", description="unit of the energies in the files")
+    length_unit: str = Field("Å", description="unit of positions and cells in the files")
+    units: dict[str, FileUnits] = Field(
+        default_factory=dict,
+        description=(
+            "units per split (train, validation, test, unlabelled) or per file, e.g. "
+            "{train: {energy: Hartree, length: Bohr}}; override energy_unit / length_unit"
+        ),
+    )
     n_train: Count = Field(None, description="count or fraction of the pool; None: all the rest")
     n_val: Count = Field(None, description="count or fraction; None: 5 % unless files are given")
     n_test: Count = Field(None, description="count or fraction of the pool held out as test set")
@@ -83,18 +112,51 @@ class DataConfig(_Section):
         ),
     )
 
+    def files_of(self, split: str) -> list[str]:
+        """The files configured for ``split`` (one of :data:`UNIT_SPLITS`)."""
+        return list(getattr(self, split) or [])
+
+    def units_for(self, split: str, path: str) -> tuple[str, str]:
+        """(energy unit, length unit) of ``path`` read as part of ``split``."""
+        energy, length = self.energy_unit, self.length_unit
+        for key in (split, path):
+            entry = self.units.get(key)
+            if entry is not None:
+                energy, length = entry.energy or energy, entry.length or length
+        return energy, length
+
     @model_validator(mode="after")
     def _check_units(self) -> DataConfig:
-        if self.energy_unit not in ENERGY_UNITS:
-            raise ValueError(
-                f"data.energy_unit: unknown unit {self.energy_unit!r}"
-                f"{suggest(self.energy_unit, ENERGY_UNITS)}"
-            )
-        if self.length_unit not in LENGTH_UNITS:
-            raise ValueError(
-                f"data.length_unit: unknown unit {self.length_unit!r}"
-                f"{suggest(self.length_unit, LENGTH_UNITS)}"
-            )
+        _check_unit("data.energy_unit", self.energy_unit, ENERGY_UNITS)
+        _check_unit("data.length_unit", self.length_unit, LENGTH_UNITS)
+        files = {p: s for s in reversed(UNIT_SPLITS) for p in self.files_of(s)}
+        for key, entry in self.units.items():
+            where = f"data.units.{key}"
+            _check_unit(where, entry.energy, ENERGY_UNITS)
+            _check_unit(where, entry.length, LENGTH_UNITS)
+            if key in UNIT_SPLITS and not self.files_of(key):
+                raise ValueError(
+                    f"{where}: no {key} files are configured (data.{key}); "
+                    + (
+                        f"{key} frames are drawn from data.train and read in its units"
+                        if key in ("validation", "test")
+                        else "drop the entry"
+                    )
+                )
+            if key not in UNIT_SPLITS and key not in files:
+                raise ValueError(
+                    f"data.units: {key!r} is neither a split ({', '.join(UNIT_SPLITS)}) nor a "
+                    f"file of data.train/validation/test/unlabelled"
+                    f"{suggest(key, [*UNIT_SPLITS, *files])}"
+                )
+        for path in files:
+            read_as = {s: self.units_for(s, path) for s in UNIT_SPLITS if path in self.files_of(s)}
+            if len(set(read_as.values())) > 1:
+                listing = "; ".join(f"data.{s}: {e}, {le}" for s, (e, le) in read_as.items())
+                raise ValueError(
+                    f"data.units: file {path!r} is listed in several splits whose units differ "
+                    f"({listing}); give the file its own entry data.units[{path!r}]"
+                )
         return self
 
 
@@ -392,7 +454,8 @@ def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None, Any]
     path: list[str] = []
     owner: type[BaseModel] | None = Config
     field = None
-    for part in loc:
+    parts = iter(loc)
+    for part in parts:
         if cls is None or not isinstance(part, str):
             break
         if part not in cls.model_fields:
@@ -402,6 +465,8 @@ def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None, Any]
         owner, field = cls, cls.model_fields[part]
         path.append(part)
         cls = _submodel(field.annotation)
+        if cls is not None and typing.get_origin(field.annotation) is dict:
+            path.append(str(next(parts, "")))  # a mapping of sections (data.units): its key
         if cls is None:
             # inside a free-form mapping (model.hparams, data.e0s): keep string keys as given
             rest = [p for p in loc[len(path) :] if isinstance(p, str)]

@@ -80,9 +80,8 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_label_cli(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from piwsl.labelling.runner import label_structures
+    from piwsl.terminal import make_console
 
     options = parse_options(args.options)
     for key in ("basis", "xc", "charge", "spin"):
@@ -101,7 +100,7 @@ def run_label_cli(args: argparse.Namespace) -> int:
         index=args.index,
         max_frames=args.max_frames,
     )
-    console = Console()
+    console = make_console()
     if summary.n_ok + summary.n_failed < summary.n_frames:
         done = summary.n_from_journal + summary.n_computed_now
         console.print(

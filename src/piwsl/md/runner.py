@@ -361,13 +361,12 @@ def run_trajectory(
 def _progress_bar(config: MDConfig, index: int):
     if not config.progress:
         return None
-    from tqdm.auto import tqdm
+    from piwsl.terminal import progress_bar
 
-    return tqdm(
-        total=config.n_steps,
+    return progress_bar(
+        config.n_steps,
         desc=f"MD {config.ensemble} traj {index + 1}/{config.n_trajectories}",
         unit="step",
-        mininterval=0.5,
         leave=False,
     )
 

@@ -337,8 +337,15 @@ def build_physics(cfg: Config, cutoff: float) -> Any:
     return physics
 
 
-def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Path | None:
-    """Check/clean the run directory; return the checkpoint to resume from (or None)."""
+def _prepare_run_dir(
+    cfg: Config, run_dir: Path, resume: bool, console: Console | None = None
+) -> Path | None:
+    """Check/clean the run directory; return the checkpoint to resume from (or None).
+
+    With ``resume`` the checkpoint must come from this run: the model and data sections of
+    ``config.yaml`` and of the configuration inside the checkpoint must equal ``cfg``'s
+    (:func:`_check_resumed_sections` names every difference); ``console`` is told the epoch and
+    step it resumes from."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume:
         if not last.is_file():
@@ -357,20 +364,18 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Path | None:
                 f"--resume: {str(last)!r} is not a piwsl training checkpoint; start afresh"
             )
         saved = run_dir / "config.yaml"
+        sources: list[tuple[dict[str, Any], Path]] = []
         if saved.is_file():
             from piwsl.config import read_yaml
 
-            old, source = read_yaml(saved), saved
-        else:  # the checkpoint carries the configuration of the run that wrote it
-            old, source = ckpt.get("piwsl_config") or {}, last
-        new = cfg.to_dict()
-        for section in ("model", "data"):
-            if section in old and old[section] != new[section]:
-                raise ConfigError(
-                    f"--resume: the {section} section differs from the run's {str(source)!r}; "
-                    "only training/output settings may change when resuming"
-                )
-        _check_resumed_prior(old.get("prior") or {}, cfg, source)
+            sources.append((read_yaml(saved), saved))
+        # the checkpoint carries the configuration of the run that wrote it (another run's
+        # last.ckpt copied here has another one, whatever config.yaml says)
+        sources.append((ckpt.get("piwsl_config") or {}, last))
+        for old, source in sources:
+            _check_resumed_sections(old, cfg, source, ckpt.get("piwsl_model") or {})
+            _check_resumed_prior(old.get("prior") or {}, cfg, source)
+        _say_resumed(last, ckpt, console)
         recorded = (ckpt.get("piwsl_model") or {}).get("prior")
         del ckpt
         if recorded:
@@ -394,6 +399,58 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Path | None:
         for name in ("best_model.pt", "final_model.pt", "summary.json"):
             (run_dir / name).unlink(missing_ok=True)
     return None
+
+
+def _differences(old: Any, new: Any, key: str) -> list[str]:
+    """Dotted keys whose values differ between two nested mappings, ``"key: old → new"``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for name in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(name, "(unset)"), new.get(name, "(unset)"), f"{key}.{name}")
+        return out
+    return [] if old == new else [f"{key}: {old!r} there, {new!r} now"]
+
+
+def _check_resumed_sections(
+    old: dict[str, Any], cfg: Config, source: Path, model_state: dict[str, Any]
+) -> None:
+    """ConfigError naming each model/data key in which ``old`` (the run's recorded config)
+    differs from ``cfg``; without a recorded config, the checkpoint's model (name, cutoff,
+    hyper-parameters) is compared with the model section."""
+    new = cfg.to_dict()
+    problems = [
+        d for sec in ("model", "data") if sec in old for d in _differences(old[sec], new[sec], sec)
+    ]
+    if not old and model_state.get("hparams"):
+        saved = {k: v for k, v in model_state["hparams"].items() if k not in ("elements", "cutoff")}
+        recorded = {
+            "name": model_state.get("name"),
+            "cutoff": model_state["hparams"].get("cutoff"),
+            "hparams": {k: _plain(v) for k, v in saved.items() if k in cfg.model.hparams},
+        }
+        given = {"name": cfg.model.name, "cutoff": cfg.model.cutoff, "hparams": cfg.model.hparams}
+        problems = _differences(recorded, _plain(given), "model")
+    if problems:
+        shown = problems[:12] + ([f"… {len(problems) - 12} more"] if len(problems) > 12 else [])
+        raise ConfigError(
+            f"--resume: {str(source)!r} belongs to another run: {'; '.join(shown)}. Only "
+            "training/output settings may change when resuming; start afresh "
+            "(output.overwrite=true or another --run-dir) or restore this run's checkpoint"
+        )
+
+
+def _say_resumed(last: Path, ckpt: dict[str, Any], console: Console | None) -> None:
+    """Tell the user where training continues (epochs and steps already done)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    epochs, step = int(ckpt.get("epoch", -1)) + 1, int(ckpt.get("global_step", 0))
+    text = (
+        f"from {str(last)!r}: {epochs} epoch(s) and {step} step(s) done, continuing with epoch "
+        f"{epochs + 1}"
+    )
+    log.info("resumed %s", text)
+    if console is not None and getattr(rank_zero_only, "rank", 0) == 0:
+        console.print(f"[bold]resumed[/] {escape(text)}")
 
 
 #: The prior keys that set the training targets (cache_dir and workers may change on --resume).
@@ -487,7 +544,7 @@ def train(
 
     from piwsl.data import GraphDataset, collate
     from piwsl.models import load_model, save_model
-    from piwsl.training.callbacks import AtomicCheckpointIO, PiwslProgressBar
+    from piwsl.training.callbacks import AtomicCheckpointIO, training_progress_bar
     from piwsl.training.module import PiwslModule
 
     console = console or Console(quiet=True)
@@ -500,7 +557,7 @@ def train(
     # a pre-trained model (model.init_from) is read first: a bad file fails before anything is
     # written, and config.yaml records the architecture actually trained
     cfg, pretrained = resolve_init_from(cfg)
-    resume_from = _prepare_run_dir(cfg, run_dir, resume)
+    resume_from = _prepare_run_dir(cfg, run_dir, resume, console)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
 
@@ -583,7 +640,7 @@ def train(
             EarlyStopping(monitor=monitor, mode="min", patience=tcfg.early_stopping_patience)
         )
     if cfg.output.progress_bar:
-        callbacks.append(PiwslProgressBar())
+        callbacks.append(training_progress_bar())
     logger = CSVLogger(save_dir=run_dir, name="logs", version=_next_log_version(run_dir))
     with _quiet_lightning():
         trainer = lightning.Trainer(
@@ -749,7 +806,7 @@ def evaluate_checkpoint(
         allow_mismatch=allow_prior_mismatch,
         cache_dir=prior_cache_dir,
         workers=prior_workers,
-        progress=console.is_terminal,
+        progress=not console.quiet,
         built=prior,
     )
     metrics = evaluate_model(model, frames, out, batch_size=batch_size, name=name, prior=use)
