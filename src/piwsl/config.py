@@ -436,6 +436,64 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
 # --------------------------------------------------------------------------------------------
 # error messages
 
+#: Names people write for piwsl's keys (other codes' spellings); matched case-insensitively,
+#: before the spelling-based suggestion (which would offer ``early_stopping_patience`` for
+#: ``learning_rate``).
+KEY_SYNONYMS = {
+    **dict.fromkeys(("learning_rate", "learningrate", "lr_rate", "eta"), "lr"),
+    **dict.fromkeys(("epochs", "num_epochs", "n_epochs", "epoch", "nepochs"), "max_epochs"),
+    **dict.fromkeys(("steps", "num_steps", "n_steps", "max_iter", "iterations"), "max_steps"),
+    **dict.fromkeys(("batch", "batchsize", "bs", "batch_sz", "train_batch_size"), "batch_size"),
+    **dict.fromkeys(("valid_batch_size", "eval_batch_size"), "val_batch_size"),
+    **dict.fromkeys(("cutoff_radius", "r_cut", "rcut", "r_max", "rmax", "cut_off"), "cutoff"),
+    **dict.fromkeys(("patience", "early_stopping", "es_patience"), "early_stopping_patience"),
+    **dict.fromkeys(("optimiser", "optim"), "optimizer"),
+    **dict.fromkeys(("lr_scheduler", "schedule", "scheduler_name"), "scheduler"),
+    **dict.fromkeys(("clip", "grad_clip", "gradient_clipping", "clip_grad_norm"), "gradient_clip"),
+    **dict.fromkeys(("ema", "ema_weight"), "ema_decay"),
+    **dict.fromkeys(("wd", "l2"), "weight_decay"),
+    **dict.fromkeys(("threads", "n_threads", "nthreads"), "num_threads"),
+    **dict.fromkeys(("precision", "default_dtype"), "dtype"),
+    **dict.fromkeys(("gpus", "device"), "devices"),
+    **dict.fromkeys(("forces_weight", "f_weight", "force_loss_weight"), "force_weight"),
+    **dict.fromkeys(("e_weight", "energy_loss_weight"), "energy_weight"),
+    **dict.fromkeys(("train_size", "n_training", "num_train", "ntrain"), "n_train"),
+    **dict.fromkeys(("val_size", "valid_size", "n_valid", "n_validation", "num_val"), "n_val"),
+    **dict.fromkeys(("test_size", "num_test", "ntest"), "n_test"),
+    **dict.fromkeys(("val", "valid", "val_file", "valid_file", "validation_file"), "validation"),
+    **dict.fromkeys(("train_file", "train_files", "training", "training_file"), "train"),
+    **dict.fromkeys(("test_file", "test_files"), "test"),
+    **dict.fromkeys(("energy_units", "e_unit"), "energy_unit"),
+    **dict.fromkeys(("length_units", "distance_unit", "position_unit"), "length_unit"),
+    **dict.fromkeys(("model_name", "architecture", "arch", "model_type"), "name"),
+    **dict.fromkeys(("output_dir", "out_dir", "outdir", "dir", "directory"), "run_dir"),
+    **dict.fromkeys(("progress", "show_progress"), "progress_bar"),
+    **dict.fromkeys(("taylor", "pitc", "pitc_weight", "lambda_pitc"), "taylor_weight"),
+    **dict.fromkeys(("spatial", "pisc", "pisc_weight", "lambda_pisc"), "spatial_weight"),
+    **dict.fromkeys(("delta", "perturbation", "displacement", "sigma"), "perturbation_scale"),
+}
+
+
+def suggest_key(path: list[str], owner: type[BaseModel]) -> str:
+    """``"; did you mean 'training.lr'?"`` for the unknown key ``path`` of section ``owner``:
+    a known synonym first (also in another section: ``training.cutoff`` → ``model.cutoff``),
+    then the closest spelling."""
+    prefix = ".".join(path[:-1])
+    name = path[-1]
+    canonical = KEY_SYNONYMS.get(name.lower().replace("-", "_"), name)
+
+    def dotted(key: str, where: str = prefix) -> str:
+        return f"{where}.{key}" if where else key
+
+    if canonical != name and canonical in owner.model_fields:
+        return f"; did you mean {dotted(canonical)!r}?"
+    if len(path) == 2:  # a key of a section: it may belong to another section
+        for section, field in Config.model_fields.items():
+            other = _submodel(field.annotation)
+            if other is not None and other is not owner and canonical in other.model_fields:
+                return f"; did you mean {dotted(canonical, section)!r}?"
+    return suggest(dotted(name), [dotted(key) for key in owner.model_fields])
+
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside ``annotation`` (``X``, ``X | None``), if any."""
@@ -509,9 +567,7 @@ def format_validation_error(err: ValidationError) -> str:
         seen.add(key)
         kind = item["type"]
         if kind == "extra_forbidden" and owner is not None:
-            prefix = ".".join(path[:-1])
-            choices = [f"{prefix}.{name}" if prefix else name for name in owner.model_fields]
-            lines.append(f"unknown config key {key!r}{suggest(key, choices)}")
+            lines.append(f"unknown config key {key!r}{suggest_key(path, owner)}")
         elif kind == "missing":
             lines.append(f"{key}: required key is missing")
         elif kind == "value_error":

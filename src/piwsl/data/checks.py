@@ -273,3 +273,19 @@ def check_plausibility(
         )
     messages.extend(check_file_units(everything, units_of, fix))
     return messages
+
+
+def check_read_file(frames: list[Frame], path: str, keys: object = None) -> list[str]:
+    """:func:`check_file_units` for a file read on its own (``piwsl evaluate`` / ``predict``)
+    with ``keys`` (a :class:`~piwsl.data.LabelKeys`); rMD17 ``.npz`` files are always converted
+    from kcal/mol and Å."""
+    from piwsl.data.readers import resolve_path
+
+    units = (getattr(keys, "energy_unit", "eV"), getattr(keys, "length_unit", "Å"))
+    if resolve_path(path).suffix == ".npz":
+        units = ("eV", "Å")
+
+    def fix(source: str, kind: str, unit: str) -> str:
+        return f"read it with {kind}_unit={unit} (command line: --{kind}-unit {unit})"
+
+    return check_file_units(frames, lambda _: units, fix)

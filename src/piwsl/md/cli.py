@@ -135,6 +135,14 @@ def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     g.add_argument("--no-finite-check", action="store_true", help="disable the NaN/inf check")
     g.add_argument(
+        "--min-distance",
+        type=float,
+        default=d.min_start_distance_A,
+        metavar="Å",
+        help="refuse start structures with two atoms closer than this (Å), default "
+        f"{d.min_start_distance_A:g}; 0 disables the check",
+    )
+    g.add_argument(
         "--check-interval",
         type=int,
         default=d.check_interval,
@@ -222,6 +230,7 @@ def config_from_args(args: argparse.Namespace) -> MDConfig:
         log_interval=args.log_interval,
         traj_interval=args.output_interval,
         check_interval=args.check_interval,
+        min_start_distance_A=args.min_distance,
         failure=failure,
         write_trajectories=not args.no_trajectories,
         trajectory_format=args.format,
@@ -254,11 +263,19 @@ def format_summary(report: MDReport) -> str:
             f"(max |drift| {num('energy_drift_meV_per_atom_per_ps_max_abs')}), fluctuation "
             f"{num('energy_fluctuation_meV_per_atom_mean')} meV/atom"
         )
-    elif "conserved_energy_drift_meV_per_atom_per_ps_mean" in s:
+    else:
         lines.append(
-            f"  conserved-quantity drift {num('conserved_energy_drift_meV_per_atom_per_ps_mean')} "
-            "meV/atom/ps"
+            f"  temperature {num('temperature_mean_K', '.1f')} ± {num('temperature_std_K', '.1f')}"
+            f" K (mean ± std over {s.get('temperature_samples', 0)} samples; target "
+            f"{cfg.temperature_K:g} K)"
         )
+        if "conserved_energy_drift_meV_per_atom_per_ps_mean" in s:
+            lines.append(
+                "  conserved-quantity drift "
+                f"{num('conserved_energy_drift_meV_per_atom_per_ps_mean')} meV/atom/ps"
+            )
+        else:
+            lines.append(f"  no energy drift: {cfg.ensemble} conserves no energy-like quantity")
     if s.get("hr_error_pooled_stable") is not None:
         lines.append(
             f"  h(r) error (stable runs vs reference): {num('hr_error_pooled_stable', '.4f')}"

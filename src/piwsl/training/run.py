@@ -770,29 +770,31 @@ def evaluate_checkpoint(
     allow_prior_mismatch: bool = False,
     prior_cache_dir: str | None = None,
     prior_workers: int = 1,
+    write_predictions: bool = False,
 ) -> tuple[dict[str, Any], Path, Path | None]:
     """Evaluate a model file or training checkpoint on a data file; (metrics, json path, plot).
 
     A model trained on top of a prior is scored on prior + learned part (the prior's values are
     cached, :mod:`piwsl.priors.cache`); ``allow_prior_mismatch`` runs it even when the installed
-    prior differs from the recorded one.
+    prior differs from the recorded one. ``write_predictions`` writes the predictions
+    (:mod:`piwsl.predictions`); frames without labels get theirs written in any case, and the
+    console says that there was nothing to score. Energy errors dominated by a constant offset
+    (another level of theory) are pointed out. The file's lengths and energies are checked
+    against the declared units (:func:`piwsl.data.checks.check_read_file`, warnings).
     """
     from piwsl.data import read_frames
     from piwsl.evaluation import evaluate_model
     from piwsl.models import load_model
-    from piwsl.registry import suggest
-    from piwsl.units import ENERGY_UNITS, LENGTH_UNITS
 
     console = console or Console(quiet=True)
-    for unit, known, what in (
-        (getattr(keys, "energy_unit", "eV"), ENERGY_UNITS, "energy"),
-        (getattr(keys, "length_unit", "Å"), LENGTH_UNITS, "length"),
-    ):
-        if unit not in known:
-            raise ConfigError(f"unknown {what} unit {unit!r}{suggest(unit, known)}")
+    check_read_units(keys)
     checkpoint = Path(checkpoint)
     model = load_model(checkpoint)
     frames = read_frames(data, keys)
+    from piwsl.data.checks import check_read_file
+
+    for message in check_read_file(frames, str(data), keys):
+        log.warning(message)
     if name is None:
         stem = str(data).split(":", 1)[1] if str(data).startswith("builtin:") else Path(data).stem
         name = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "eval"
@@ -809,11 +811,41 @@ def evaluate_checkpoint(
         progress=not console.quiet,
         built=prior,
     )
-    metrics = evaluate_model(model, frames, out, batch_size=batch_size, name=name, prior=use)
+    metrics = evaluate_model(
+        model,
+        frames,
+        out,
+        batch_size=batch_size,
+        name=name,
+        prior=use,
+        write_predictions=write_predictions,
+    )
     metrics_path = out / f"{name}_metrics.json"
     plot = out / f"{name}_parity.png"
-    console.print(metrics_table(metrics, title=f"{name} ({checkpoint.name})"))
+    # without any label evaluate_model has warned that there is nothing to score
+    if metrics["n_frames_with_energy"] or metrics["n_frames_with_forces"]:
+        console.print(metrics_table(metrics, title=f"{name} ({checkpoint.name})"))
+    from piwsl.evaluation import offset_note
+
+    note = offset_note(metrics)
+    if note is not None:
+        console.print(f"[bold]offset[/] {escape(note)}")
     console.print(f"[bold]metrics[/] {escape(str(metrics_path))}")
+    if metrics.get("predictions"):
+        console.print(f"[bold]predictions[/] {escape(metrics['predictions'])}")
     if plot.exists():
         console.print(f"[bold]parity plot[/] {escape(str(plot))}")
     return metrics, metrics_path, plot if plot.exists() else None
+
+
+def check_read_units(keys: Any) -> None:
+    """ConfigError for unknown unit names in ``keys`` (a :class:`~piwsl.data.LabelKeys`)."""
+    from piwsl.registry import suggest
+    from piwsl.units import ENERGY_UNITS, LENGTH_UNITS
+
+    for unit, known, what in (
+        (getattr(keys, "energy_unit", "eV"), ENERGY_UNITS, "energy"),
+        (getattr(keys, "length_unit", "Å"), LENGTH_UNITS, "length"),
+    ):
+        if unit not in known:
+            raise ConfigError(f"unknown {what} unit {unit!r}{suggest(unit, known)}")
