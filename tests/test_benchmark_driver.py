@@ -62,3 +62,31 @@ def test_quick_run_writes_results_and_resumes(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0
     assert "2 already done, 0 to train" in again.stdout
+
+
+def test_delta_learning_summary_defaults_and_honest_target(tmp_path, monkeypatch):
+    """delta_learning.py on the committed runs: N counts training + validation energies, every
+    cell shows its number of seeds, the target column judges Δ alone (PaiNN on ethanol: 3.9×,
+    not met, though Δ + PIWSL reaches 4.3×), and existing outputs are never replaced unasked."""
+    pytest.importorskip("tblite")
+    import delta_learning
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert not Path(delta_learning.parse_args([]).out).is_absolute()  # under runs/, not results
+    assert delta_learning.parse_args([]).out.startswith("runs/")
+    out = tmp_path / "dl"
+    args = ["--molecules", "ethanol", "--data", str(ROOT / "src" / "piwsl" / "datasets")]
+    delta_learning.main([*args, "--out", str(out)])
+    text = out.with_suffix(".md").read_text()
+    row = next(
+        x
+        for x in text.splitlines()
+        if x.startswith("| ethanol | 1000 (950 train + 50 val) | painn_conservative")
+    )
+    assert row.endswith("| 3.9× | 4.3× | not met (3.9×) |")
+    assert "63.7 ± 0.0 (3) / 336.3 ± 0.0 (3)" in row  # GFN2-xTB alone, three seeds
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert "--data src/piwsl/datasets" in record["command"]  # relative to the checkout
+    assert str(ROOT) not in json.dumps(record)
+    with pytest.raises(SystemExit, match="--overwrite"):
+        delta_learning.main([*args, "--out", str(out)])

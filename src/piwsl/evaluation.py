@@ -208,17 +208,20 @@ OFFSET_MIN_FRAMES = 10
 def energy_offset(errors: np.ndarray, frames: Sequence[Frame]) -> dict[str, Any]:
     """The part of the energy errors (eV) a constant offset explains.
 
-    One composition: a constant per structure, the mean error. Several: one offset per element,
-    fitted by least squares to the element counts (a reference at another level of theory, or
-    with other atomic reference energies, differs mainly that way). Returns the offset (meV per
-    structure, mean over the frames; and per element, meV), the MAE left after removing it
-    (meV) and whether the offset dominates: the MAE left is below :data:`OFFSET_DOMINATED` × the
-    MAE, with at least :data:`OFFSET_MIN_FRAMES` frames and 5 frames per fitted offset.
+    One composition: a constant per structure, the mean error. Several: a constant plus one
+    offset per element, fitted by least squares to the element counts (a reference at another
+    level of theory, or with other atomic reference energies, differs mainly that way). Returns
+    the offset (meV per structure, mean over the frames; with several compositions also the
+    constant and the per-element parts, meV), the MAE left after removing it (meV) and whether
+    the offset dominates: the MAE left is below :data:`OFFSET_DOMINATED` × the MAE, with at least
+    :data:`OFFSET_MIN_FRAMES` frames and 5 frames per fitted number.
     """
     elements = sorted({int(z) for f in frames for z in f.numbers})
     counts = np.array([[np.count_nonzero(f.numbers == z) for z in elements] for f in frames])
     single = len({c.tobytes() for c in counts}) == 1
-    design = np.ones((len(frames), 1)) if single else counts.astype(np.float64)
+    design = np.ones((len(frames), 1))
+    if not single:
+        design = np.hstack([design, counts.astype(np.float64)])
     coef, *_ = np.linalg.lstsq(design, errors, rcond=None)
     fitted = design @ coef
     left = errors - fitted
@@ -230,8 +233,9 @@ def energy_offset(errors: np.ndarray, frames: Sequence[Frame]) -> dict[str, Any]
         "energy_offset_dominated": bool(enough and mae > 0 and mae_left < OFFSET_DOMINATED * mae),
     }
     if not single:
+        out["energy_offset_constant_meV"] = float(coef[0]) * 1e3
         out["energy_offset_per_element_meV"] = {
-            chemical_symbols[z]: float(c) * 1e3 for z, c in zip(elements, coef, strict=True)
+            chemical_symbols[z]: float(c) * 1e3 for z, c in zip(elements, coef[1:], strict=True)
         }
     return out
 
@@ -240,11 +244,11 @@ def offset_note(metrics: dict[str, Any]) -> str | None:
     """A sentence for users when the energy errors are mostly a constant offset (else None)."""
     if not metrics.get("energy_offset_dominated"):
         return None
-    per_element = metrics.get("energy_offset_per_element_meV")
     how = (
-        "per element (" + ", ".join(f"{k} {v:+.1f} meV" for k, v in per_element.items()) + ")"
-        if per_element
-        else "per structure"
+        "fitted as a constant plus one offset per element (energy_offset_per_element_meV in the "
+        "metrics)"
+        if metrics.get("energy_offset_per_element_meV")
+        else "the same for every structure"
     )
     return (
         f"the energy errors are dominated by a constant offset: prediction − reference is "

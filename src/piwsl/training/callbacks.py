@@ -59,9 +59,9 @@ class PlainProgressBar(ProgressBar):
     """Plain progress lines for logs: at most one every ``interval_s`` seconds during training
     (epoch, step, losses), after the first epoch and at the end (with the validation errors)."""
 
-    def __init__(self, interval_s: float = PLAIN_INTERVAL_S, stream: IO[str] | None = None):
+    def __init__(self, interval_s: float | None = None, stream: IO[str] | None = None):
         super().__init__()
-        self.interval_s = interval_s
+        self.interval_s = PLAIN_INTERVAL_S if interval_s is None else interval_s
         self.stream = stream
         self._enabled = True
         self._start = self._last = 0.0
