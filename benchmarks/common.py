@@ -23,11 +23,14 @@ _PYTHON = re.compile(r".*/bin/python(\d+(\.\d+)?)?$")
 
 def relative(path: str | Path, root: Path = ROOT) -> str:
     """``path`` as recorded in results: relative to the checkout ``root`` when it lies in the same
-    top-level folder (``benchmarks/results/x.json``, ``../shared/data/...``), ``python`` for an
-    interpreter, anything else (``/tmp/…``, system files) unchanged."""
+    top-level folder (``benchmarks/results/x.json``, ``../shared/data/...``; a relative ``path``
+    is taken relative to the working directory first), ``python`` for an interpreter,
+    ``builtin:`` names and anything else (``/tmp/…``, system files) unchanged."""
     text = str(path)
-    if not text.startswith("/"):
+    if not text or ":" in text.split("/", 1)[0]:  # builtin:NAME, URLs
         return text
+    if not text.startswith("/"):  # relative to the working directory
+        text = os.path.abspath(text)
     if text == sys.executable or _PYTHON.match(text):
         return "python"
     top = "/" + root.parts[1] if len(root.parts) > 1 else "/"

@@ -14,6 +14,10 @@ Suites:
   and without PIWSL; parametrised variants such as ``piwsl_2nd[delta=0.01,taylor=12]``.
 - ``walltime`` — equal *wall-clock* budget: each run gets the training time of the matching
   ``--time-of`` run of the grid suite (same molecule, model, regime, seed), no step limit.
+- ``converged`` — every run trains until validation stops improving (plateau schedule, early
+  stopping) under a step cap; the protocol, recipe and cells live in ``converged_protocol.py``.
+  A killed run resumes from its last checkpoint when the driver is started again. Results:
+  ``<results>/converged[_tag].md/.json`` and ``..._test_curves.png``.
 - ``core`` / ``method`` — the earlier baseline and method suites (kept to reproduce old results).
 
 Results: ``<results>/rmd17/<suite>[_tag]/<run>.json`` per run (settings, seed, commit, machine,
@@ -24,6 +28,7 @@ the plots. Finished runs are skipped, so the grid can be spread over several sit
 
     python benchmarks/rmd17.py --suite grid --molecules ethanol aspirin --jobs 2
     python benchmarks/rmd17.py --suite walltime --regimes E_only_1000 --methods plain
+    python benchmarks/rmd17.py --suite converged --jobs 2 --seeds 0
     python benchmarks/rmd17.py --quick            # about a minute: the CI smoke test
 """
 
@@ -43,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import converged_protocol as converged
 from common import git_commit, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +77,7 @@ MODELS: dict[str, list[str]] = {
         "model.name=schnet",
         "model.hparams={features: 16, interactions: 1, n_rbf: 8}",
     ],
+    **converged.MODELS,
 }
 
 NO_PHYSICS = ["physics.taylor_weight=0", "physics.spatial_weight=0"]
@@ -136,6 +143,12 @@ def method_overrides(method: str) -> list[str]:
     return overrides
 
 
+def relative(path: Path) -> str:
+    """``path`` relative to the checkout where it can be (results never record this machine's
+    absolute paths; the runs execute with the checkout as working directory)."""
+    return os.path.relpath(Path(path).resolve(), ROOT)
+
+
 def safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 
@@ -164,18 +177,19 @@ class Run:
         return self.data_dir / f"rmd17_{self.molecule}_{kind}_01.npz"
 
     def command(self, run_dir: Path, threads: int) -> list[str]:
+        """The ``piwsl train`` call (run from the checkout: paths relative to it)."""
         return [
             sys.executable,
             "-m",
             "piwsl.cli",
             "train",
             "builtin:ethanol",
-            f"data.train={self.data('train')}",
-            f"data.test={self.data('test')}",
+            f"data.train={relative(self.data('train'))}",
+            f"data.test={relative(self.data('test'))}",
             *REGIMES[self.regime],
             *MODELS[self.model],
+            *self.budget,  # before the method: a variant (plain[lr=…]) overrides the recipe
             *method_overrides(self.method),
-            *self.budget,
             f"training.seed={self.seed}",
             f"data.split_seed={self.seed}",
             f"training.num_threads={threads}",
@@ -183,7 +197,7 @@ class Run:
             "output.overwrite=true",
             *self.extra,
             "--run-dir",
-            str(run_dir),
+            relative(run_dir),
         ]
 
     def settings(self) -> dict:
@@ -263,6 +277,30 @@ def walltime_runs(args: argparse.Namespace, data_dir: Path, results: Path) -> li
     return runs
 
 
+def converged_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
+    """The cells of ``converged_protocol.CELLS`` in its order, seed by seed (a partial grid stays
+    balanced), filtered by the slice options that were given. A method given with variant
+    parameters (``plain[lr=0.005]``) replaces the cells' method of that name (recipe tuning)."""
+    runs = []
+    extra = [*PAPER_UNITS, *args.set]
+    for seed in args.seeds:
+        for molecule, regime, model, method in converged.CELLS:
+            if not all(
+                chosen is None or value in chosen
+                for value, chosen in (
+                    (molecule, args.molecules),
+                    (regime, args.regimes),
+                    (model, args.models),
+                )
+            ):
+                continue
+            wanted = args.methods or [method]
+            for variant in (m for m in wanted if m.split("[")[0] == method):
+                recipe = converged.RECIPES[regime].overrides(N_TRAIN[regime])
+                runs.append(Run(molecule, model, regime, variant, seed, recipe, data_dir, extra))
+    return runs
+
+
 def legacy_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
     """The ``core`` and ``method`` suites of the first benchmark (epoch budgets)."""
     runs = []
@@ -287,39 +325,49 @@ def legacy_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
 
 # --------------------------------------------------------------------------------------------
 def validation_curve(run_dir: Path) -> list[dict]:
-    """Validation metrics per epoch from the run's CSV log."""
-    logs = sorted(run_dir.glob("logs/version_*/metrics.csv"))
-    if not logs:
-        return []
-    curve = []
-    with logs[-1].open() as handle:
-        for row in csv.DictReader(handle):
-            values = {
-                k: float(v) for k, v in row.items() if k.startswith("val_") and v not in ("", None)
-            }
-            if values:
-                curve.append(
-                    {"epoch": int(float(row["epoch"])), "step": int(float(row["step"])), **values}
-                )
-    return curve
+    """Validation metrics per validation from the run's CSV logs (one log per attempt of a resumed
+    run; a step logged again after a resume keeps its latest values)."""
+    by_step: dict[int, dict] = {}
+    logs = sorted(
+        run_dir.glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])
+    )
+    for log in logs:
+        with log.open() as handle:
+            for row in csv.DictReader(handle):
+                values = {
+                    k: float(v)
+                    for k, v in row.items()
+                    if k.startswith("val_") and v not in ("", None)
+                }
+                if values:
+                    step = int(float(row["step"]))
+                    by_step[step] = {"epoch": int(float(row["epoch"])), "step": step, **values}
+    return [by_step[k] for k in sorted(by_step)]
 
 
-def execute(run: Run, work: Path, out: Path, threads: int, header: dict) -> dict:
+def execute(
+    run: Run, work: Path, out: Path, threads: int, header: dict, resume: bool = True
+) -> dict:
+    """Train one run (resuming its last checkpoint when a killed earlier attempt left one) and
+    write its result file atomically; a failure leaves ``<name>.failed.json``."""
     run_dir = work / run.name
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    command = run.command(run_dir, threads)
+    resumed = resume and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    if resumed:
+        command.append("--resume")
     start = time.perf_counter()
-    proc = subprocess.run(
-        run.command(run_dir, threads), env=env, capture_output=True, text=True, cwd=ROOT
-    )
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
     record = {
         "name": run.name,
         **run.settings(),
         "commit": header["commit"],
         "machine": header["machine"],
-        "command": " ".join(run.command(run_dir, threads)),
+        "command": " ".join(["python", *command[1:]]),
         "threads": threads,
         "wall_time_s": round(wall, 1),
+        "resumed": resumed,
         "returncode": proc.returncode,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -330,11 +378,15 @@ def execute(run: Run, work: Path, out: Path, threads: int, header: dict) -> dict
             steps=s.get("steps"),
             epochs=s.get("epochs"),
             train_time_s=s.get("train_time_s"),
+            stopped_by=s.get("stopped_by"),
             monitor=s.get("monitor"),
             best_score=s.get("best_score"),
             test=s.get("test"),
             validation_curve=validation_curve(run_dir),
         )
+        curve = run_dir / "test_curve.json"
+        if curve.is_file():
+            record["test_curve"] = json.loads(curve.read_text())
         tmp = out / f".{run.name}.json.tmp"
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         os.replace(tmp, out / f"{run.name}.json")
@@ -381,7 +433,7 @@ def aggregate(records: list[dict]) -> dict[tuple, dict[str, dict]]:
     for r in records:
         key = (r["molecule"], r["regime"], r["model"])
         slot = groups.setdefault(key, {}).setdefault(
-            r["method"], {"E": [], "F": [], "steps": [], "time": [], "val": []}
+            r["method"], {"E": [], "F": [], "steps": [], "time": [], "val": [], "stopped": []}
         )
         if r.get("best_score") is not None:
             slot["val"].append(r["best_score"])
@@ -390,10 +442,19 @@ def aggregate(records: list[dict]) -> dict[tuple, dict[str, dict]]:
             slot["E"].append(e)
         if f is not None:
             slot["F"].append(f)
-        slot["batch"] = batch_size_of(r["overrides"])
+        slot["batch"] = batch_size_of([*r["overrides"], *r.get("budget", [])])
         slot["steps"].append(r.get("steps") or 0)
         slot["time"].append(r.get("train_time_s") or 0.0)
+        slot["stopped"].append(r.get("stopped_by"))
     return groups
+
+
+def stopped_counts(reasons: list[str | None]) -> str:
+    """``plateau 2, cap 1`` from the runs' stop reasons (— where none was recorded)."""
+    known = [r for r in reasons if r]
+    if not known:
+        return "—"
+    return ", ".join(f"{r} {known.count(r)}" for r in sorted(set(known)))
 
 
 def ordered(names, reference: list[str]) -> list[str]:
@@ -425,8 +486,8 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
         "never by the test columns.",
         "",
         "| molecule | regime | model | method | n | validation | E MAE (meV) | F MAE (meV/Å) "
-        "| E ratio | F ratio | steps × batch | train time (s) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| E ratio | F ratio | steps × batch | train time (s) | stopped by |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for key in sorted(groups, key=lambda k: (k[0], list(N_TRAIN).index(k[1]), k[2])):
         methods = groups[key]
@@ -446,19 +507,19 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
                 f"| {key[0]} | {key[1]} | {key[2]} | {method} | {len(s['E'])} "
                 f"| {fmt(mean_std(s['val'])[0])} | {fmt(em)} ± {fmt(es)} | {fmt(fm)} ± {fmt(fs)} | {fmt(er, 2)} | {fmt(fr, 2)} "
                 f"| {statistics.median(s['steps']):.0f} × {s['batch']} "
-                f"| {statistics.median(s['time']):.0f} |"
+                f"| {statistics.median(s['time']):.0f} | {stopped_counts(s['stopped'])} |"
             )
     lines += [
         "",
         "## Runs",
         "",
-        "| run | E MAE (meV) | F MAE (meV/Å) | steps | train time (s) | commit |",
-        "|---|---:|---:|---:|---:|---|",
+        "| run | E MAE (meV) | F MAE (meV/Å) | steps | stopped by | train time (s) | commit |",
+        "|---|---:|---:|---:|---|---:|---|",
     ]
     for r in sorted(records, key=lambda r: r["name"]):
         e, f = test_errors(r)
         lines.append(
-            f"| {r['name']} | {fmt(e)} | {fmt(f)} | {r.get('steps')} "
+            f"| {r['name']} | {fmt(e)} | {fmt(f)} | {r.get('steps')} | {r.get('stopped_by') or '—'} "
             f"| {fmt(r.get('train_time_s'), 0)} | {r['commit'][:8]} |"
         )
     if failed:
@@ -581,26 +642,33 @@ def write_summary(out: Path, stem: Path, header: dict) -> None:
     stem.with_suffix(".json").write_text(json.dumps({**header, "runs": compact}, indent=1) + "\n")
     if records:
         plot(records, stem)
+        if any(r.get("test_curve") for r in records):
+            converged.plot_test_curves(records, stem.with_name(stem.name + "_test_curves.png"))
+
+
+#: The default slice of the grid / walltime / legacy suites.
+GRID_SLICE = {
+    "molecules": ["ethanol", "aspirin"],
+    "regimes": ["E_only_1000", "E_only_100", "EF_50", "EF_100"],
+    "models": ["schnet", "painn_direct"],
+    "methods": ["plain", "piwsl", "piwsl_2nd"],
+}
 
 
 # --------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=["grid", "walltime", "core", "method"], default="grid")
+    parser.add_argument(
+        "--suite", choices=["grid", "walltime", "converged", "core", "method"], default="grid"
+    )
     parser.add_argument(
         "--data", default=None, help=f"directory of rMD17 npz files (default {DATA})"
     )
-    parser.add_argument("--molecules", nargs="+", default=["ethanol", "aspirin"])
-    parser.add_argument(
-        "--regimes",
-        nargs="+",
-        choices=list(N_TRAIN),
-        default=["E_only_1000", "E_only_100", "EF_50", "EF_100"],
-    )
-    parser.add_argument(
-        "--models", nargs="+", choices=list(MODELS), default=["schnet", "painn_direct"]
-    )
-    parser.add_argument("--methods", nargs="+", default=["plain", "piwsl", "piwsl_2nd"])
+    # slice options: default (None) = the suite's own set (converged: all of its cells)
+    parser.add_argument("--molecules", nargs="+", default=None)
+    parser.add_argument("--regimes", nargs="+", choices=list(N_TRAIN), default=None)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=None)
+    parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1000, help="step budget of every grid run")
     parser.add_argument("--epochs", type=int, default=None, help="core/method suites: max_epochs")
@@ -628,7 +696,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
     args = parser.parse_args(argv)
-    for method in args.methods:
+    if args.suite != "converged":
+        for key, default in GRID_SLICE.items():
+            if getattr(args, key) is None:
+                setattr(args, key, list(default))
+    for method in args.methods or []:
         method_overrides(method)  # fail early on a typo
     if args.quick:
         args.suite, args.molecules, args.regimes = "grid", ["ethanol"], ["E_only_100"]
@@ -657,6 +729,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         if args.summary_only:
             budget = "equal steps for every method of a row (see the steps × batch column)"
+    elif args.suite == "converged":
+        runs = converged_runs(args, data_dir)
+        budget = converged.BUDGET
     elif args.suite == "walltime":
         runs = walltime_runs(args, data_dir, results)
         budget = (
@@ -679,10 +754,10 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "jobs": args.jobs,
         "budget": budget,
-        "data": str(data_dir),
+        "data": relative(data_dir),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    stem = results / f"rmd17_{name}"
+    stem = results / (name if args.suite == "converged" else f"rmd17_{name}")
     if args.summary_only and stem.with_suffix(".json").exists():
         before = json.loads(stem.with_suffix(".json").read_text())
         # the command that trained the runs, without earlier "(summary rewritten: …)" notes
@@ -699,7 +774,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [
-            pool.submit(execute, run, Path(args.work), out, args.threads, header) for run in todo
+            pool.submit(execute, run, Path(args.work), out, args.threads, header, not args.rerun)
+            for run in todo
         ]
         for k, future in enumerate(as_completed(futures), 1):
             record = future.result()

@@ -634,3 +634,20 @@ def test_summary_reports_temperature_and_only_meaningful_drifts(cu13, tmp_path, 
     caption = energy_caption(ensemble, dashed)
     assert ("dashed" in caption) == dashed
     assert ("not conserved" in caption) == (ensemble != "nve")
+
+
+def test_bootstrap_intervals_cover_the_statistic_and_detect_a_shift():
+    from piwsl.md.metrics import bootstrap_difference, bootstrap_interval, censored_times
+
+    rng = np.random.default_rng(0)
+    a = rng.exponential(5.0, 40)
+    low, high = bootstrap_interval(a, "mean")
+    assert low < a.mean() < high and high - low < a.mean()
+    lo_m, hi_m = bootstrap_interval(a, "median")
+    assert lo_m <= np.median(a) <= hi_m
+    same = bootstrap_difference(a, a + 0.0, "mean")
+    assert same["difference"] == 0 and same["low"] < 0 < same["high"]
+    shifted = bootstrap_difference(a, a + 20.0, "median")
+    assert shifted["difference"] == pytest.approx(20.0) and shifted["low"] > 0
+    assert shifted["p_positive"] == 1.0
+    np.testing.assert_array_equal(censored_times([1.0, None, 2.5], 50.0), [1.0, 50.0, 2.5])

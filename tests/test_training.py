@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -306,3 +307,60 @@ def test_physics_terms_are_logged_and_their_state_resumes(tiny_data, tmp_path):
     # sampler continued where it stopped (one draw per training step)
     assert ckpt["epoch"] == 1
     assert ckpt["piwsl_physics"]["step"] == ckpt["global_step"] == 2 * math.ceil(14 / 4)
+
+
+def test_validation_every_n_epochs_drives_plateau_early_stop_and_test_curve(tmp_path):
+    """The convergence protocol: validation every 2 epochs, the plateau schedule stepped on each
+    validation, early stopping after `patience` validations without improvement (stopped_by
+    'plateau'), and the EMA model's test errors recorded at the requested steps."""
+    from piwsl.training import train
+
+    data = write_tiny_extxyz(tmp_path / "d.xyz", n=16, unlabelled_every=0)
+    test = write_tiny_extxyz(tmp_path / "t.xyz", n=6, unlabelled_every=0, start=100)
+    cfg = tiny_config(
+        data,
+        tmp_path / "run",
+        data={"test": [str(test)]},
+        training={
+            "max_epochs": 200,
+            "lr": 1e-9,  # nothing improves: the plateau rule must end the run
+            "val_every_n_epochs": 2,
+            "plateau_patience": 0,
+            "plateau_factor": 0.5,
+            "early_stopping_patience": 3,
+        },
+        output={"test_curve_steps": [3, 6, 7, 1000]},
+    )
+    result = train(config_from_dict(cfg))
+    steps_per_epoch = math.ceil(12 / 4)
+    rows = read_epoch_rows(tmp_path / "run")
+    val_epochs = sorted({int(float(r["epoch"])) for r in rows if r.get("val_loss")})
+    assert val_epochs == list(range(1, result.epochs, 2))  # epochs 1, 3, 5, …: every 2nd
+    # the first validation sets the best score; 3 more without improvement stop the run
+    assert result.stopped_by == "plateau" and len(val_epochs) == 4
+    assert result.steps == result.epochs * steps_per_epoch == 8 * steps_per_epoch
+    lrs = column(rows, "lr")
+    assert lrs[0] == pytest.approx(1e-9) and min(lrs) < 1e-9  # cut after validations only
+    curve = json.loads((tmp_path / "run" / "test_curve.json").read_text())
+    assert [p["step"] for p in curve] == [3, 6, 7]
+    assert all(p["forces_mae_meV_per_A"] > 0 and p["energy_mae_meV"] > 0 for p in curve)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped_by"] == "plateau"
+    # with lr ≈ 0 the weights do not move: every point is the saved (EMA) model's test error,
+    # computed the way `piwsl evaluate` computes it
+    from piwsl.evaluation import compute_metrics, predict
+
+    frames = read_frames(str(test))
+    final = compute_metrics(
+        frames, predict(load_model(tmp_path / "run" / "final_model.pt"), frames)
+    )
+    for point in curve:
+        assert point["forces_mae_meV_per_A"] == pytest.approx(final["forces_mae_meV_per_A"], 1e-4)
+
+
+def test_step_cap_is_reported_as_cap(tiny_data, tmp_path):
+    from piwsl.training import train
+
+    cfg = tiny_config(tiny_data, tmp_path / "run", training={"max_epochs": None, "max_steps": 5})
+    result = train(config_from_dict(cfg), evaluate=False)
+    assert result.steps == 5 and result.stopped_by == "cap"

@@ -248,11 +248,20 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["plateau", "cosine", "none"] = "plateau"
     plateau_factor: float = Field(0.5, gt=0, lt=1)
-    plateau_patience: int = Field(10, ge=0, description="epochs")
+    plateau_patience: int = Field(
+        10, ge=0, description="validations without improvement before the lr is cut"
+    )
     min_lr: float = Field(1e-6, ge=0)
     ema_decay: float | None = Field(0.99, ge=0, lt=1, description="None or 0: no EMA")
     gradient_clip: float | None = Field(10.0, gt=0)
-    early_stopping_patience: int | None = Field(None, gt=0, description="epochs")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="stop after this many validations without improvement"
+    )
+    val_every_n_epochs: int = Field(
+        1,
+        gt=0,
+        description="validate (and step the plateau schedule, save last.ckpt) every n epochs",
+    )
     position_noise: float = Field(
         0.0,
         ge=0,
@@ -328,6 +337,13 @@ class OutputConfig(_Section):
     run_dir: str = "runs/piwsl"
     overwrite: bool = Field(False, description="start afresh in a run_dir that holds a run")
     progress_bar: bool = True
+    test_curve_steps: list[int] = Field(
+        default_factory=list,
+        description=(
+            "training steps at which the EMA model's test-set errors are appended to "
+            "test_curve.jsonl (a learning curve for reports; never used for model selection)"
+        ),
+    )
 
 
 class Config(_Section):

@@ -216,7 +216,8 @@ class TBLiteBackend(Backend):
         self.max_iterations = _pop(opts, "max_iterations", 250, int)
         _reject_unknown(self.name, opts, list(self.OPTIONS))
 
-    def compute(self, atoms) -> dict[str, Any]:
+    def calculator(self, atoms):
+        """A configured ``tblite.interface.Calculator`` for ``atoms`` (its cell, charge, spin)."""
         from ase import units
         from tblite.interface import Calculator
 
@@ -224,13 +225,20 @@ class TBLiteBackend(Backend):
         if atoms.pbc.any():
             kwargs["lattice"] = np.asarray(atoms.cell.array) / BOHR
             kwargs["periodic"] = np.asarray(atoms.pbc, dtype=bool)
+        calc = Calculator(self.method, atoms.numbers, atoms.positions / BOHR, **kwargs)
+        calc.set("verbosity", 0)
+        calc.set("accuracy", self.accuracy)
+        calc.set("temperature", self.electronic_temperature * units.kB / units.Hartree)
+        calc.set("max-iter", self.max_iterations)
+        return calc
+
+    def session(self) -> TBLiteSession:
+        """Single points along a trajectory: each SCF starts from the previous density."""
+        return TBLiteSession(self)
+
+    def compute(self, atoms) -> dict[str, Any]:
         try:
-            calc = Calculator(self.method, atoms.numbers, atoms.positions / BOHR, **kwargs)
-            calc.set("verbosity", 0)
-            calc.set("accuracy", self.accuracy)
-            calc.set("temperature", self.electronic_temperature * units.kB / units.Hartree)
-            calc.set("max-iter", self.max_iterations)
-            result = calc.singlepoint()
+            result = self.calculator(atoms).singlepoint()
         except RuntimeError as err:  # tblite reports SCF failures as RuntimeError
             raise BackendError(f"tblite {self.method}: {err}") from err
         return {
@@ -249,6 +257,35 @@ class TBLiteBackend(Backend):
 
 BACKENDS.add("gfn2-xtb", lambda **o: TBLiteBackend("GFN2-xTB", **o))
 BACKENDS.add("gfn1-xtb", lambda **o: TBLiteBackend("GFN1-xTB", **o))
+
+
+class TBLiteSession:
+    """Energy (eV) and forces (eV/Å) of one system at successive positions (an MD trajectory):
+    one tblite calculator whose SCF restarts from the previous step's result — about 1.5× faster
+    than a fresh single point, the same numbers to the SCF convergence threshold."""
+
+    def __init__(self, backend: TBLiteBackend) -> None:
+        self.backend = backend
+        self._calc = None
+        self._result = None
+        self._numbers: np.ndarray | None = None
+
+    def __call__(self, atoms) -> tuple[float, np.ndarray]:
+        try:
+            if self._calc is None or not np.array_equal(self._numbers, atoms.numbers):
+                self._calc, self._result = self.backend.calculator(atoms), None
+                self._numbers = np.array(atoms.numbers)
+            elif atoms.pbc.any():
+                lattice = np.asarray(atoms.cell.array) / BOHR
+                self._calc.update(positions=atoms.positions / BOHR, lattice=lattice)
+            else:
+                self._calc.update(positions=atoms.positions / BOHR)
+            self._result = self._calc.singlepoint(self._result)
+        except RuntimeError as err:
+            self._calc = self._result = None  # start the next call afresh
+            raise BackendError(f"tblite {self.backend.method}: {err}") from err
+        energy = hartree_to_ev(self._result.get("energy"))
+        return energy, gradient_to_forces(self._result.get("gradient"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from piwsl.errors import ConfigError
 from piwsl.md.config import ENSEMBLES, MDConfig
 from piwsl.md.failure import FailureCriteria
 
@@ -32,16 +33,28 @@ def make_calculator(
     device: str = "cpu",
     skin: float = 1.0,
     allow_prior_mismatch: bool = False,
+    batched: bool = False,
 ):
-    """A piwsl calculator for ``checkpoint``, or ASE's EMT for ``"ase:emt"`` (smoke tests).
+    """A piwsl calculator for ``checkpoint``, or ASE's EMT for ``"ase:emt"`` (smoke tests);
+    ``batched``: a :class:`~piwsl.md.potential.BatchedPotential` (all trajectories at once).
 
     A model trained on top of a prior runs with it (prior + learned part, see
     :class:`~piwsl.calculator.PiwslCalculator`).
     """
     if str(checkpoint).lower() == "ase:emt":
+        if batched:
+            raise ConfigError(
+                "--batched runs piwsl models; 'ase:emt' runs one trajectory at a time"
+            )
         from ase.calculators.emt import EMT
 
         return EMT()
+    if batched:
+        from piwsl.md.potential import BatchedPotential
+
+        return BatchedPotential(
+            checkpoint, device=device, skin=skin, allow_prior_mismatch=allow_prior_mismatch
+        )
     from piwsl.calculator import PiwslCalculator
 
     return PiwslCalculator(
@@ -178,7 +191,13 @@ def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--no-plots", action="store_true", help="do not write plots")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = parser.add_argument_group("model")
-    g.add_argument("--device", default="cpu", help="torch device, default cpu")
+    g.add_argument(
+        "--batched",
+        action="store_true",
+        help="run all trajectories at once as replicas of one batch (one model call per step; "
+        "nve and nose-hoover only; much faster for small molecules)",
+    )
+    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda), default cpu")
     g.add_argument(
         "--skin",
         type=float,
@@ -303,6 +322,7 @@ def run_md_cli(args: argparse.Namespace) -> int:
         device=args.device,
         skin=args.skin,
         allow_prior_mismatch=getattr(args, "allow_prior_mismatch", False),
+        batched=getattr(args, "batched", False),
     )
     report = run_md(
         calculator,

@@ -56,6 +56,7 @@ class MDConfig:
     trajectory_format: str = "extxyz"  # "extxyz" or "traj"
     plots: bool = True
     progress: bool = True
+    state_interval: int = 2000  # batched runs: save a resumable state every … steps (0: never)
 
     def __post_init__(self) -> None:
         self.ensemble = resolve_ensemble(self.ensemble)

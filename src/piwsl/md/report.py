@@ -2,8 +2,9 @@
 
 Files written to ``out_dir``: ``traj_KKK.extxyz`` (or ``.traj``) and ``thermo_KKK.csv`` per
 trajectory, ``md_report.json``, and the plots ``energy.png`` (total- and potential-energy change,
-meV/atom, vs time, ps; thermostatted runs also their conserved quantity where one exists), ``temperature.png`` (K vs ps), ``survival.png`` (fraction of stable trajectories vs ps)
-and ``hr.png`` (h(r), 1/Å, vs r, Å, simulated against the reference).
+meV/atom, vs time, ps; thermostatted runs also their conserved quantity where one exists),
+``temperature.png`` (K vs ps), ``survival.png`` (fraction of stable trajectories vs ps) and
+``hr.png`` (h(r), 1/Å, vs r, Å, simulated against the reference).
 """
 
 from __future__ import annotations
@@ -231,6 +232,29 @@ def summarise(report: MDReport) -> dict[str, Any]:
     return out
 
 
+def _run_trajectories(calculator, starts, frames, config, out) -> list[TrajectoryResult]:
+    """One at a time through an ASE calculator, or all at once through a BatchedPotential."""
+    from piwsl.md.potential import BatchedPotential
+
+    if isinstance(calculator, BatchedPotential):
+        from piwsl.md.batched import run_batched
+
+        results = run_batched(calculator, starts, frames, config, out)
+    else:
+        results = [
+            run_trajectory(calculator, starts[frame], config, k, frame, out)
+            for k, frame in enumerate(frames)
+        ]
+    for k, result in enumerate(results):
+        state = (
+            "stable"
+            if result.stable
+            else (f"failed at {result.failure.time_ps:.3f} ps ({result.failure.reason})")
+        )
+        log.info("MD trajectory %d/%d from frame %d: %s", k + 1, len(frames), frames[k], state)
+    return results
+
+
 def run_md(
     calculator: Calculator,
     start_structures: str | Path | Sequence[Atoms],
@@ -268,16 +292,7 @@ def run_md(
     frames = pick_start_frames(len(starts), config)
     check_start_structures(starts, frames, config, start_source)
     begin = time.perf_counter()
-    results = []
-    for k, frame in enumerate(frames):
-        result = run_trajectory(calculator, starts[frame], config, k, frame, out)
-        results.append(result)
-        state = (
-            "stable"
-            if result.stable
-            else (f"failed at {result.failure.time_ps:.3f} ps ({result.failure.reason})")
-        )
-        log.info("MD trajectory %d/%d from frame %d: %s", k + 1, len(frames), frame, state)
+    results = _run_trajectories(calculator, starts, frames, config, out)
     template = starts[frames[0]]
     report = MDReport(
         config=config,

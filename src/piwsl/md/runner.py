@@ -196,15 +196,26 @@ def _conserved_energy(dyn, etot: float) -> float:
 
 
 class _TrajectoryWriter:
-    def __init__(self, path: Path, fmt: str) -> None:
+    """Frames of one trajectory to extxyz or ASE ``.traj``; an extxyz file can be continued from
+    a saved length (``resume_at``, bytes: what was written after it is cut off)."""
+
+    def __init__(self, path: Path, fmt: str, resume_at: int | None = None) -> None:
         self.path = path
         self.fmt = fmt
         if fmt == "traj":
             from ase.io.trajectory import Trajectory
 
             self._traj = Trajectory(str(path), "w")
+        elif resume_at is not None and path.is_file():
+            self._handle = open(path, "r+")  # noqa: SIM115 (closed in close())
+            self._handle.truncate(resume_at)
+            self._handle.seek(resume_at)
         else:
             self._handle = open(path, "w")  # noqa: SIM115 (closed in close())
+
+    def size(self) -> int | None:
+        """Bytes written so far (extxyz; None for .traj, which cannot be continued)."""
+        return None if self.fmt == "traj" else self._handle.tell()
 
     def write(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict) -> None:
         snap = atoms.copy()
@@ -337,21 +348,43 @@ def run_trajectory(
             result.failure.reason,
             result.failure.message,
         )
-    names = ("step", "time_ps", "potential_eV", "kinetic_eV", "total_eV", "temperature_K")
-    table = np.array(rows, dtype=np.float64).reshape(-1, 7)
-    result.thermo = {name: table[:, k] for k, name in enumerate((*names, "conserved_eV"))}
-    result.energy = energy_drift(result.thermo["time_ps"], result.thermo["total_eV"], n_atoms)
+    return finish_result(result, rows, config, out_dir)
+
+
+THERMO_COLUMNS = (
+    "step",
+    "time_ps",
+    "potential_eV",
+    "kinetic_eV",
+    "total_eV",
+    "temperature_K",
+    "conserved_eV",
+)
+
+
+def finish_result(
+    result: TrajectoryResult,
+    rows: list[tuple[float, ...]],
+    config: MDConfig,
+    out_dir: str | Path | None,
+) -> TrajectoryResult:
+    """Thermo series (``THERMO_COLUMNS`` rows), energy drift and the thermo CSV of a trajectory."""
+    table = np.array(rows, dtype=np.float64).reshape(-1, len(THERMO_COLUMNS))
+    result.thermo = {name: table[:, k] for k, name in enumerate(THERMO_COLUMNS)}
+    result.energy = energy_drift(
+        result.thermo["time_ps"], result.thermo["total_eV"], result.n_atoms
+    )
     if config.ensemble != "nve" and np.isfinite(result.thermo["conserved_eV"]).any():
         result.conserved = energy_drift(
-            result.thermo["time_ps"], result.thermo["conserved_eV"], n_atoms
+            result.thermo["time_ps"], result.thermo["conserved_eV"], result.n_atoms
         )
     if out_dir is not None:
-        path = Path(out_dir) / f"thermo_{index:03d}.csv"
+        path = Path(out_dir) / f"thermo_{result.index:03d}.csv"
         np.savetxt(
             path,
             table,
             delimiter=",",
-            header=",".join((*names, "conserved_eV")),
+            header=",".join(THERMO_COLUMNS),
             comments="",
             fmt=["%d", "%.6f", "%.10g", "%.10g", "%.10g", "%.4f", "%.10g"],
         )

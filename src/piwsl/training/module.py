@@ -316,7 +316,8 @@ class PiwslModule(lightning.LightningModule):
                     "scheduler": scheduler,
                     "monitor": self.monitor,
                     "interval": "epoch",
-                    "frequency": 1,
+                    # stepped after each validation (the monitor is fresh only then)
+                    "frequency": cfg.val_every_n_epochs,
                     "strict": True,
                 },
             }

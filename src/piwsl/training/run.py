@@ -74,6 +74,7 @@ class TrainResult:
     epochs: int
     steps: int
     train_time_s: float
+    stopped_by: str | None = None  # plateau, cap, time or interrupted (see stop_reason)
     test_metrics: dict[str, Any] | None = None
     test_metrics_path: Path | None = None
     test_plot_path: Path | None = None
@@ -521,6 +522,20 @@ def metrics_table(metrics: dict[str, Any], title: str = "test set") -> Table:
     return table
 
 
+def stop_reason(trainer: Any, tcfg: Any, early_stop: Any) -> str:
+    """Why training ended: ``plateau`` (early stopping), ``cap`` (max_steps / max_epochs) or
+    ``time`` (max_time_minutes); ``interrupted`` otherwise (e.g. Ctrl-C)."""
+    if early_stop is not None and early_stop.stopped_epoch > 0:
+        return "plateau"
+    if tcfg.max_steps is not None and trainer.global_step >= tcfg.max_steps:
+        return "cap"
+    if tcfg.max_epochs is not None and trainer.current_epoch >= tcfg.max_epochs:
+        return "cap"
+    if tcfg.max_time_minutes is not None:
+        return "time"
+    return "interrupted"
+
+
 # --------------------------------------------------------------------------------------------
 # train
 
@@ -635,9 +650,24 @@ def train(
         enable_version_counter=False,
     )
     callbacks: list[Any] = [checkpoint_cb, last_cb]
+    early_stop = None
     if tcfg.early_stopping_patience:
+        early_stop = EarlyStopping(
+            monitor=monitor, mode="min", patience=tcfg.early_stopping_patience
+        )
+        callbacks.append(early_stop)
+    if cfg.output.test_curve_steps and data.test:
+        from piwsl.priors import PriorUse
+        from piwsl.training.test_curve import TestCurve
+
         callbacks.append(
-            EarlyStopping(monitor=monitor, mode="min", patience=tcfg.early_stopping_patience)
+            TestCurve(
+                data.test,
+                cfg.output.test_curve_steps,
+                run_dir / "test_curve.json",
+                batch_size=val_bs,
+                prior=PriorUse(cache_dir=cfg.prior.cache_dir, workers=cfg.prior.workers),
+            )
         )
     if cfg.output.progress_bar:
         callbacks.append(training_progress_bar())
@@ -658,6 +688,7 @@ def train(
             enable_model_summary=False,
             enable_progress_bar=cfg.output.progress_bar,
             log_every_n_steps=tcfg.log_every_n_steps,
+            check_val_every_n_epoch=tcfg.val_every_n_epochs,
             num_sanity_val_steps=0,
             inference_mode=False,  # validation computes forces by autograd (enable_grad inside)
             # the samplers shard over DDP ranks themselves (see EpochShuffleSampler)
@@ -692,6 +723,7 @@ def train(
         epochs=int(trainer.current_epoch),
         steps=int(trainer.global_step),
         train_time_s=train_time,
+        stopped_by=stop_reason(trainer, tcfg, early_stop),
     )
     if not trainer.is_global_zero:
         return result
@@ -739,6 +771,7 @@ def train(
         "epochs": result.epochs,
         "steps": result.steps,
         "train_time_s": round(train_time, 2),
+        "stopped_by": result.stopped_by,
         "test_metrics": str(result.test_metrics_path) if result.test_metrics_path else None,
         "test_parity_plot": str(result.test_plot_path) if result.test_plot_path else None,
         "test": result.test_metrics,
