@@ -62,6 +62,60 @@ def test_quick_run_writes_results_and_resumes(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0
     assert "2 already done, 0 to train" in again.stdout
+    # every run records its warnings and split; the summary keeps every command that fed it
+    for path in runs:
+        record = json.loads(path.read_text())
+        assert isinstance(record["warnings"], list) and record["split"] == "01"
+    rewrite = subprocess.run(
+        [*command, "--summary-only"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert rewrite.returncode == 0
+    header = json.loads((tmp_path / "results" / "rmd17_grid_quick.json").read_text())
+    assert len(header["commands"]) == 2 and header["commands"][1].endswith("--summary-only")
+    assert all(c.startswith("python benchmarks/rmd17.py --quick") for c in header["commands"])
+    summary = (tmp_path / "results" / "rmd17_grid_quick.md").read_text()
+    assert summary.count("- `python benchmarks/rmd17.py --quick") == 2
+
+
+def test_split_atoms_per_batch_and_run_warnings(tmp_path):
+    import numpy as np
+    import rmd17
+
+    packaged = ROOT / "src" / "piwsl" / "datasets"
+    common = ["--regimes", "E_only_100", "--models", "schnet_tiny", "--methods", "plain"]
+    args = rmd17.parse_args([*common, "--molecules", "ethanol", "--atoms-per-batch", "144"])
+    (run,) = rmd17.grid_runs(args, packaged)[:1]
+    assert run.extra[-1] == "training.batch_size=16"  # 144 atoms / 9
+    np.savez(tmp_path / "rmd17_aspirin_train_02.npz", nuclear_charges=np.ones(21))
+    args = rmd17.parse_args(
+        [*common, "--molecules", "aspirin", "--atoms-per-batch", "144", "--split", "02"]
+    )
+    run = rmd17.grid_runs(args, tmp_path)[0]
+    assert run.extra[-1] == "training.batch_size=7"  # 144 atoms / 21
+    assert run.name.endswith("-s0-split02")
+    assert run.data("test").name == "rmd17_aspirin_test_02.npz"
+    assert f"data.test={run.data('test')}" in run.command(tmp_path / "r", 1)
+    split01 = rmd17.Run("ethanol", "schnet", "EF_50", "plain", 0, [], packaged)
+    assert split01.name == "ethanol-schnet-EF_50-plain-s0"  # the committed runs' names
+    with pytest.raises(SystemExit):
+        rmd17.parse_args(["--atoms-per-batch", "144", "--set", "training.batch_size=8"])
+    with pytest.raises(SystemExit):
+        rmd17.parse_args(["--suite", "converged", "--atoms-per-batch", "144"])
+    stderr = (
+        "warning: file 'x.xyz': bond lengths are 1.93× the covalent ones\n"
+        "Epoch 3: something else\n"
+        "/venv/lib/x.py:12: UserWarning: the lr scheduler ...\n"
+        "  warnings.warn(...)\n"
+        "warning: file 'x.xyz': bond lengths are 1.93× the covalent ones\n"
+    )
+    assert rmd17.run_warnings(stderr) == [
+        "warning: file 'x.xyz': bond lengths are 1.93× the covalent ones",
+        "/venv/lib/x.py:12: UserWarning: the lr scheduler ...",
+    ]
+    lines = rmd17.warnings_section(
+        [{"name": "a", "warnings": ["warning: w1"]}, {"name": "b", "warnings": ["warning: w1"]}]
+    )
+    assert "| 2 | warning: w1 |" in lines
 
 
 def test_delta_learning_summary_defaults_and_honest_target(tmp_path, monkeypatch):

@@ -11,12 +11,13 @@
 ``CONFIG`` is a YAML file or ``builtin:NAME``; without it ``piwsl train`` runs the packaged
 ``builtin:ethanol`` job. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (see :func:`main`). Errors
 piwsl raises on purpose print as ``error: <message>`` with exit status 2; ``--debug`` shows the
-traceback instead.
+traceback instead. Warnings piwsl logs print as ``warning: <message>`` on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -172,6 +173,34 @@ def _predict(args: argparse.Namespace, console) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (captured output, redirected logs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._piwsl_cli = True
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def show_warnings() -> None:
+    """piwsl's logged warnings go to stderr as ``warning: …`` lines (recognisable in logs and
+    by the benchmark driver, which records them); added once per process."""
+    logger = logging.getLogger("piwsl")
+    if any(getattr(h, "_piwsl_cli", False) for h in logger.handlers):
+        return
+    handler = _StderrHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logger.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning torch threads
     # made training steps ~50× slower whenever another process held a core. Must be set before
@@ -190,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     console = make_console()
+    show_warnings()
     try:
         if args.command == "train":
             return _train(args, console)
