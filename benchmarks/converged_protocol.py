@@ -4,9 +4,11 @@ Every run trains until its validation score stops improving, under a hard step c
 
 - validation (the EMA model on 50 held-out frames of the train file) about every 200 optimisation
   steps (every ``val_every_n_epochs`` epochs, rounded from the regime's steps per epoch);
-- the learning rate halves after ``PLATEAU_PATIENCE`` validations without improvement;
-- the run stops after ``EARLY_STOP`` validations without improvement (``stopped_by: plateau``) or at
-  the regime's step cap (``stopped_by: cap``);
+- the learning rate halves after ``PLATEAU_PATIENCE`` validations in a row that do not improve the
+  best score by ``PLATEAU_THRESHOLD`` (relative);
+- the run stops when the learning rate has been halved ``HALVINGS`` times, or after
+  ``EARLY_STOP`` validations without any improvement (both ``stopped_by: plateau``), or at the
+  regime's step cap (``stopped_by: cap``);
 - the model tested is the EMA checkpoint with the best validation score (force MAE where the
   validation frames carry forces, energy MAE in the energy-only regimes); the test-set learning
   curve (``TEST_CURVE_STEPS``) is recorded for the plots and never read by selection.
@@ -37,7 +39,9 @@ MODELS: dict[str, list[str]] = {
 VALIDATE_EVERY_STEPS = 200
 PLATEAU_PATIENCE = 10  # validations
 PLATEAU_FACTOR = 0.5
-EARLY_STOP = 25  # validations without improvement
+PLATEAU_THRESHOLD = 0.005  # a validation must beat the best by 0.5 % to count as an improvement
+HALVINGS = 5  # stop at lr0 / 2**5
+EARLY_STOP = 30  # validations without any improvement
 #: Steps at which the EMA model's test errors are recorded (those below the cap).
 TEST_CURVE_STEPS = [250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 64000]
 
@@ -63,6 +67,8 @@ class Recipe:
             "training.scheduler=plateau",
             f"training.plateau_factor={PLATEAU_FACTOR}",
             f"training.plateau_patience={PLATEAU_PATIENCE}",
+            f"training.plateau_threshold={PLATEAU_THRESHOLD}",
+            f"training.stop_lr={self.lr * PLATEAU_FACTOR**HALVINGS:.6g}",
             f"training.early_stopping_patience={EARLY_STOP}",
             f"training.val_every_n_epochs={val_every}",
             f"training.ema_decay={self.ema_decay}",
@@ -106,7 +112,8 @@ SEEDS = [0, 1, 2]
 BUDGET = (
     "until validation stops improving: validation about every "
     f"{VALIDATE_EVERY_STEPS} steps, lr × {PLATEAU_FACTOR} after {PLATEAU_PATIENCE} validations "
-    f"without improvement, stop after {EARLY_STOP}; step caps "
+    f"without a {100 * PLATEAU_THRESHOLD:g} % improvement, stop at lr0 × {PLATEAU_FACTOR}^{HALVINGS} "
+    f"or after {EARLY_STOP} validations without any improvement; step caps "
     + ", ".join(f"{k} {r.cap_steps}" for k, r in RECIPES.items())
     + "; recipe per regime (batch, lr): "
     + ", ".join(f"{k} ({r.batch_size}, {r.lr:g})" for k, r in RECIPES.items())

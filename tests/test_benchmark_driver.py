@@ -144,3 +144,37 @@ def test_delta_learning_summary_defaults_and_honest_target(tmp_path, monkeypatch
     assert str(ROOT) not in json.dumps(record)
     with pytest.raises(SystemExit, match="--overwrite"):
         delta_learning.main([*args, "--out", str(out)])
+
+
+def test_converged_suite_resumes_an_unfinished_run(tmp_path):
+    """The converged suite's run resumes from the last checkpoint a killed attempt left (here: a
+    finished short attempt whose result file was removed), records its stop reason, the test
+    curve and checkout-relative paths."""
+    tiny = "model.hparams={features: 8, interactions: 1, n_rbf: 8, forces: conservative}"
+    base = [sys.executable, str(SCRIPT), "--suite", "converged", "--molecules", "ethanol"]
+    base += ["--regimes", "EF_100", "--models", "painn32_conservative", "--methods", "plain"]
+    base += ["--seeds", "0", "--data", str(ROOT / "src" / "piwsl" / "datasets")]
+    base += ["--results", str(tmp_path / "results"), "--work", str(tmp_path / "work")]
+    common = [tiny, "training.val_every_n_epochs=1", "output.test_curve_steps=[10, 30]"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.run(
+        [*base, "--set", *common, "training.max_steps=20"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    (result,) = (tmp_path / "results" / "rmd17" / "converged").glob("*.json")
+    record = json.loads(result.read_text())
+    assert record["steps"] == 20 and record["stopped_by"] == "cap" and not record["resumed"]
+    assert [p["step"] for p in record["test_curve"]] == [10]
+    assert str(ROOT) not in record["command"]  # paths relative to the checkout
+    result.unlink()  # as if the attempt had been killed before writing its result
+    second = subprocess.run(
+        [*base, "--set", *common, "training.max_steps=40"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr[-2000:]
+    record = json.loads(result.read_text())
+    assert record["resumed"] and record["steps"] == 40
+    assert [p["step"] for p in record["test_curve"]] == [10, 30]  # 10 kept, 30 added
+    assert record["validation_curve"][0]["step"] < 20  # the curve spans both attempts
+    assert (tmp_path / "results" / "converged.md").is_file()

@@ -339,8 +339,6 @@ def test_validation_every_n_epochs_drives_plateau_early_stop_and_test_curve(tmp_
     # the first validation sets the best score; 3 more without improvement stop the run
     assert result.stopped_by == "plateau" and len(val_epochs) == 4
     assert result.steps == result.epochs * steps_per_epoch == 8 * steps_per_epoch
-    lrs = column(rows, "lr")
-    assert lrs[0] == pytest.approx(1e-9) and min(lrs) < 1e-9  # cut after validations only
     curve = json.loads((tmp_path / "run" / "test_curve.json").read_text())
     assert [p["step"] for p in curve] == [3, 6, 7]
     assert all(p["forces_mae_meV_per_A"] > 0 and p["energy_mae_meV"] > 0 for p in curve)
@@ -364,3 +362,43 @@ def test_step_cap_is_reported_as_cap(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, tmp_path / "run", training={"max_epochs": None, "max_steps": 5})
     result = train(config_from_dict(cfg), evaluate=False)
     assert result.steps == 5 and result.stopped_by == "cap"
+
+
+def test_the_run_stops_when_the_plateau_schedule_reaches_stop_lr(tiny_data, tmp_path):
+    from piwsl.training import train
+
+    lr = 1e-3
+    training = {
+        "max_epochs": 50,
+        "lr": lr,
+        "val_every_n_epochs": 2,
+        "plateau_patience": 0,
+        "plateau_threshold": 0.99,  # no validation improves by 99 %: each one after the first cuts
+        "stop_lr": lr / 4,
+    }
+    result = train(
+        config_from_dict(tiny_config(tiny_data, tmp_path / "run", training=training)),
+        evaluate=False,
+    )
+    # validations after epochs 1, 3, 5: the first sets the best score, the next two halve the
+    # lr (only when they ran: the schedule steps on validations); epoch 6 trains no step
+    assert result.steps == 6 * math.ceil(14 / 4) and result.stopped_by == "plateau"
+    lrs = column(read_epoch_rows(tmp_path / "run"), "lr")
+    assert lrs == pytest.approx([lr] * 4 + [lr / 2] * 2 + [lr / 4])  # the last: epoch 6
+    with pytest.raises(ConfigError, match="never stop"):
+        config_from_dict(tiny_config(tiny_data, tmp_path, training={"stop_lr": 1e-7}))
+
+
+def test_resume_with_early_stopping_and_validation_every_epoch(tiny_data, tmp_path):
+    """Early stopping is checked after validations: a resumed run (no score yet) used to raise."""
+    from piwsl.training import train
+
+    run = tmp_path / "run"
+    training = {"early_stopping_patience": 5}
+    train(config_from_dict(tiny_config(tiny_data, run, training=training)), evaluate=False)
+    resumed = train(
+        config_from_dict(tiny_config(tiny_data, run, training={**training, "max_epochs": 4})),
+        resume=True,
+        evaluate=False,
+    )
+    assert resumed.epochs == 4 and resumed.stopped_by == "cap"

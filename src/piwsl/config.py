@@ -251,7 +251,13 @@ class TrainingConfig(_Section):
     plateau_patience: int = Field(
         10, ge=0, description="validations without improvement before the lr is cut"
     )
+    plateau_threshold: float = Field(
+        1e-4, ge=0, lt=1, description="relative improvement a validation must make to count"
+    )
     min_lr: float = Field(1e-6, ge=0)
+    stop_lr: float | None = Field(
+        None, gt=0, description="stop once the plateau schedule has cut the lr to this or below"
+    )
     ema_decay: float | None = Field(0.99, ge=0, lt=1, description="None or 0: no EMA")
     gradient_clip: float | None = Field(10.0, gt=0)
     early_stopping_patience: int | None = Field(
@@ -284,6 +290,11 @@ class TrainingConfig(_Section):
         if self.max_epochs is None and self.max_steps is None and self.max_time_minutes is None:
             raise ValueError(
                 "training: set max_epochs, max_steps or max_time_minutes, or training never stops"
+            )
+        if self.stop_lr is not None and self.stop_lr < self.min_lr:
+            raise ValueError(
+                f"training.stop_lr ({self.stop_lr:g}) is below training.min_lr ({self.min_lr:g}): "
+                "the schedule never cuts the learning rate that far, so it would never stop"
             )
         if self.scheduler == "cosine" and self.max_epochs is None and self.max_steps is None:
             raise ValueError("training.scheduler: cosine needs max_epochs or max_steps as horizon")

@@ -1,4 +1,4 @@
-"""Training plumbing: atomic checkpoint writes and the progress bars.
+"""Training plumbing: atomic checkpoint writes, the progress bars, a learning-rate floor.
 
 On a terminal the progress bar is tqdm's (:class:`PiwslProgressBar`); when the output goes to a
 file or a pipe, :class:`PlainProgressBar` writes a plain line every
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from piwsl.models.io import atomic_save
@@ -112,3 +112,21 @@ class PlainProgressBar(ProgressBar):
 def training_progress_bar() -> ProgressBar:
     """tqdm's bar on a terminal, plain lines in a log (output redirected or piped)."""
     return PiwslProgressBar() if is_terminal() else PlainProgressBar()
+
+
+class LearningRateFloor(Callback):
+    """Stop training once the schedule has cut the learning rate to ``stop_lr`` or below.
+
+    Checked at the start of every epoch (after the plateau schedule stepped on the last
+    validation), so the run ends without training another epoch; ``triggered`` says it did.
+    """
+
+    def __init__(self, stop_lr: float) -> None:
+        self.stop_lr = float(stop_lr)
+        self.triggered = False
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        lr = max(group["lr"] for group in trainer.optimizers[0].param_groups)
+        if lr <= self.stop_lr * (1 + 1e-9):
+            self.triggered = True
+            trainer.should_stop = True

@@ -308,6 +308,7 @@ class PiwslModule(lightning.LightningModule):
                 mode="min",
                 factor=cfg.plateau_factor,
                 patience=cfg.plateau_patience,
+                threshold=cfg.plateau_threshold,
                 min_lr=cfg.min_lr,
             )
             return {

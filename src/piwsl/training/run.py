@@ -522,10 +522,13 @@ def metrics_table(metrics: dict[str, Any], title: str = "test set") -> Table:
     return table
 
 
-def stop_reason(trainer: Any, tcfg: Any, early_stop: Any) -> str:
-    """Why training ended: ``plateau`` (early stopping), ``cap`` (max_steps / max_epochs) or
-    ``time`` (max_time_minutes); ``interrupted`` otherwise (e.g. Ctrl-C)."""
+def stop_reason(trainer: Any, tcfg: Any, early_stop: Any, floor: Any = None) -> str:
+    """Why training ended: ``plateau`` (early stopping, or the plateau schedule reached
+    ``stop_lr``), ``cap`` (max_steps / max_epochs) or ``time`` (max_time_minutes);
+    ``interrupted`` otherwise (e.g. Ctrl-C)."""
     if early_stop is not None and early_stop.stopped_epoch > 0:
+        return "plateau"
+    if floor is not None and floor.triggered:
         return "plateau"
     if tcfg.max_steps is not None and trainer.global_step >= tcfg.max_steps:
         return "cap"
@@ -652,10 +655,21 @@ def train(
     callbacks: list[Any] = [checkpoint_cb, last_cb]
     early_stop = None
     if tcfg.early_stopping_patience:
+        # checked after each validation: on a train-epoch end (Lightning's choice when validating
+        # every epoch) a resumed run has no validation score yet and Lightning raises
         early_stop = EarlyStopping(
-            monitor=monitor, mode="min", patience=tcfg.early_stopping_patience
+            monitor=monitor,
+            mode="min",
+            patience=tcfg.early_stopping_patience,
+            check_on_train_epoch_end=False,
         )
         callbacks.append(early_stop)
+    floor = None
+    if tcfg.stop_lr is not None:
+        from piwsl.training.callbacks import LearningRateFloor
+
+        floor = LearningRateFloor(tcfg.stop_lr)
+        callbacks.append(floor)
     if cfg.output.test_curve_steps and data.test:
         from piwsl.priors import PriorUse
         from piwsl.training.test_curve import TestCurve
@@ -723,7 +737,7 @@ def train(
         epochs=int(trainer.current_epoch),
         steps=int(trainer.global_step),
         train_time_s=train_time,
-        stopped_by=stop_reason(trainer, tcfg, early_stop),
+        stopped_by=stop_reason(trainer, tcfg, early_stop, floor),
     )
     if not trainer.is_global_zero:
         return result
