@@ -552,7 +552,7 @@ def test_calculator_warns_about_atoms_on_top_of_each_other():
 @pytest.mark.parametrize(
     ("symbols", "positions", "match"),
     [
-        ("H", [[0, 0, 0]], "single H: MD of one free atom"),
+        ("H", [[0, 0, 0]], "single H atom: MD of one atom"),
         ("OH2", [[0, 0, 0], [0, 0, 0.3], [0.76, 0.59, 0]], r"0\.300 Å apart"),
     ],
     ids=["single-atom", "close-atoms"],

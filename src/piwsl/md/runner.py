@@ -436,10 +436,11 @@ def check_start_structures(
 
     for k in sorted(set(frames)):
         atoms = starts[k]
-        if len(atoms) < 2 and not atoms.pbc.any():
+        if len(atoms) < 2:
             raise DataError(
-                f"a single {atoms.get_chemical_formula() or 'atom'}: MD of one free atom has no "
-                "interatomic forces, its centre of mass is fixed, so nothing would move",
+                f"a single {atoms.get_chemical_formula() or 'atom'} atom: MD of one atom has no "
+                "interatomic forces (a periodic lattice of it neither) and its centre of mass is "
+                "held fixed, so nothing would move",
                 file=source,
                 frame=k,
                 hint="start from a molecule or a periodic structure",
