@@ -296,38 +296,39 @@ def walltime_runs(args: argparse.Namespace, data_dir: Path, results: Path) -> li
 
 
 def converged_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
-    """The cells of ``converged_protocol.CELLS`` in its order, seed by seed (a partial grid stays
-    balanced), filtered by the slice options that were given. A method given with variant
-    parameters (``plain[lr=0.005]``) replaces the cells' method of that name (recipe tuning)."""
+    """The cells of ``converged_protocol.BLOCKS``: block by block, within a block seed by seed (a
+    block's verdict is complete before the next block starts), filtered by the slice options
+    that were given. A method given with variant parameters (``plain[lr=0.005]``) replaces the
+    cells' method of that name (recipe tuning)."""
     runs = []
     extra = [*PAPER_UNITS, *args.set]
-    for seed in args.seeds:
-        for molecule, regime, model, method in converged.CELLS:
-            if not all(
-                chosen is None or value in chosen
-                for value, chosen in (
-                    (molecule, args.molecules),
-                    (regime, args.regimes),
-                    (model, args.models),
-                )
-            ):
-                continue
-            wanted = args.methods or [method]
-            for variant in (m for m in wanted if m.split("[")[0] == method):
-                recipe = converged.RECIPES[regime].overrides(N_TRAIN[regime])
-                runs.append(
-                    Run(
-                        molecule,
-                        model,
-                        regime,
-                        variant,
-                        seed,
-                        recipe,
-                        data_dir,
-                        extra,
-                        split=args.split,
+    for block in converged.BLOCKS:
+        for seed in args.seeds:
+            for molecule, regime, model, method in block:
+                if not all(
+                    chosen is None or value in chosen
+                    for value, chosen in (
+                        (molecule, args.molecules),
+                        (regime, args.regimes),
+                        (model, args.models),
                     )
-                )
+                ):
+                    continue
+                recipe = converged.RECIPES[regime].overrides(N_TRAIN[regime])
+                for variant in (m for m in args.methods or [method] if m.split("[")[0] == method):
+                    runs.append(
+                        Run(
+                            molecule,
+                            model,
+                            regime,
+                            variant,
+                            seed,
+                            recipe,
+                            data_dir,
+                            extra,
+                            split=args.split,
+                        )
+                    )
     return runs
 
 

@@ -402,3 +402,24 @@ def test_resume_with_early_stopping_and_validation_every_epoch(tiny_data, tmp_pa
         evaluate=False,
     )
     assert resumed.epochs == 4 and resumed.stopped_by == "cap"
+
+
+def test_changed_plateau_settings_take_effect_on_resume(tiny_data, tmp_path):
+    """A checkpoint restores the scheduler's and early stopping's saved settings; the configured
+    ones must win (their counters and best score are kept)."""
+    from piwsl.training import train
+    from piwsl.training.callbacks import ConfiguredEarlyStopping
+
+    run, lr = tmp_path / "run", 1e-3
+    first = {"max_epochs": 2, "lr": lr, "plateau_patience": 50, "early_stopping_patience": 50}
+    train(config_from_dict(tiny_config(tiny_data, run, training=first)), evaluate=False)
+    strict = {"plateau_patience": 0, "plateau_threshold": 0.99, "stop_lr": lr / 4}
+    second = {**first, "max_epochs": 50, **strict}
+    result = train(
+        config_from_dict(tiny_config(tiny_data, run, training=second)), resume=True, evaluate=False
+    )
+    # with the saved patience (50) nothing would be cut; with 0 each validation halves the lr
+    assert result.stopped_by == "plateau" and result.epochs < 10
+    stop = ConfiguredEarlyStopping("val_loss", patience=3)
+    stop.load_state_dict({"wait_count": 2, "stopped_epoch": 0, "best_score": 1.0, "patience": 50})
+    assert stop.patience == 3 and stop.wait_count == 2

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ProgressBar, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from piwsl.models.io import atomic_save
@@ -130,3 +130,19 @@ class LearningRateFloor(Callback):
         if lr <= self.stop_lr * (1 + 1e-9):
             self.triggered = True
             trainer.should_stop = True
+
+
+class ConfiguredEarlyStopping(EarlyStopping):
+    """Lightning's early stopping, checked after validations only (on a train-epoch end a
+    resumed run has no score yet), whose patience stays the configured one when a checkpoint is
+    restored (Lightning would restore the saved patience; its counters and best score are kept)."""
+
+    def __init__(self, monitor: str, patience: int) -> None:
+        super().__init__(
+            monitor=monitor, mode="min", patience=patience, check_on_train_epoch_end=False
+        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        configured = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = configured

@@ -556,13 +556,17 @@ def train(
     schedule, epoch/step counters and physics sampling state).
     """
     import lightning
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
     from piwsl.data import GraphDataset, collate
     from piwsl.models import load_model, save_model
-    from piwsl.training.callbacks import AtomicCheckpointIO, training_progress_bar
+    from piwsl.training.callbacks import (
+        AtomicCheckpointIO,
+        ConfiguredEarlyStopping,
+        training_progress_bar,
+    )
     from piwsl.training.module import PiwslModule
 
     console = console or Console(quiet=True)
@@ -655,14 +659,7 @@ def train(
     callbacks: list[Any] = [checkpoint_cb, last_cb]
     early_stop = None
     if tcfg.early_stopping_patience:
-        # checked after each validation: on a train-epoch end (Lightning's choice when validating
-        # every epoch) a resumed run has no validation score yet and Lightning raises
-        early_stop = EarlyStopping(
-            monitor=monitor,
-            mode="min",
-            patience=tcfg.early_stopping_patience,
-            check_on_train_epoch_end=False,
-        )
+        early_stop = ConfiguredEarlyStopping(monitor, tcfg.early_stopping_patience)
         callbacks.append(early_stop)
     floor = None
     if tcfg.stop_lr is not None:
