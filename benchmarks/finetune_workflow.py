@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import git_commit, machine_info
+from common import command_line, git_commit, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,7 +185,7 @@ def fmt(x: float | None, digits: int = 1) -> str:
 def run_header(script: str, args: argparse.Namespace) -> dict[str, Any]:
     """What both fine-tuning benchmarks record first: command, commit, machine, shared options."""
     return {
-        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+        "command": command_line(script=f"benchmarks/{script}"),
         "commit": git_commit(),
         "machine": machine_info(),
         "threads": args.threads,

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import portable
 from finetune_workflow import (
     MODEL,
     PIWSL_2ND,
@@ -128,13 +129,13 @@ def train_run(
         "steps": summary.get("steps"),
         "monitor": summary.get("monitor"),
         "best_score": summary.get("best_score"),
-        "best_model": summary.get("best_model"),
+        "best_model": portable(summary["best_model"]) if summary.get("best_model") else None,
         "train_ms_per_step_incl_validation": round(
             1e3 * summary["train_time_s"] / summary["steps"], 1
         )
         if summary.get("steps") and summary.get("train_time_s")
         else None,
-        "command": "python -m " + " ".join(timing["command"]),
+        "command": portable("python -m " + " ".join(timing["command"])),
         "test": pick(summary.get("test")),
         "test_final_model": final,
     }

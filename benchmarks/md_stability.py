@@ -42,9 +42,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from common import git_commit, machine_info
+from common import ROOT, command_line, git_commit, machine_info, portable, relative
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_test_01.npz"
 RESULTS = ROOT / "benchmarks" / "results"
 #: per (model, protocol) run folder: its summary and what it depends on (resume key)
@@ -80,15 +79,6 @@ def model_labels(paths: list[Path]) -> list[str]:
     """Short unique names: the file stem, or the run folder's name where stems clash."""
     stems = [p.stem for p in paths]
     return [p.parent.name if stems.count(p.stem) > 1 else p.stem for p in paths]
-
-
-def relative(path: str | Path) -> str:
-    """A path relative to the checkout where it lies inside it or beside it (results never record
-    this machine's absolute paths); ``builtin:`` names unchanged."""
-    text = str(path)
-    if text.startswith("builtin:"):
-        return text
-    return os.path.relpath(Path(text).resolve(), ROOT)
 
 
 def untrained_schnet(path: Path, seed: int = 0) -> Path:
@@ -198,7 +188,9 @@ def run_protocol(
         calc, structures, config, out_dir=run_dir, reference=structures, calculator_name=label
     )
     summary = dict(report.summary)
-    summary["run_dir"] = str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir)
+    summary["run_dir"] = relative(run_dir.resolve())
+    report_file = run_dir / "md_report.json"  # the library records the paths it was given
+    report_file.write_text(portable(report_file.read_text()))
     summary["elapsed_s"] = time.perf_counter() - start
     summary["trajectories"] = [
         {k: v for k, v in t.summary(config.timestep_fs).items() if k not in ("files",)}
@@ -504,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+        "command": command_line([shlex.quote(a) for a in sys.argv[1:]]),
         "git_commit": git_commit(),
         "machine": machine_info(),
         "quick": args.quick,
@@ -551,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     from piwsl.md.report import jsonable
 
-    result["survival_plot"] = str(survival_figure(result, args.out / "md_stability_survival.png"))
+    plot = survival_figure(result, args.out / "md_stability_survival.png")
+    result["survival_plot"] = relative(plot.resolve())
     (args.out / "md_stability.json").write_text(json.dumps(jsonable(result), indent=2, default=str))
     (args.out / "md_stability.md").write_text(markdown(result))
     print(f"wrote {args.out / 'md_stability.json'} and {args.out / 'md_stability.md'}")

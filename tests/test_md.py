@@ -593,6 +593,49 @@ def test_periodic_crystal_runs_with_bonds_across_the_cell():
     assert found is not None and found[0] == "bond"
 
 
+@pytest.mark.parametrize("ensemble", ["langevin", "bussi", "nve"])
+def test_summary_reports_temperature_and_only_meaningful_drifts(cu13, tmp_path, ensemble):
+    """Thermostatted runs: mean ± std of the temperature (here against the raw thermo log), no
+    total-energy drift (not conserved under a thermostat); Bussi keeps its conserved-quantity
+    drift, Langevin says it has none; NVE keeps its drift. The energy plot says what it draws."""
+    from piwsl.md.report import energy_caption
+
+    cfg = MDConfig(
+        ensemble=ensemble,
+        temperature_K=300,
+        timestep_fs=2.0,
+        length_ps=0.1,
+        n_trajectories=2,
+        log_interval=2,
+        traj_interval=25,
+        progress=False,
+        write_trajectories=False,
+    )
+    report = run_md(EMT(), [cu13], cfg, out_dir=tmp_path)
+    s = report.summary
+    temps = np.concatenate([t.thermo["temperature_K"][1:] for t in report.trajectories])
+    assert s["temperature_mean_K"] == pytest.approx(temps.mean())
+    assert s["temperature_std_K"] == pytest.approx(temps.std())
+    assert s["temperature_samples"] == temps.size == 2 * 25
+    text = format_summary(report)
+    drift_keys = [k for k in s if "energy_drift" in k and not k.startswith("conserved")]
+    if ensemble == "nve":
+        assert drift_keys and "NVE energy drift" in text
+    else:
+        assert drift_keys == [] and "total_energy_drift" not in json.dumps(report.to_dict())
+        assert f"temperature {temps.mean():.1f} ± {temps.std():.1f} K" in text
+    if ensemble == "langevin":
+        assert "no energy drift: langevin conserves no energy-like quantity" in text
+        assert "conserved" not in json.dumps(s)
+    if ensemble == "bussi":
+        assert "conserved-quantity drift" in text
+    assert (tmp_path / "energy.png").stat().st_size > 1000
+    dashed = ensemble == "bussi"
+    caption = energy_caption(ensemble, dashed)
+    assert ("dashed" in caption) == dashed
+    assert ("not conserved" in caption) == (ensemble != "nve")
+
+
 def test_bootstrap_intervals_cover_the_statistic_and_detect_a_shift():
     from piwsl.md.metrics import bootstrap_difference, bootstrap_interval, censored_times
 

@@ -15,7 +15,13 @@ top of a prior (Δ-learning, :mod:`piwsl.priors`) is scored on its total predict
 learned part, against the full reference labels.
 """
 
-from piwsl.evaluation.metrics import ErrorMetrics, Labels, compute_metrics
+from piwsl.evaluation.metrics import (
+    ErrorMetrics,
+    Labels,
+    compute_metrics,
+    energy_offset,
+    offset_note,
+)
 from piwsl.evaluation.nonconservative import nonconservativeness
 from piwsl.evaluation.plots import parity_plot
 from piwsl.evaluation.predict import (
@@ -40,6 +46,7 @@ __all__ = [
     "as_force_field",
     "check_model_knows",
     "compute_metrics",
+    "energy_offset",
     "evaluate_checkpoint",
     "evaluate_model",
     "inference_model",
@@ -47,6 +54,7 @@ __all__ = [
     "model_device",
     "model_dtype",
     "nonconservativeness",
+    "offset_note",
     "parity_plot",
     "predict",
 ]

@@ -8,7 +8,9 @@ maxima), which :meth:`ErrorMetrics.reduce` combines across DDP ranks (sum / max)
 force-labelled structure); with ``full=True`` also the largest errors, the counts and the force
 errors per element. Frames without an energy (forces) label are left out of the energy (force)
 metrics, never counted as zero; a metric with no labelled frame at all is ``None`` (absent from
-validation's ``val_*`` keys).
+validation's ``val_*`` keys). :func:`compute_metrics` also reports the signed mean energy error
+and the part of the energy errors a constant (per-element) offset explains — a reference at
+another level of theory (:func:`energy_offset`, :func:`offset_note`).
 
 Validation feeds the model output and the batch as they are (forces in the working dtype, their
 difference taken before the cast to float64); evaluation feeds float64 predictions and labels.
@@ -209,6 +211,66 @@ class ErrorMetrics:
         return out
 
 
+#: Energy errors are "dominated by an offset" when removing the best constant (per-element)
+#: offset leaves less than this fraction of the MAE, over at least OFFSET_MIN_FRAMES frames.
+OFFSET_DOMINATED = 0.5
+OFFSET_MIN_FRAMES = 10
+
+
+def energy_offset(errors: np.ndarray, frames: Sequence[Frame]) -> dict[str, Any]:
+    """The part of the energy errors (eV) a constant offset explains.
+
+    One composition: a constant per structure, the mean error. Several: a constant plus one
+    offset per element, fitted by least squares to the element counts (a reference at another
+    level of theory, or with other atomic reference energies, differs mainly that way). Returns
+    the offset (meV per structure, mean over the frames; with several compositions also the
+    constant and the per-element parts, meV), the MAE left after removing it (meV) and whether
+    the offset dominates: the MAE left is below :data:`OFFSET_DOMINATED` × the MAE, with at least
+    :data:`OFFSET_MIN_FRAMES` frames and 5 frames per fitted number.
+    """
+    elements = sorted({int(z) for f in frames for z in f.numbers})
+    counts = np.array([[np.count_nonzero(f.numbers == z) for z in elements] for f in frames])
+    single = len({c.tobytes() for c in counts}) == 1
+    design = np.ones((len(frames), 1))
+    if not single:
+        design = np.hstack([design, counts.astype(np.float64)])
+    coef, *_ = np.linalg.lstsq(design, errors, rcond=None)
+    fitted = design @ coef
+    left = errors - fitted
+    mae, mae_left = float(np.mean(np.abs(errors))), float(np.mean(np.abs(left)))
+    enough = len(frames) >= max(OFFSET_MIN_FRAMES, 5 * design.shape[1])
+    out: dict[str, Any] = {
+        "energy_offset_meV": float(np.mean(fitted)) * 1e3,
+        "energy_mae_after_offset_meV": mae_left * 1e3,
+        "energy_offset_dominated": bool(enough and mae > 0 and mae_left < OFFSET_DOMINATED * mae),
+    }
+    if not single:
+        out["energy_offset_constant_meV"] = float(coef[0]) * 1e3
+        out["energy_offset_per_element_meV"] = {
+            chemical_symbols[z]: float(c) * 1e3 for z, c in zip(elements, coef[1:], strict=True)
+        }
+    return out
+
+
+def offset_note(metrics: dict[str, Any]) -> str | None:
+    """A sentence for users when the energy errors are mostly a constant offset (else None)."""
+    if not metrics.get("energy_offset_dominated"):
+        return None
+    how = (
+        "fitted as a constant plus one offset per element (energy_offset_per_element_meV in the "
+        "metrics)"
+        if metrics.get("energy_offset_per_element_meV")
+        else "the same for every structure"
+    )
+    return (
+        f"the energy errors are dominated by a constant offset: prediction − reference is "
+        f"{metrics['energy_offset_meV']:+.1f} meV on average, {how}; without it the energy MAE "
+        f"is {metrics['energy_mae_after_offset_meV']:.1f} meV instead of "
+        f"{metrics['energy_mae_meV']:.1f} meV. The reference is probably another level of theory "
+        "or has another energy zero (atomic reference energies); forces do not see an offset"
+    )
+
+
 def compute_metrics(frames: Sequence[Frame], predictions: Any) -> dict[str, Any]:
     """The full :class:`ErrorMetrics` of ``predictions`` (a :class:`~piwsl.evaluation.Predictions`)
     against the labels of ``frames`` (masked: unlabelled frames are skipped).
@@ -232,4 +294,8 @@ def compute_metrics(frames: Sequence[Frame], predictions: Any) -> dict[str, Any]
             None if forces is None else torch.as_tensor(np.asarray(forces, dtype=np.float64)),
             Labels.from_frames(frames),
         )
-    return metrics.metrics()
+    e_idx = [s for s, f in enumerate(frames) if f.has_energy]
+    errors = np.array([predictions.energy[s] - frames[s].energy for s in e_idx], np.float64)
+    offset = energy_offset(errors, [frames[s] for s in e_idx]) if e_idx else {}
+    mean_error = 1e3 * float(np.mean(errors)) if e_idx else None
+    return {**offset, "energy_mean_error_meV": mean_error, **metrics.metrics()}

@@ -37,6 +37,8 @@ class Predictions:
     numbers: np.ndarray  # int64 [N]
     ptr: np.ndarray  # int64 [S + 1]
     prior: dict[str, Any] | None = None  # spec of the prior included in energy/forces, if any
+    prior_energy: np.ndarray | None = None  # float64 [S], eV: the prior's share of ``energy``
+    prior_forces: np.ndarray | None = None  # float64 [N, 3], eV/Å: its share of ``forces``
 
     @property
     def n_structures(self) -> int:
@@ -254,7 +256,9 @@ def add_prior(
     values = prior_values(
         prior, frames, cache_dir=use.cache_dir, workers=use.workers, progress=use.progress
     )
-    predictions.energy = predictions.energy + values.energies
+    predictions.prior_energy = np.asarray(values.energies, dtype=np.float64)
+    predictions.energy = predictions.energy + predictions.prior_energy
     if predictions.forces is not None:
-        predictions.forces = predictions.forces + np.concatenate(values.forces)
+        predictions.prior_forces = np.concatenate(values.forces).astype(np.float64)
+        predictions.forces = predictions.forces + predictions.prior_forces
     predictions.prior = prior.spec()

@@ -776,6 +776,8 @@ class BackendCalculator(Calculator):
             raise ConfigError(f"backend {backend.name!r} gives energies only, not forces")
         self.backend = backend
         self.wall_time_s = 0.0
+        #: provenance of the last result (method, basis, program, version, method details)
+        self.provenance: dict[str, Any] = backend.base_provenance()
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -784,6 +786,7 @@ class BackendCalculator(Calculator):
         self.wall_time_s = time.perf_counter() - t0
         if out["forces"] is None:
             raise BackendError(f"backend {self.backend.name!r} returned no forces")
+        self.provenance = {**self.backend.base_provenance(), **dict(out.get("provenance", {}))}
         self.results = {
             "energy": out["energy"],
             "free_energy": out["energy"],

@@ -325,17 +325,9 @@ class LabelSummary:
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
+    from piwsl.terminal import progress_bar
 
-    return tqdm(
-        total=total,
-        initial=initial,
-        disable=not enabled,
-        desc=desc,
-        unit="frame",
-        smoothing=0.1,
-        dynamic_ncols=True,
-    )
+    return progress_bar(total, desc=desc, unit="frame", enabled=enabled, initial=initial)
 
 
 def label_structures(

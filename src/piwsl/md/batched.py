@@ -301,13 +301,12 @@ def _advance(run: _BatchedRun, saved: dict | None, stamp: dict | None) -> float:
 def _progress_bar(config: MDConfig, done: int = 0):
     if not config.progress:
         return None
-    from tqdm.auto import tqdm
+    from piwsl.terminal import progress_bar
 
-    return tqdm(
-        total=config.n_steps,
-        initial=done,
+    return progress_bar(
+        config.n_steps,
         desc=f"MD {config.ensemble}, {config.n_trajectories} replicas",
         unit="step",
-        mininterval=0.5,
+        initial=done,
         leave=False,
     )

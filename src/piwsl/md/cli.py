@@ -112,6 +112,8 @@ def _failure_arguments(parser: argparse.ArgumentParser, d: MDConfig, f: FailureC
         "--no-temperature-check", action="store_true", help="disable the temperature bound"
     )
     g.add_argument("--no-finite-check", action="store_true", help="disable the NaN/inf check")
+    text = "refuse start structures with two atoms closer than this (Å); 0 disables the check"
+    _number(g, "--min-distance", d.min_start_distance_A, "Å", text)
     _number(g, "--check-interval", d.check_interval, "STEPS", "run the checks every … steps", int)
 
 
@@ -209,6 +211,7 @@ def config_from_args(args: argparse.Namespace) -> MDConfig:
         log_interval=args.log_interval,
         traj_interval=args.output_interval,
         check_interval=args.check_interval,
+        min_start_distance_A=args.min_distance,
         failure=failure,
         write_trajectories=not args.no_trajectories,
         trajectory_format=args.format,
@@ -241,11 +244,19 @@ def format_summary(report: MDReport) -> str:
             f"(max |drift| {num('energy_drift_meV_per_atom_per_ps_max_abs')}), fluctuation "
             f"{num('energy_fluctuation_meV_per_atom_mean')} meV/atom"
         )
-    elif "conserved_energy_drift_meV_per_atom_per_ps_mean" in s:
+    else:
         lines.append(
-            f"  conserved-quantity drift {num('conserved_energy_drift_meV_per_atom_per_ps_mean')} "
-            "meV/atom/ps"
+            f"  temperature {num('temperature_mean_K', '.1f')} ± {num('temperature_std_K', '.1f')}"
+            f" K (mean ± std over {s.get('temperature_samples', 0)} samples; target "
+            f"{cfg.temperature_K:g} K)"
         )
+        if "conserved_energy_drift_meV_per_atom_per_ps_mean" in s:
+            lines.append(
+                "  conserved-quantity drift "
+                f"{num('conserved_energy_drift_meV_per_atom_per_ps_mean')} meV/atom/ps"
+            )
+        else:
+            lines.append(f"  no energy drift: {cfg.ensemble} conserves no energy-like quantity")
     if s.get("hr_error_pooled_stable") is not None:
         lines.append(
             f"  h(r) error (stable runs vs reference): {num('hr_error_pooled_stable', '.4f')}"

@@ -126,6 +126,7 @@ class TrajectoryResult:
             "n_bonds_checked": self.n_bonds,
             "temperature_bound_K": self.temperature_bound_K,
             "mean_temperature_K": float(np.nanmean(temps)) if temps.size else None,
+            "temperature_std_K": float(np.nanstd(temps)) if temps.size > 1 else None,
             **self.energy,
             **{f"conserved_{k}": v for k, v in self.conserved.items()},
             "hr_error": self.hr_error,
@@ -409,13 +410,12 @@ def finish_result(
 def _progress_bar(config: MDConfig, index: int):
     if not config.progress:
         return None
-    from tqdm.auto import tqdm
+    from piwsl.terminal import progress_bar
 
-    return tqdm(
-        total=config.n_steps,
+    return progress_bar(
+        config.n_steps,
         desc=f"MD {config.ensemble} traj {index + 1}/{config.n_trajectories}",
         unit="step",
-        mininterval=0.5,
         leave=False,
     )
 
@@ -438,6 +438,41 @@ def load_structures(source: str | Path | Sequence[Any]) -> list[Atoms]:
     if not out:
         raise ConfigError("no structures given")
     return out
+
+
+def check_start_structures(
+    starts: Sequence[Atoms], frames: Sequence[int], config: MDConfig, source: str
+) -> None:
+    """Refuse start structures MD cannot run from: a single atom (no interatomic forces, no
+    temperature to speak of) or two atoms closer than ``config.min_start_distance_A``."""
+    from piwsl.data.checks import min_distance
+    from piwsl.data.frames import Frame
+    from piwsl.errors import DataError
+
+    for k in sorted(set(frames)):
+        atoms = starts[k]
+        if len(atoms) < 2:
+            raise DataError(
+                f"a single {atoms.get_chemical_formula() or 'atom'} atom: MD of one atom has no "
+                "interatomic forces (a periodic lattice of it neither) and its centre of mass is "
+                "held fixed, so nothing would move",
+                file=source,
+                frame=k,
+                hint="start from a molecule or a periodic structure",
+            )
+        if config.min_start_distance_A <= 0:
+            continue
+        frame = Frame(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+        close = min_distance(frame, config.min_start_distance_A)
+        if close is not None:
+            raise DataError(
+                f"two atoms are {close:.3f} Å apart, closer than {config.min_start_distance_A} "
+                "Å: no model gives meaningful forces there and the run would explode at once",
+                file=source,
+                frame=k,
+                key="positions",
+                hint="check the structure and its length unit (--min-distance sets the bound)",
+            )
 
 
 def pick_start_frames(n_frames: int, config: MDConfig) -> list[int]:

@@ -256,7 +256,7 @@ def prior_values(
 ) -> PriorValues:
     """The prior's values for ``frames``: read from the cache, the rest computed and appended.
 
-    ``workers > 1`` computes in that many processes (one thread each); ``progress`` shows a tqdm
+    ``workers > 1`` computes in that many processes (one thread each); ``progress`` shows a progress
     bar. Identical structures are computed once.
     """
     if workers < 1:
@@ -337,16 +337,9 @@ def _compute(
     """(position in ``frames``, energy, forces) as each frame is done."""
     if not frames:
         return
-    from tqdm.auto import tqdm
+    from piwsl.terminal import progress_bar
 
-    bar = tqdm(
-        total=len(frames),
-        desc=f"prior {prior.name}",
-        unit="frame",
-        disable=not progress,
-        dynamic_ncols=True,
-        smoothing=0.1,
-    )
+    bar = progress_bar(len(frames), desc=f"prior {prior.name}", unit="frame", enabled=progress)
     try:
         if workers == 1 or len(frames) == 1:
             for k, frame in enumerate(frames):

@@ -191,7 +191,7 @@ def build_callbacks(cfg: Config, data: PreparedData, run_dir: Path, monitor: str
     from piwsl.training.callbacks import (
         ConfiguredEarlyStopping,
         LearningRateFloor,
-        PiwslProgressBar,
+        training_progress_bar,
     )
 
     ckpt_dir = run_dir / "checkpoints"
@@ -224,7 +224,7 @@ def build_callbacks(cfg: Config, data: PreparedData, run_dir: Path, monitor: str
     if cfg.output.test_curve_steps and data.test:
         out.all.append(build_test_curve(cfg, data, run_dir))
     if cfg.output.progress_bar:
-        out.all.append(PiwslProgressBar())
+        out.all.append(training_progress_bar())
     return out
 
 

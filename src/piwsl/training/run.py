@@ -172,7 +172,7 @@ def train(
     # a pre-trained model (model.init_from) is read first: a bad file fails before anything is
     # written, and config.yaml records the architecture actually trained
     cfg, pretrained = resolve_init_from(cfg)
-    resume_from = prepare_run_dir(cfg, run_dir, resume)
+    resume_from = prepare_run_dir(cfg, run_dir, resume, console)
     if cfg.training.num_threads is not None:
         torch.set_num_threads(cfg.training.num_threads)
     lightning.seed_everything(cfg.training.seed, workers=True, verbose=False)

@@ -21,6 +21,7 @@ run written with the old loss keys resumes under their new spelling.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ import torch
 
 from piwsl.config import Config, config_from_dict, read_yaml
 from piwsl.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Top-level keys that may change when resuming.
 RESUMABLE_SECTIONS = ("training", "output", "plugins")
@@ -107,9 +110,46 @@ def _load_last(last: Path) -> dict[str, Any]:
     return ckpt
 
 
-def resume_checkpoint(cfg: Config, run_dir: Path) -> Path:
+def check_resumed_model(model_state: dict[str, Any], cfg: Config, source: Path) -> None:
+    """Without any recorded configuration: ConfigError when the checkpoint's model (name,
+    cutoff, the hyper-parameters the config gives) differs from the model section."""
+    from piwsl.training.finetune import as_lists
+
+    hparams = model_state.get("hparams") or {}
+    recorded = {
+        "name": model_state.get("name"),
+        "cutoff": hparams.get("cutoff"),
+        "hparams": {k: as_lists(v) for k, v in hparams.items() if k in cfg.model.hparams},
+    }
+    given = {"name": cfg.model.name, "cutoff": cfg.model.cutoff, "hparams": cfg.model.hparams}
+    problems = differences(recorded, as_lists(given), "model")
+    if problems:
+        raise ConfigError(
+            f"--resume: {str(source)!r} belongs to another run: {'; '.join(problems[:12])}. Only "
+            "training/output settings may change when resuming; start afresh "
+            "(output.overwrite=true or another --run-dir) or restore this run's checkpoint"
+        )
+
+
+def _say_resumed(last: Path, ckpt: dict[str, Any], console: Any) -> None:
+    """Tell the user where training continues (epochs and steps already done)."""
+    from lightning.pytorch.utilities import rank_zero_only
+    from rich.markup import escape
+
+    epochs, step = int(ckpt.get("epoch", -1)) + 1, int(ckpt.get("global_step", 0))
+    text = (
+        f"from {str(last)!r}: {epochs} epoch(s) and {step} step(s) done, continuing with epoch "
+        f"{epochs + 1}"
+    )
+    log.info("resumed %s", text)
+    if console is not None and getattr(rank_zero_only, "rank", 0) == 0:
+        console.print(f"[bold]resumed[/] {escape(text)}")
+
+
+def resume_checkpoint(cfg: Config, run_dir: Path, console: Any = None) -> Path:
     """The checkpoint ``--resume`` continues from, after checking that it belongs to this run
-    (its configuration and config.yaml's) and that its prior can be run here."""
+    (its configuration and config.yaml's; without either, its model) and that its prior can be
+    run here; ``console`` is told the epoch and step it continues from."""
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt = _load_last(last)
     saved = run_dir / "config.yaml"
@@ -117,6 +157,9 @@ def resume_checkpoint(cfg: Config, run_dir: Path) -> Path:
         check_resumed_config(read_yaml(saved), cfg, saved)
     if ckpt.get("piwsl_config"):  # another run's last.ckpt copied here has another config
         check_resumed_config(ckpt["piwsl_config"], cfg, last)
+    elif not saved.is_file():
+        check_resumed_model(ckpt.get("piwsl_model") or {}, cfg, last)
+    _say_resumed(last, ckpt, console)
     recorded = (ckpt.get("piwsl_model") or {}).get("prior")
     del ckpt
     if recorded:
@@ -130,10 +173,10 @@ def resume_checkpoint(cfg: Config, run_dir: Path) -> Path:
     return last
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Path | None:
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, console: Any = None) -> Path | None:
     """Check (``resume``) or clean the run directory and write config.yaml; the checkpoint to
     resume from, or None."""
-    resume_from = resume_checkpoint(cfg, run_dir) if resume else None
+    resume_from = resume_checkpoint(cfg, run_dir, console) if resume else None
     holds_run = (run_dir / "checkpoints" / "last.ckpt").exists() or (
         run_dir / "final_model.pt"
     ).exists()
