@@ -111,10 +111,14 @@ def test_export_periodic_agrees_with_mace_calculator(mace, tmp_path):
     frame = random_crystal(np.random.default_rng(0), 3, ELEMENTS)
     atoms = Atoms(numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=True)
     atoms.calc = PiwslCalculator(model)
-    e_ours, f_ours = atoms.get_potential_energy(), atoms.get_forces()
+    e_ours, f_ours, s_ours = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
     atoms.calc = theirs
     assert abs(e_ours - atoms.get_potential_energy()) < 1e-8
     np.testing.assert_allclose(f_ours, atoms.get_forces(), atol=1e-9, rtol=0)
+    # mace-torch's own stress (its strain derivative): same sign, units and Voigt order
+    s_theirs = atoms.get_stress()
+    assert np.abs(s_theirs).max() > 1e-4
+    np.testing.assert_allclose(s_ours, s_theirs, atol=1e-9, rtol=0)
 
 
 def _mace_torch_model(modules, o3, seed: int = 3, heads=None):

@@ -1,6 +1,9 @@
 """The ASE calculator: a trained piwsl force field as ``ase.calculators.calculator.Calculator``.
 
-Energies in eV, forces in eV/Å. The neighbour list (vesin, through :mod:`piwsl.data`) is rebuilt
+Energies in eV, forces in eV/Å and — for a conservative model and a cell periodic in all three
+directions — the stress in eV/Å³ (ASE's convention: Voigt order xx yy zz yz xz xy, σ = (1/V)
+∂E/∂ε, positive = tensile), so that cell filters (``ase.filters.FrechetCellFilter``) and NPT
+dynamics work. The neighbour list (vesin, through :mod:`piwsl.data`) is rebuilt
 on every call, or — with ``skin > 0`` — reused while no atom has moved more than ``skin / 2``
 since it was built (and numbers, cell and pbc are unchanged); the models' smooth cutoff makes the
 reused list give the same result as a fresh one.
@@ -87,7 +90,7 @@ class PiwslCalculator(Calculator):
         Warn (:class:`GeometryWarning`) when two atoms are closer than this (Å); 0 disables it.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces"]  # noqa: RUF012 (ASE API)
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]  # noqa: RUF012
 
     def __init__(
         self,
@@ -184,8 +187,12 @@ class PiwslCalculator(Calculator):
         self._check_distances(batch)
         # no graph through the parameters (a direct-force head runs ~20 % faster); conservative
         # forces still come from autograd: the ForceField re-enables grad for them
+        stress = "stress" in (properties or ())
+        if stress:
+            self._check_stress(frame)
+        kwargs = {"compute_stress": True} if stress else {}
         with torch.no_grad():
-            out = self.model(batch, compute_forces=True, create_graph=False)
+            out = self.model(batch, compute_forces=True, create_graph=False, **kwargs)
         energy = float(out["energy"].detach().cpu().double()[0])
         forces = out["forces"].detach().cpu().double().numpy().copy()
         if self.prior is not None:
@@ -193,3 +200,25 @@ class PiwslCalculator(Calculator):
             energy += prior_energy
             forces += prior_forces
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+        if stress:
+            from ase.stress import full_3x3_to_voigt_6_stress
+
+            sigma = out["stress"][0].detach().cpu().double().numpy()
+            self.results["stress"] = full_3x3_to_voigt_6_stress(sigma)
+
+    def _check_stress(self, frame: Frame) -> None:
+        """PropertyNotImplementedError where no stress can be given (ASE's way of saying so)."""
+        from ase.calculators.calculator import PropertyNotImplementedError
+
+        if not frame.pbc.all():
+            raise PropertyNotImplementedError(
+                "stress needs a cell periodic in all three directions (pbc=True)"
+            )
+        if self.model.direct_forces:
+            raise PropertyNotImplementedError(
+                "this model predicts forces directly and has no stress (train a conservative one)"
+            )
+        if self.prior is not None:
+            raise PropertyNotImplementedError(
+                f"this model was trained on top of {self.prior.describe()}, which gives no stress"
+            )

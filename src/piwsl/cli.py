@@ -37,6 +37,14 @@ def _add_read_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--energy-unit", default="eV", help="energy unit of the file, default eV")
     parser.add_argument("--length-unit", default="Å", help="length unit of the file, default Å")
     parser.add_argument(
+        "--stress-key", default=None, help="stress label key (default: REF_stress, stress)"
+    )
+    parser.add_argument(
+        "--stress-unit",
+        default=None,
+        help="stress unit of the file (eV/Å^3, GPa, kbar, …), default energy/length³",
+    )
+    parser.add_argument(
         "--allow-prior-mismatch",
         action="store_true",
         help="run a Δ-learning model even if the installed prior differs from the recorded one",
@@ -129,7 +137,14 @@ def _evaluate(args: argparse.Namespace, console) -> int:
     from piwsl.data import LabelKeys
     from piwsl.evaluation import evaluate_checkpoint
 
-    keys = LabelKeys(args.energy_key, args.forces_key, args.energy_unit, args.length_unit)
+    keys = LabelKeys(
+        args.energy_key,
+        args.forces_key,
+        args.energy_unit,
+        args.length_unit,
+        args.stress_key,
+        args.stress_unit,
+    )
     evaluate_checkpoint(
         args.checkpoint,
         args.data,
@@ -154,7 +169,14 @@ def _predict(args: argparse.Namespace, console) -> int:
     from piwsl.predictions import predict_file
     from piwsl.priors import PriorUse
 
-    keys = LabelKeys(args.energy_key, args.forces_key, args.energy_unit, args.length_unit)
+    keys = LabelKeys(
+        args.energy_key,
+        args.forces_key,
+        args.energy_unit,
+        args.length_unit,
+        args.stress_key,
+        args.stress_unit,
+    )
     check_read_units(keys)
     use = PriorUse(
         allow_mismatch=args.allow_prior_mismatch,

@@ -26,7 +26,7 @@ from piwsl.errors import ConfigError
 from piwsl.objective.config import LossConfig, translate_legacy
 from piwsl.physics.config import PhysicsConfig
 from piwsl.registry import suggest
-from piwsl.units import ENERGY_UNITS, LENGTH_UNITS
+from piwsl.units import ENERGY_UNITS, LENGTH_UNITS, STRESS_UNITS
 
 #: Packaged configurations, readable as ``builtin:NAME``.
 BUILTIN_CONFIGS = {"ethanol": "ethanol.yaml"}
@@ -63,6 +63,7 @@ class FileUnits(_Section):
 
     energy: str | None = Field(None, description="energy unit, e.g. eV, Hartree, kcal/mol")
     length: str | None = Field(None, description="length unit: Å or Bohr")
+    stress: str | None = Field(None, description="stress unit, e.g. eV/Å^3, GPa, kbar")
 
 
 class DataConfig(_Section):
@@ -71,7 +72,10 @@ class DataConfig(_Section):
     Units: every file is read in ``energy_unit`` / ``length_unit`` unless ``units`` says
     otherwise for its split or for the file itself, e.g.
     ``units: {train: {energy: Hartree, length: Bohr}, test.xyz: {energy: kcal/mol}}`` (a file's
-    own entry wins over its split's). rMD17 ``.npz`` files always hold kcal/mol and Å.
+    own entry wins over its split's). rMD17 ``.npz`` files always hold kcal/mol and Å. Stress
+    labels (``REF_stress`` / ``stress``: Voigt xx yy zz yz xz xy, 9 numbers or 3×3, ASE's sign —
+    positive is tensile) are read in ``stress_unit``, or ``units.<…>.stress``; unset, in the
+    file's energy unit per length unit cubed (eV/Å³ by default).
     """
 
     train: PathList = Field(description="training file(s); `builtin:NAME` for packaged data")
@@ -82,8 +86,13 @@ class DataConfig(_Section):
     )
     energy_key: str | None = None
     forces_key: str | None = None
+    stress_key: str | None = None
     energy_unit: str = Field("eV", description="unit of the energies in the files")
     length_unit: str = Field("Å", description="unit of positions and cells in the files")
+    stress_unit: str | None = Field(
+        None,
+        description="unit of the stress labels (eV/Å^3, GPa, kbar, …); None: energy/length³",
+    )
     units: dict[str, FileUnits] = Field(
         default_factory=dict,
         description=(
@@ -127,15 +136,26 @@ class DataConfig(_Section):
                 energy, length = entry.energy or energy, entry.length or length
         return energy, length
 
+    def stress_unit_for(self, split: str, path: str) -> str | None:
+        """The stress unit of ``path`` read as part of ``split`` (None: energy/length³)."""
+        unit = self.stress_unit
+        for key in (split, path):
+            entry = self.units.get(key)
+            if entry is not None and entry.stress is not None:
+                unit = entry.stress
+        return unit
+
     @model_validator(mode="after")
     def _check_units(self) -> DataConfig:
         _check_unit("data.energy_unit", self.energy_unit, ENERGY_UNITS)
         _check_unit("data.length_unit", self.length_unit, LENGTH_UNITS)
+        _check_unit("data.stress_unit", self.stress_unit, STRESS_UNITS)
         files = {p: s for s in reversed(UNIT_SPLITS) for p in self.files_of(s)}
         for key, entry in self.units.items():
             where = f"data.units.{key}"
             _check_unit(where, entry.energy, ENERGY_UNITS)
             _check_unit(where, entry.length, LENGTH_UNITS)
+            _check_unit(where, entry.stress, STRESS_UNITS)
             if key in UNIT_SPLITS and not self.files_of(key):
                 raise ValueError(
                     f"{where}: no {key} files are configured (data.{key}); "

@@ -4,8 +4,10 @@ One extxyz frame per input frame, in the input's order, positions in Å:
 
 - ``PRED_energy`` (info, eV) and ``PRED_forces`` (arrays, eV/Å): the model's prediction — for a
   model trained on top of a prior (Δ-learning) the total, prior + learned part;
+- ``PRED_stress`` (info, 3×3, eV/Å³, ASE's sign): the stress of a conservative model for cells
+  periodic in all three directions;
 - ``PRIOR_energy`` / ``PRIOR_forces``: the prior's share of them (Δ models only);
-- ``REF_energy`` / ``REF_forces``: the frame's reference labels, where it has them (eV, eV/Å,
+- ``REF_energy`` / ``REF_forces`` / ``REF_stress``: the frame's reference labels, where it has them (eV, eV/Å,
   whatever unit the input was read in);
 - ``PRED_model``, ``PRED_prior`` (the prior's method, Δ models only), ``source_file`` and
   ``source_frame``: where the numbers come from.
@@ -43,6 +45,9 @@ def prediction_atoms(frames: Sequence[Frame], predictions: Any, model: str = "")
         }
         if predictions.forces is not None:
             atoms.arrays["PRED_forces"] = np.array(predictions.forces_of(s))
+        stress = getattr(predictions, "stress", None)
+        if stress is not None and np.all(np.isfinite(stress[s])):
+            info["PRED_stress"] = np.array(stress[s])
         if predictions.prior_energy is not None:
             info["PRIOR_energy"] = float(predictions.prior_energy[s])
             info["PRED_prior"] = str((predictions.prior or {}).get("name", "prior"))
@@ -54,6 +59,8 @@ def prediction_atoms(frames: Sequence[Frame], predictions: Any, model: str = "")
             info["REF_energy"] = float(frame.energy)
         if frame.has_forces:
             atoms.arrays["REF_forces"] = np.array(frame.forces)
+        if frame.has_stress:
+            info["REF_stress"] = np.array(frame.stress)
         atoms.info = info
         out.append(atoms)
     return out

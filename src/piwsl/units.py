@@ -26,6 +26,21 @@ LENGTH_UNITS: dict[str, float] = {
     "Bohr": float(_ase_units.Bohr),
 }
 
+#: Stress units (→ eV/Å³). ``None`` in a config means the file's energy unit per length unit
+#: cubed (:func:`stress_factor`).
+STRESS_UNITS: dict[str, float] = {
+    "eV/Å^3": 1.0,
+    "eV/Å³": 1.0,
+    "eV/A^3": 1.0,
+    "meV/Å^3": 1e-3,
+    "meV/Å³": 1e-3,
+    "GPa": float(_ase_units.GPa),
+    "kbar": 0.1 * float(_ase_units.GPa),
+    "bar": float(_ase_units.bar),
+    "Hartree/Bohr^3": HARTREE / float(_ase_units.Bohr) ** 3,
+    "Ha/Bohr^3": HARTREE / float(_ase_units.Bohr) ** 3,
+}
+
 
 def energy_factor(unit: str) -> float:
     """Factor that converts an energy in ``unit`` to eV."""
@@ -43,3 +58,15 @@ def length_factor(unit: str) -> float:
     if unit not in LENGTH_UNITS:
         raise ValueError(f"unknown length unit {unit!r}{suggest(unit, LENGTH_UNITS)}")
     return LENGTH_UNITS[unit]
+
+
+def stress_factor(unit: str | None, energy: str = "eV", length: str = "Å") -> float:
+    """Factor that converts a stress in ``unit`` to eV/Å³; ``unit=None``: ``energy`` per
+    ``length`` cubed (the units the file declares for energies and lengths)."""
+    from piwsl.registry import suggest
+
+    if unit is None:
+        return energy_factor(energy) / length_factor(length) ** 3
+    if unit not in STRESS_UNITS:
+        raise ValueError(f"unknown stress unit {unit!r}{suggest(unit, STRESS_UNITS)}")
+    return STRESS_UNITS[unit]

@@ -6,7 +6,7 @@ graphs of any sizes into a :class:`Batch`; every per-structure sum in piwsl scat
 equal-size reshape.
 
 Missing labels are NaN *and* masked: ``energy_mask[s]`` says whether structure ``s`` has an energy,
-``forces_mask[s]`` whether it has forces. Code must select with the masks; the NaN fill makes any
+``forces_mask[s]`` whether it has forces, ``stress_mask[s]`` whether it has a stress. Code must select with the masks; the NaN fill makes any
 accidental use of a missing label visible instead of silently zero.
 """
 
@@ -37,6 +37,8 @@ class Graph:
     has_forces: bool
     fixed: torch.Tensor  # bool [n]
     frame_id: int
+    stress: torch.Tensor | None = None  # [3, 3] eV/Å³ (NaN if missing; None: NaN)
+    has_stress: bool = False
 
     @classmethod
     def from_frame(
@@ -51,6 +53,7 @@ class Graph:
         n = frame.n_atoms
         forces = frame.forces if frame.forces is not None else np.full((n, 3), np.nan)
         fixed = frame.fixed if frame.fixed is not None else np.zeros(n, dtype=bool)
+        stress = frame.stress if frame.stress is not None else np.full((3, 3), np.nan)
         return cls(
             positions=torch.as_tensor(frame.positions, dtype=dtype),
             numbers=torch.as_tensor(frame.numbers, dtype=torch.long),
@@ -66,6 +69,8 @@ class Graph:
             has_forces=frame.forces is not None,
             fixed=torch.as_tensor(fixed, dtype=torch.bool),
             frame_id=frame.index if frame_id is None else frame_id,
+            stress=torch.as_tensor(stress, dtype=dtype),
+            has_stress=frame.stress is not None,
         )
 
 
@@ -92,6 +97,8 @@ class Batch:
     forces_mask: torch.Tensor  # bool [S]
     fixed: torch.Tensor  # bool [N]
     frame_id: torch.Tensor  # long [S]
+    stress: torch.Tensor | None = None  # [S, 3, 3] eV/Å³ (NaN where missing; None: no stress)
+    stress_mask: torch.Tensor | None = None  # bool [S] (None: no structure has a stress)
 
     @property
     def n_structures(self) -> int:
@@ -107,11 +114,25 @@ class Batch:
         """bool [N]: atoms whose structure carries force labels."""
         return self.forces_mask[self.batch]
 
+    @property
+    def has_stress(self) -> bool:
+        """Whether any structure carries a stress label."""
+        return self.stress_mask is not None and bool(self.stress_mask.any())
+
+    @property
+    def volume(self) -> torch.Tensor:
+        """Cell volumes [S] in Å³ (0 where a structure is not periodic in all directions)."""
+        det = torch.linalg.det(self.cell.to(torch.float64)).abs()
+        return torch.where(self.pbc.all(dim=1), det, torch.zeros_like(det))
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """Move to ``device``; cast floating tensors (except float64 energies) to ``dtype``."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None:
+                out[f.name] = None
+                continue
             if dtype is not None and value.is_floating_point() and f.name != "energy":
                 value = value.to(dtype=dtype)
             if device is not None:
@@ -150,6 +171,8 @@ class Batch:
             forces_mask=self.forces_mask.repeat(k),
             fixed=self.fixed.repeat(k),
             frame_id=self.frame_id.repeat(k),
+            stress=None if self.stress is None else self.stress.repeat(k, 1, 1),
+            stress_mask=None if self.stress_mask is None else self.stress_mask.repeat(k),
         )
 
 
@@ -161,6 +184,7 @@ def collate(graphs: list[Graph]) -> Batch:
     ptr = torch.zeros(len(graphs) + 1, dtype=torch.long)
     ptr[1:] = torch.cumsum(counts, 0)
     edge_index = torch.cat([g.edge_index + ptr[s] for s, g in enumerate(graphs)], dim=1)
+    with_stress = any(g.has_stress for g in graphs)
     return Batch(
         positions=torch.cat([g.positions for g in graphs]),
         numbers=torch.cat([g.numbers for g in graphs]),
@@ -176,7 +200,16 @@ def collate(graphs: list[Graph]) -> Batch:
         forces_mask=torch.tensor([g.has_forces for g in graphs]),
         fixed=torch.cat([g.fixed for g in graphs]),
         frame_id=torch.tensor([g.frame_id for g in graphs], dtype=torch.long),
+        stress=_stack_stress(graphs) if with_stress else None,
+        stress_mask=torch.tensor([g.has_stress for g in graphs]) if with_stress else None,
     )
+
+
+def _stack_stress(graphs: list[Graph]) -> torch.Tensor:
+    """[S, 3, 3] stress labels, NaN where a structure has none."""
+    like = graphs[0].positions
+    nan = torch.full((3, 3), float("nan"), dtype=like.dtype)
+    return torch.stack([g.stress if g.stress is not None else nan for g in graphs])
 
 
 def edge_vectors(batch: Batch, select: torch.Tensor | None = None) -> torch.Tensor:

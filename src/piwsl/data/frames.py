@@ -1,7 +1,8 @@
 """Frames: one structure with its partial labels, validated on construction.
 
-A frame may carry an energy, forces, both or neither. Missing labels are ``None``; piwsl never
-invents zeros for them. All quantities are in eV and Å. :meth:`Frame.from_atoms` and
+A frame may carry an energy, forces and (periodic cells) a stress, in any combination. Missing
+labels are ``None``; piwsl never invents zeros for them. All quantities are in eV and Å; the stress
+is a symmetric 3×3 tensor in eV/Å³ with ASE's sign (σ = (1/V) ∂E/∂ε, positive = tensile). :meth:`Frame.from_atoms` and
 :meth:`Frame.to_atoms` are the one conversion between frames and ``ase.Atoms``.
 """
 
@@ -25,6 +26,7 @@ class Frame:
     pbc: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=bool))
     energy: float | None = None  # eV, total energy
     forces: np.ndarray | None = None  # eV/Å [n_atoms, 3]
+    stress: np.ndarray | None = None  # eV/Å³ [3, 3], (1/V) ∂E/∂ε (ASE's sign); periodic cells only
     fixed: np.ndarray | None = None  # bool [n_atoms]: atoms held fixed (never displaced)
     source: str = "<memory>"
     index: int = 0
@@ -38,6 +40,8 @@ class Frame:
             self.pbc = np.repeat(self.pbc, 3)
         if self.forces is not None:
             self.forces = np.asarray(self.forces, dtype=np.float64)
+        if self.stress is not None:
+            self.stress = np.asarray(self.stress, dtype=np.float64)
         if self.fixed is not None:
             self.fixed = np.asarray(self.fixed, dtype=bool).reshape(-1)
         if self.energy is not None:
@@ -55,6 +59,15 @@ class Frame:
     @property
     def has_forces(self) -> bool:
         return self.forces is not None
+
+    @property
+    def has_stress(self) -> bool:
+        return self.stress is not None
+
+    @property
+    def volume(self) -> float:
+        """Cell volume in Å³ (0 unless the cell is periodic in all three directions)."""
+        return float(abs(np.linalg.det(self.cell))) if self.pbc.all() else 0.0
 
     def _error(self, message: str, key: str | None = None, hint: str | None = None) -> DataError:
         return DataError(message, file=self.source, frame=self.index, key=key, hint=hint)
@@ -96,8 +109,28 @@ class Frame:
             if not np.all(np.isfinite(self.forces)):
                 bad = int(np.argwhere(~np.isfinite(self.forces))[0, 0])
                 raise self._error(f"non-finite force on atom {bad}", key="forces")
+        if self.stress is not None:
+            self._validate_stress()
         if self.fixed is not None and self.fixed.shape != (n,):
             raise self._error(f"fixed mask has shape {self.fixed.shape}, expected ({n},)")
+
+    def _validate_stress(self) -> None:
+        if self.stress.shape != (3, 3):
+            raise self._error(f"stress has shape {self.stress.shape}, expected (3, 3)", "stress")
+        if not np.all(np.isfinite(self.stress)):
+            raise self._error("non-finite stress", key="stress")
+        if not self.pbc.all():
+            raise self._error(
+                "stress given for a cell that is not periodic in all three directions",
+                key="stress",
+                hint="a stress needs a volume: set pbc=True and a full cell, or drop the stress",
+            )
+        if not np.allclose(self.stress, self.stress.T, rtol=1e-5, atol=1e-6):
+            raise self._error(
+                "stress is not symmetric",
+                key="stress",
+                hint="give Voigt (xx yy zz yz xz xy), 9 numbers of a symmetric tensor or a 3×3",
+            )
 
     @classmethod
     def from_atoms(
@@ -136,6 +169,8 @@ class Frame:
             results["energy"] = self.energy
         if self.forces is not None:
             results["forces"] = self.forces
+        if self.stress is not None:
+            results["stress"] = self.stress
         if results:
             atoms.calc = SinglePointCalculator(atoms, **results)
         return atoms

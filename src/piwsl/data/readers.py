@@ -17,7 +17,7 @@ import numpy as np
 
 from piwsl.data.frames import Frame
 from piwsl.errors import DataError
-from piwsl.units import KCAL_MOL, energy_factor, length_factor
+from piwsl.units import KCAL_MOL, energy_factor, length_factor, stress_factor
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ BUILTIN = {
 #: Keys tried, in order, when no energy/forces key is given (MACE's ``REF_`` convention first).
 DEFAULT_ENERGY_KEYS = ("REF_energy", "energy")
 DEFAULT_FORCES_KEYS = ("REF_forces", "forces")
+DEFAULT_STRESS_KEYS = ("REF_stress", "stress")
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -60,6 +61,9 @@ class LabelKeys:
     forces_key: str | None = None  # None: try DEFAULT_FORCES_KEYS
     energy_unit: str = "eV"
     length_unit: str = "Å"
+    stress_key: str | None = None  # None: try DEFAULT_STRESS_KEYS
+    #: None: the energy unit per length unit cubed (eV/Å³ by default)
+    stress_unit: str | None = None
 
 
 def read_frames(
@@ -267,52 +271,79 @@ def _lookup(atoms, key: str, per_atom: bool):
     return None
 
 
+def _first(atoms, keys: tuple[str, ...], per_atom: bool) -> tuple[str | None, object]:
+    """(key, value) of the first of ``keys`` the atoms carry, else (None, None)."""
+    return next(
+        ((key, v) for key in keys if (v := _lookup(atoms, key, per_atom)) is not None),
+        (None, None),
+    )
+
+
+def energy_label(value, factor: float, source: str, frame: int, key: str | None) -> float:
+    """An energy label in eV (``factor``: the file's energy unit in eV)."""
+    try:
+        energy = float(np.asarray(value, dtype=np.float64).reshape(())) * factor
+    except (TypeError, ValueError) as err:
+        raise DataError(
+            f"energy is not a number: {value!r}", file=source, frame=frame, key=key
+        ) from err
+    if not np.isfinite(energy):
+        raise DataError(f"energy is {energy}", file=source, frame=frame, key=key)
+    return energy
+
+
+def forces_label(
+    value, n_atoms: int, factor: float, source: str, frame: int, key: str | None
+) -> np.ndarray:
+    """A force label [n_atoms, 3] in eV/Å (``factor``: the file's force unit in eV/Å)."""
+    try:
+        forces = np.asarray(value, dtype=np.float64) * factor
+    except (TypeError, ValueError) as err:
+        raise DataError("forces are not numeric", file=source, frame=frame, key=key) from err
+    if forces.shape != (n_atoms, 3):
+        raise DataError(
+            f"forces have shape {forces.shape} but the frame has {n_atoms} atoms",
+            file=source,
+            frame=frame,
+            key=key,
+        )
+    if not np.all(np.isfinite(forces)):
+        bad = int(np.argwhere(~np.isfinite(forces))[0, 0])
+        raise DataError(f"non-finite force on atom {bad}", file=source, frame=frame, key=key)
+    return forces
+
+
+def _fixed_atoms(atoms) -> np.ndarray | None:
+    fixed = None
+    for constraint in atoms.constraints:
+        if type(constraint).__name__ == "FixAtoms":
+            fixed = np.zeros(len(atoms), dtype=bool)
+            fixed[constraint.index] = True
+    return fixed
+
+
 def atoms_to_frames(images, keys: LabelKeys, source: str = "<memory>") -> list[Frame]:
-    """Convert ASE ``Atoms`` to frames, reading the configured label keys."""
+    """Convert ASE ``Atoms`` to frames, reading the configured label keys (energy, forces and
+    stress, each converted from the file's units)."""
     e_factor = energy_factor(keys.energy_unit)
     l_factor = length_factor(keys.length_unit)
-    f_factor = e_factor / l_factor
+    s_factor = stress_factor(keys.stress_unit, keys.energy_unit, keys.length_unit)
     energy_keys = (keys.energy_key,) if keys.energy_key else DEFAULT_ENERGY_KEYS
     forces_keys = (keys.forces_key,) if keys.forces_key else DEFAULT_FORCES_KEYS
+    stress_keys = (keys.stress_key,) if keys.stress_key else DEFAULT_STRESS_KEYS
     frames: list[Frame] = []
     for k, atoms in enumerate(images):
-        e_key, energy = next(
-            ((key, v) for key in energy_keys if (v := _lookup(atoms, key, False)) is not None),
-            (None, None),
+        (e_key, energy), (f_key, forces) = (
+            _first(atoms, energy_keys, False),
+            _first(atoms, forces_keys, True),
         )
-        f_key, forces = next(
-            ((key, v) for key in forces_keys if (v := _lookup(atoms, key, True)) is not None),
-            (None, None),
-        )
+        s_key, stress = _first(atoms, stress_keys, False)
         if energy is not None:
-            try:
-                energy = float(np.asarray(energy, dtype=np.float64).reshape(())) * e_factor
-            except (TypeError, ValueError) as err:
-                raise DataError(
-                    f"energy is not a number: {energy!r}", file=source, frame=k, key=e_key
-                ) from err
-            if not np.isfinite(energy):
-                raise DataError(f"energy is {energy}", file=source, frame=k, key=e_key)
+            energy = energy_label(energy, e_factor, source, k, e_key)
         if forces is not None:
-            try:
-                forces = np.asarray(forces, dtype=np.float64) * f_factor
-            except (TypeError, ValueError) as err:
-                raise DataError("forces are not numeric", file=source, frame=k, key=f_key) from err
-            if forces.shape != (len(atoms), 3):
-                raise DataError(
-                    f"forces have shape {forces.shape} but the frame has {len(atoms)} atoms",
-                    file=source,
-                    frame=k,
-                    key=f_key,
-                )
-            if not np.all(np.isfinite(forces)):
-                bad = int(np.argwhere(~np.isfinite(forces))[0, 0])
-                raise DataError(f"non-finite force on atom {bad}", file=source, frame=k, key=f_key)
-        fixed = None
-        for constraint in atoms.constraints:
-            if type(constraint).__name__ == "FixAtoms":
-                fixed = np.zeros(len(atoms), dtype=bool)
-                fixed[constraint.index] = True
+            forces = forces_label(forces, len(atoms), e_factor / l_factor, source, k, f_key)
+        if stress is not None:
+            stress = stress_tensor(stress, s_factor, source, k, s_key)
         frames.append(
             Frame(
                 numbers=atoms.numbers,
@@ -321,12 +352,14 @@ def atoms_to_frames(images, keys: LabelKeys, source: str = "<memory>") -> list[F
                 pbc=atoms.pbc,
                 energy=energy,
                 forces=forces,
-                fixed=fixed,
+                stress=stress,
+                fixed=_fixed_atoms(atoms),
                 source=source,
                 index=k,
             )
         )
-    for key, attr in ((keys.energy_key, "energy"), (keys.forces_key, "forces")):
+    labels = ((keys.energy_key, "energy"), (keys.forces_key, "forces"), (keys.stress_key, "stress"))
+    for key, attr in labels:
         if key and frames and all(getattr(f, attr) is None for f in frames):
             raise DataError(
                 f"label key absent from every frame ({attr})",
@@ -335,6 +368,31 @@ def atoms_to_frames(images, keys: LabelKeys, source: str = "<memory>") -> list[F
                 hint="check the key name (e.g. REF_energy vs energy) or drop it from the config",
             )
     return frames
+
+
+def stress_tensor(value, factor: float, source: str, frame: int, key: str | None) -> np.ndarray:
+    """A stress label as a 3×3 tensor in eV/Å³: Voigt (6 numbers, ASE's order xx yy zz yz xz
+    xy), 9 numbers (row by row) or 3×3, times ``factor`` (the file's stress unit in eV/Å³)."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise DataError("stress is not numeric", file=source, frame=frame, key=key) from err
+    if array.size == 6:
+        xx, yy, zz, yz, xz, xy = array.reshape(6)
+        array = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    elif array.size == 9:
+        array = array.reshape(3, 3)
+    else:
+        raise DataError(
+            f"stress has {array.size} numbers (shape {array.shape}); expected Voigt 6 "
+            "(xx yy zz yz xz xy), 9 or 3×3",
+            file=source,
+            frame=frame,
+            key=key,
+        )
+    if not np.all(np.isfinite(array)):
+        raise DataError("non-finite stress", file=source, frame=frame, key=key)
+    return array * factor
 
 
 @dataclass
@@ -346,11 +404,13 @@ class LabelCoverage:
     n_forces: int
     n_both: int
     n_none: int
+    n_stress: int = 0
 
     def summary(self, name: str = "data") -> str:
+        stress = f", stress {self.n_stress}" if self.n_stress else ""
         return (
             f"{name}: {self.n_frames} frames — energy {self.n_energy}, forces {self.n_forces}, "
-            f"both {self.n_both}, unlabelled {self.n_none}"
+            f"both {self.n_both}{stress}, unlabelled {self.n_none}"
         )
 
 
@@ -363,4 +423,5 @@ def label_coverage(frames: list[Frame]) -> LabelCoverage:
         n_forces=int(fo.sum()),
         n_both=int((e & fo).sum()),
         n_none=int((~e & ~fo).sum()),
+        n_stress=sum(f.has_stress for f in frames),
     )

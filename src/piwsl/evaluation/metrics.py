@@ -5,7 +5,8 @@ maxima), which :meth:`ErrorMetrics.reduce` combines across DDP ranks (sum / max)
 :meth:`ErrorMetrics.metrics` divides. Units are in the keys: ``energy_mae_meV``,
 ``energy_rmse_meV``, ``energy_mae_meV_per_atom``, ``energy_rmse_meV_per_atom``,
 ``forces_mae_meV_per_A``, ``forces_rmse_meV_per_A`` (over Cartesian components of every atom of a
-force-labelled structure); with ``full=True`` also the largest errors, the counts and the force
+force-labelled structure), ``stress_mae_meV_per_A3``, ``stress_rmse_meV_per_A3`` (over the 9
+components of every stress-labelled structure; 1 meV/Å³ = 0.1602 GPa); with ``full=True`` also the largest errors, the counts and the force
 errors per element. Frames without an energy (forces) label are left out of the energy (force)
 metrics, never counted as zero; a metric with no labelled frame at all is ``None`` (absent from
 validation's ``val_*`` keys). :func:`compute_metrics` also reports the signed mean energy error
@@ -43,6 +44,8 @@ class Labels:
     forces_mask: torch.Tensor  # bool [S]
     atom_forces_mask: torch.Tensor  # bool [N]
     numbers: torch.Tensor  # long [N]
+    stress: torch.Tensor | None = None  # float64 [S, 3, 3] eV/Å³ (NaN where missing)
+    stress_mask: torch.Tensor | None = None  # bool [S]
 
     @classmethod
     def from_frames(cls, frames: Sequence[Frame]) -> Labels:
@@ -55,6 +58,8 @@ class Labels:
             for f in frames
         ]
         forces_mask = torch.tensor([f.has_forces for f in frames], dtype=torch.bool)
+        nan = np.full((3, 3), np.nan)
+        with_stress = any(f.has_stress for f in frames)
         return cls(
             energy=torch.tensor(
                 [float(f.energy) if f.has_energy else float("nan") for f in frames],
@@ -66,6 +71,14 @@ class Labels:
             forces_mask=forces_mask,
             atom_forces_mask=forces_mask.repeat_interleave(n),
             numbers=torch.cat([torch.as_tensor(f.numbers, dtype=torch.long) for f in frames]),
+            stress=torch.as_tensor(
+                np.stack([f.stress if f.has_stress else nan for f in frames]), dtype=torch.float64
+            )
+            if with_stress
+            else None,
+            stress_mask=torch.tensor([f.has_stress for f in frames], dtype=torch.bool)
+            if with_stress
+            else None,
         )
 
 
@@ -77,9 +90,23 @@ METRIC_KEYS = (
     "energy_rmse_meV_per_atom",
     "forces_mae_meV_per_A",
     "forces_rmse_meV_per_A",
+    "stress_mae_meV_per_A3",
+    "stress_rmse_meV_per_A3",
 )
-#: sums of the energy and force errors (validation and evaluation)
-_SUMS = ("e_abs", "e_sq", "epa_abs", "epa_sq", "n_e", "f_abs", "f_sq", "n_f")
+#: sums of the energy, force and stress errors (validation and evaluation)
+_SUMS = (
+    "e_abs",
+    "e_sq",
+    "epa_abs",
+    "epa_sq",
+    "n_e",
+    "f_abs",
+    "f_sq",
+    "n_f",
+    "s_abs",
+    "s_sq",
+    "n_s",
+)
 #: further sums of ``full`` metrics
 _FULL_SUMS = ("n_frames", "n_atoms", "n_frames_f", "n_force_atoms")
 _MAXIMA = ("e_max", "f_max")
@@ -117,10 +144,23 @@ class ErrorMetrics:
         )
 
     # ------------------------------------------------------------------------------ streaming
-    def update(self, energy: torch.Tensor, forces: torch.Tensor | None, labels: Any) -> None:
-        """Add one batch: predicted ``energy`` [S] (eV), ``forces`` [N, 3] (eV/Å, or None) against
-        ``labels`` (a :class:`~piwsl.data.Batch` or :class:`Labels`)."""
+    def update(
+        self,
+        energy: torch.Tensor,
+        forces: torch.Tensor | None,
+        labels: Any,
+        stress: torch.Tensor | None = None,
+    ) -> None:
+        """Add one batch: predicted ``energy`` [S] (eV), ``forces`` [N, 3] (eV/Å, or None) and
+        ``stress`` [S, 3, 3] (eV/Å³, or None) against ``labels`` (a :class:`~piwsl.data.Batch`
+        or :class:`Labels`)."""
         s = self.sums
+        stress_mask = getattr(labels, "stress_mask", None)
+        if stress is not None and stress_mask is not None and bool(stress_mask.any()):
+            err = (stress[stress_mask] - labels.stress[stress_mask]).double()
+            s["s_abs"] += err.abs().sum()
+            s["s_sq"] += (err**2).sum()
+            s["n_s"] += err.numel()
         em = labels.energy_mask
         if bool(em.any()):
             err = (energy[em] - labels.energy[em]).double()
@@ -180,6 +220,10 @@ class ErrorMetrics:
         if n_f > 0:
             out["forces_mae_meV_per_A"] = 1e3 * float(s["f_abs"]) / n_f
             out["forces_rmse_meV_per_A"] = 1e3 * (float(s["f_sq"]) / n_f) ** 0.5
+        n_s = float(s["n_s"])
+        if n_s > 0:
+            out["stress_mae_meV_per_A3"] = 1e3 * float(s["s_abs"]) / n_s
+            out["stress_rmse_meV_per_A3"] = 1e3 * (float(s["s_sq"]) / n_s) ** 0.5
         if self.full:
             out = self._full_metrics(out)
         return {f"{prefix}{k}": v for k, v in out.items()}
@@ -192,6 +236,7 @@ class ErrorMetrics:
             "n_frames_with_energy": int(s["n_e"]),
             "n_frames_with_forces": int(s["n_frames_f"]),
             "n_force_atoms": int(s["n_force_atoms"]),
+            "n_frames_with_stress": int(s["n_s"]) // 9,
             **{k: partial.get(k) for k in METRIC_KEYS},
             "energy_max_abs_error_meV": 1e3 * float(self.maxima["e_max"]) if has_e else None,
             "forces_max_abs_error_meV_per_A": 1e3 * float(self.maxima["f_max"]) if has_f else None,
@@ -289,10 +334,12 @@ def compute_metrics(frames: Sequence[Frame], predictions: Any) -> dict[str, Any]
     metrics = ErrorMetrics(full=True)
     if frames:
         forces = predictions.forces
+        stress = getattr(predictions, "stress", None)
         metrics.update(
             torch.as_tensor(np.asarray(predictions.energy, dtype=np.float64)),
             None if forces is None else torch.as_tensor(np.asarray(forces, dtype=np.float64)),
             Labels.from_frames(frames),
+            None if stress is None else torch.as_tensor(np.asarray(stress, dtype=np.float64)),
         )
     e_idx = [s for s, f in enumerate(frames) if f.has_energy]
     errors = np.array([predictions.energy[s] - frames[s].energy for s in e_idx], np.float64)

@@ -1,4 +1,5 @@
-"""Predictions of a model for a list of frames (eV, eV/Å), with the prior it was trained on.
+"""Predictions of a model for a list of frames (eV, eV/Å, stress eV/Å³), with the prior it was
+trained on.
 
 A model trained on top of a prior (Δ-learning, :mod:`piwsl.priors`) predicts its total, prior +
 learned part. :meth:`Predictions.from_frames` turns frames that carry another method's energies
@@ -39,6 +40,9 @@ class Predictions:
     prior: dict[str, Any] | None = None  # spec of the prior included in energy/forces, if any
     prior_energy: np.ndarray | None = None  # float64 [S], eV: the prior's share of ``energy``
     prior_forces: np.ndarray | None = None  # float64 [N, 3], eV/Å: its share of ``forces``
+    #: float64 [S, 3, 3], eV/Å³ (ASE's sign), NaN for structures without a volume; None if not
+    #: computed
+    stress: np.ndarray | None = None
 
     @property
     def n_structures(self) -> int:
@@ -181,8 +185,13 @@ def predict(
     compute_forces: bool = True,
     device: str | torch.device | None = None,
     prior: PriorUse | None = None,
+    compute_stress: bool | None = None,
 ) -> Predictions:
     """Predicted energies (eV) per structure and forces (eV/Å) per atom, in the input's order.
+
+    ``compute_stress`` (eV/Å³ per structure; default: for a conservative model when a frame is
+    periodic in all three directions) needs forces, and is dropped with a warning when an
+    external prior (which gives no stress) is added.
 
     Frames are turned into graphs with the model's cutoff (no skin); a :class:`GraphDataset` is used
     as is if its cutoff covers the model's. Forces come from :class:`~piwsl.models.ForceField`
@@ -213,37 +222,53 @@ def predict(
             raise ValueError("predict: no frames given")
         dataset = None
     check_model_knows(model, frames)
-    dtype = model_dtype(model)
-    device = torch.device(device) if device is not None else model_device(model)
+    if compute_stress is None:
+        compute_stress = (
+            compute_forces and not model.direct_forces and any(f.pbc.all() for f in frames)
+        )
     if dataset is None:
-        dataset = GraphDataset(frames, cutoff=model.cutoff, skin=0.0, dtype=dtype)
+        dataset = GraphDataset(frames, cutoff=model.cutoff, skin=0.0, dtype=model_dtype(model))
+    device = torch.device(device) if device is not None else model_device(model)
+    out = _run_batches(model, dataset, frames, batch_size, compute_forces, compute_stress, device)
+    if the_prior is not None:
+        add_prior(out, the_prior, frames, use)
+    return out
 
-    n_atoms = np.array([f.n_atoms for f in frames], dtype=np.int64)
+
+def _run_batches(
+    model, dataset, frames, batch_size: int, forces: bool, stress: bool, device
+) -> Predictions:
+    """The model's predictions for every batch of ``dataset``, in the frames' order."""
+    dtype = model_dtype(model)
     ptr = np.zeros(len(frames) + 1, dtype=np.int64)
-    ptr[1:] = np.cumsum(n_atoms)
-    energy = np.full(len(frames), np.nan)
-    forces = np.full((int(ptr[-1]), 3), np.nan) if compute_forces else None
+    ptr[1:] = np.cumsum([f.n_atoms for f in frames])
+    numbers = np.concatenate([f.numbers for f in frames]).astype(np.int64)
+    out = Predictions(
+        energy=np.full(len(frames), np.nan),
+        forces=np.full((int(ptr[-1]), 3), np.nan) if forces or stress else None,
+        numbers=numbers,
+        ptr=ptr,
+        stress=np.full((len(frames), 3, 3), np.nan) if stress else None,
+    )
     was_training = model.training
     model.eval()
+    kwargs = {"compute_stress": True} if stress else {}
     try:
         for batch in dataset.loader(batch_size, shuffle=False):
             batch = batch.to(device=device, dtype=dtype)
             with torch.no_grad():  # conservative forces re-enable grad inside the ForceField
-                out = model(batch, compute_forces=compute_forces, create_graph=False)
-            e = out["energy"].detach().to("cpu", torch.float64).numpy()
+                result = model(batch, compute_forces=forces, create_graph=False, **kwargs)
             ids = batch.frame_id.cpu().numpy()
-            energy[ids] = e
-            if compute_forces:
-                f = out["forces"].detach().to("cpu", torch.float64).numpy()
+            out.energy[ids] = result["energy"].detach().to("cpu", torch.float64).numpy()
+            if out.forces is not None:
+                f = result["forces"].detach().to("cpu", torch.float64).numpy()
                 bptr = batch.ptr.cpu().numpy()
                 for s, k in enumerate(ids):
-                    forces[ptr[k] : ptr[k + 1]] = f[bptr[s] : bptr[s + 1]]
+                    out.forces[ptr[k] : ptr[k + 1]] = f[bptr[s] : bptr[s + 1]]
+            if stress:
+                out.stress[ids] = result["stress"].detach().to("cpu", torch.float64).numpy()
     finally:
         model.train(was_training)
-    numbers = np.concatenate([f.numbers for f in frames]).astype(np.int64)
-    out = Predictions(energy=energy, forces=forces, numbers=numbers, ptr=ptr)
-    if the_prior is not None:
-        add_prior(out, the_prior, frames, use)
     return out
 
 
@@ -261,4 +286,11 @@ def add_prior(
     if predictions.forces is not None:
         predictions.prior_forces = np.concatenate(values.forces).astype(np.float64)
         predictions.forces = predictions.forces + predictions.prior_forces
+    if predictions.stress is not None:
+        log.warning(
+            "the prior %s gives no stress: the stress of this model (trained on top of it) is "
+            "not predicted",
+            prior.describe(),
+        )
+        predictions.stress = None
     predictions.prior = prior.spec()

@@ -121,7 +121,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def metrics_table(metrics: dict[str, Any], title: str = "test set") -> Table:
-    """A rich table of energy (meV, meV/atom) and force (meV/Å) MAE/RMSE."""
+    """A rich table of energy (meV, meV/atom), force (meV/Å) and stress (meV/Å³) MAE/RMSE."""
     table = Table(title=f"{title}: {metrics.get('n_frames', '?')} frames")
     table.add_column("quantity")
     table.add_column("MAE", justify="right")
@@ -139,19 +139,26 @@ def metrics_table(metrics: dict[str, Any], title: str = "test set") -> Table:
         _fmt(metrics.get("forces_mae_meV_per_A")),
         _fmt(metrics.get("forces_rmse_meV_per_A")),
     )
+    if metrics.get("stress_mae_meV_per_A3") is not None:
+        table.add_row(
+            "stress (meV/Å³)",
+            _fmt(metrics.get("stress_mae_meV_per_A3")),
+            _fmt(metrics.get("stress_rmse_meV_per_A3")),
+        )
     return table
 
 
 def check_read_units(keys: Any) -> None:
     """ConfigError for unknown unit names in ``keys`` (a :class:`~piwsl.data.LabelKeys`)."""
     from piwsl.registry import suggest
-    from piwsl.units import ENERGY_UNITS, LENGTH_UNITS
+    from piwsl.units import ENERGY_UNITS, LENGTH_UNITS, STRESS_UNITS
 
     for unit, known, what in (
         (getattr(keys, "energy_unit", "eV"), ENERGY_UNITS, "energy"),
         (getattr(keys, "length_unit", "Å"), LENGTH_UNITS, "length"),
+        (getattr(keys, "stress_unit", None), STRESS_UNITS, "stress"),
     ):
-        if unit not in known:
+        if unit is not None and unit not in known:
             raise ConfigError(f"unknown {what} unit {unit!r}{suggest(unit, known)}")
 
 

@@ -4,6 +4,8 @@ Every backend is a small class with a ``name`` and ``compute(atoms) -> dict`` re
 
 - ``energy``: total energy in eV,
 - ``forces``: ``[n_atoms, 3]`` array in eV/Å, or ``None`` when the method gives energies only,
+- ``stress`` (optional): 3×3 in eV/Å³, ASE's sign (σ = (1/V) ∂E/∂ε), for cells periodic in all
+  three directions where the method gives it (tblite; ASE calculators that implement it),
 - ``provenance``: a flat dict (method, basis, program, program_version, plus method details).
 
 Backends are built by name from :data:`BACKENDS` (a :class:`~piwsl.registry.Registry`, so a typo
@@ -12,8 +14,8 @@ gets a "did you mean" error) through :func:`make_backend`:
 ============  ===============================================================================
 name          what
 ============  ===============================================================================
-gfn2-xtb      GFN2-xTB through tblite (energy + analytic forces)
-gfn1-xtb      GFN1-xTB through tblite (energy + analytic forces)
+gfn2-xtb      GFN2-xTB through tblite (energy + analytic forces; stress of periodic cells)
+gfn1-xtb      GFN1-xTB through tblite (energy + analytic forces; stress of periodic cells)
 hf            Hartree–Fock through PySCF (energy + analytic forces)
 dft           Kohn–Sham DFT through PySCF, option ``xc`` (energy + analytic forces)
 mp2           MP2 through PySCF (energy; analytic forces with ``forces=True``)
@@ -39,6 +41,7 @@ iteration raises :class:`BackendError`, which the runner records per frame as
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import time
@@ -241,7 +244,7 @@ class TBLiteBackend(Backend):
             result = self.calculator(atoms).singlepoint()
         except RuntimeError as err:  # tblite reports SCF failures as RuntimeError
             raise BackendError(f"tblite {self.method}: {err}") from err
-        return {
+        out = {
             "energy": hartree_to_ev(result.get("energy")),
             "forces": gradient_to_forces(result.get("gradient")),
             "provenance": {
@@ -253,6 +256,15 @@ class TBLiteBackend(Backend):
                 "spin": self.spin,
             },
         }
+        if atoms.pbc.all():
+            out["stress"] = virial_to_stress(result.get("virial"), atoms.get_volume())
+        return out
+
+
+def virial_to_stress(virial: np.ndarray, volume: float) -> np.ndarray:
+    """tblite's ``virial`` (Hartree; it is +∂E/∂ε, checked against finite differences of the
+    energy under strain) → the stress (1/V) ∂E/∂ε in eV/Å³ (ASE's sign, as tblite.ase does)."""
+    return np.asarray(virial, dtype=np.float64).reshape(3, 3) * HARTREE / float(volume)
 
 
 BACKENDS.add("gfn2-xtb", lambda **o: TBLiteBackend("GFN2-xTB", **o))
@@ -656,7 +668,7 @@ class ASEBackend(Backend):
             forces = np.asarray(work.get_forces(), dtype=np.float64)
         except PropertyNotImplementedError:
             forces = None
-        return {
+        out = {
             "energy": energy,
             "forces": forces,
             "provenance": {
@@ -666,6 +678,10 @@ class ASEBackend(Backend):
                 "program_version": self.version,
             },
         }
+        if work.pbc.all():
+            with contextlib.suppress(PropertyNotImplementedError):
+                out["stress"] = np.asarray(work.get_stress(voigt=False), dtype=np.float64)
+        return out
 
 
 # ----------------------------------------------------------------------------------------------

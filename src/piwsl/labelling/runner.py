@@ -13,8 +13,9 @@ with ``retry_failed``), a torn last line is dropped, and a frame whose hash diff
 (the input file changed) or a different backend is an error rather than silently mixed data.
 
 Output (written atomically once every frame has a journal entry): extxyz with, per frame,
-``REF_energy`` (eV) in ``atoms.info`` and ``REF_forces`` (eV/Å) in ``atoms.arrays`` for successful
-frames, and provenance keys ``REF_method``, ``REF_basis``, ``REF_program``,
+``REF_energy`` (eV) in ``atoms.info``, ``REF_forces`` (eV/Å) in ``atoms.arrays`` and — for periodic
+cells, where the backend gives it — ``REF_stress`` (3×3, eV/Å³, ASE's sign) in ``atoms.info`` for
+successful frames, and provenance keys ``REF_method``, ``REF_basis``, ``REF_program``,
 ``REF_program_version``, ``REF_wall_time_s``, ``REF_status`` ("ok" / "failed"), ``REF_error``
 (failed frames), ``REF_frame`` (input index) plus backend-specific details. Failed frames are kept,
 with ``REF_status="failed"`` and no ``REF_`` labels, and listed in ``OUTPUT.summary.json``.
@@ -175,6 +176,12 @@ def compute_frame(backend: Backend, index: int, atoms) -> dict[str, Any]:
             if not np.all(np.isfinite(forces)):
                 raise FloatingPointError("non-finite forces")
             forces = forces.tolist()
+        stress = out.get("stress")
+        if stress is not None:
+            stress = np.asarray(stress, dtype=np.float64).reshape(3, 3)
+            if not np.all(np.isfinite(stress)):
+                raise FloatingPointError("non-finite stress")
+            record["stress"] = stress.tolist()
         record.update(
             status="ok",
             energy=energy,
@@ -470,6 +477,8 @@ def write_output(
             info["REF_energy"] = float(record["energy"])
             if record.get("forces") is not None:
                 atoms.arrays["REF_forces"] = np.asarray(record["forces"], dtype=np.float64)
+            if record.get("stress") is not None:
+                info["REF_stress"] = np.asarray(record["stress"], dtype=np.float64)
         else:
             summary.n_failed += 1
             info["REF_error"] = str(record.get("error", "unknown error"))

@@ -2,7 +2,8 @@
 
 - :mod:`~piwsl.objective.base`: the :class:`Term` contract (name, weight, :class:`Needs`, raw
   value), the registry :data:`TERMS` and :func:`register_term`;
-- :mod:`~piwsl.objective.supervised`: ``energy`` and ``forces`` (masked to labelled structures);
+- :mod:`~piwsl.objective.supervised`: ``energy``, ``forces`` and ``stress`` (masked to labelled
+  structures);
 - :mod:`~piwsl.objective.physics`: ``taylor`` (PITC), ``spatial`` (PISC), ``taylor_two_point``;
 - :mod:`~piwsl.objective.copies`: :class:`Displacements`, the sampling state of the copies B, C;
 - :mod:`~piwsl.objective.objective`: :class:`Objective`, which plans the union of the needs,
@@ -15,7 +16,14 @@ from piwsl.objective.config import CONVENTIONS, PRESETS, EnergyConvention, LossC
 from piwsl.objective.copies import Displacements
 from piwsl.objective.objective import Objective, ObjectiveResult
 from piwsl.objective.physics import ResidualTerm, SpatialTerm, TaylorTerm, TwoPointTerm
-from piwsl.objective.supervised import EnergyTerm, ForcesTerm, energy_mse, forces_mse
+from piwsl.objective.supervised import (
+    EnergyTerm,
+    ForcesTerm,
+    StressTerm,
+    energy_mse,
+    forces_mse,
+    stress_mse,
+)
 
 __all__ = [
     "CONVENTIONS",
@@ -31,11 +39,13 @@ __all__ = [
     "ObjectiveResult",
     "ResidualTerm",
     "SpatialTerm",
+    "StressTerm",
     "TaylorTerm",
     "Term",
     "TwoPointTerm",
     "energy_mse",
     "forces_mse",
     "register_term",
+    "stress_mse",
     "term_class",
 ]

@@ -50,10 +50,12 @@ COPIES = ("A", "B", "C")
 
 @dataclass(frozen=True)
 class Needs:
-    """What a term needs evaluated: ``copies`` (A always) and ``forces_at`` (a subset)."""
+    """What a term needs evaluated: ``copies`` (A always), ``forces_at`` (a subset) and whether
+    the stress (and virial) at A is needed."""
 
     copies: frozenset[str] = field(default_factory=lambda: frozenset({"A"}))
     forces_at: frozenset[str] = field(default_factory=frozenset)
+    stress: bool = False
 
     def __post_init__(self) -> None:
         copies = frozenset(self.copies) | {"A"}
@@ -65,7 +67,11 @@ class Needs:
         object.__setattr__(self, "forces_at", forces_at)
 
     def __or__(self, other: Needs) -> Needs:
-        return Needs(self.copies | other.copies, self.forces_at | other.forces_at)
+        return Needs(
+            self.copies | other.copies,
+            self.forces_at | other.forces_at,
+            self.stress or other.stress,
+        )
 
     @property
     def displaced(self) -> bool:
@@ -149,7 +155,7 @@ def term_class(name: str) -> type[Term]:
 
 
 #: The built-in terms in the order they are summed; terms from elsewhere follow.
-BUILTIN_ORDER = ("energy", "forces", "taylor", "spatial", "taylor_two_point")
+BUILTIN_ORDER = ("energy", "forces", "stress", "taylor", "spatial", "taylor_two_point")
 
 
 def term_order() -> list[str]:

@@ -106,4 +106,5 @@ class Displacements:
             copies=tuple(sorted(needs.copies)),
             forces_at=tuple(sorted(needs.forces_at)),
             mode=self.config.evaluation,
+            stress=needs.stress,
         )

@@ -100,7 +100,8 @@ class Objective:
                 self.displacements = Displacements()
             out = self.displacements.evaluate(model, batch, needs, step, displacements)
         else:  # one plain pass at A
-            out = CopyOutputs.of_a(model(batch, compute_forces=bool(needs.forces_at)))
+            kwargs = {"compute_stress": True} if needs.stress else {}
+            out = CopyOutputs.of_a(model(batch, compute_forces=bool(needs.forces_at), **kwargs))
         # residual terms first, all residuals before their squares (the order of the autograd
         # graph, and so of the gradient sums, is that of the terms before issue 17)
         residual_terms = [t for t in active if isinstance(t, ResidualTerm)]

@@ -1,9 +1,13 @@
-"""The supervised terms: energies and forces against the labels, masked to labelled structures.
+"""The supervised terms: energies, forces and stress against the labels, masked to labelled
+structures.
 
 Units follow the run's :class:`~piwsl.objective.EnergyConvention`: by default the energy term is
 the mean over energy-labelled structures of ((E − E_ref)/N_atoms)² in eV²/atom², the force term
 the mean over the force components of force-labelled structures of (F − F_ref)² in (eV/Å)²; the
-paper's convention uses total energies in kcal/mol and forces in kcal/mol/Å.
+paper's convention uses total energies in kcal/mol and forces in kcal/mol/Å. The stress term is
+the mean over the 9 components of stress-labelled structures of ((σ − σ_ref)·V/N_atoms)², the
+stress error as a per-atom virial, in the convention's energy unit (eV²/atom² by default): on the
+scale of the per-atom energy error, whatever the cell size.
 """
 
 from __future__ import annotations
@@ -110,3 +114,51 @@ class ForcesTerm(Term):
 
     def __call__(self, out: CopyOutputs, batch: Batch) -> torch.Tensor:
         return self.loss({"forces": out.forces["A"]}, batch)
+
+
+def stress_mse(output: dict[str, torch.Tensor], batch: Batch, unit: float = 1.0) -> torch.Tensor:
+    """Mean over the components of stress-labelled structures of ((σ − σ_ref)·V/N / unit)²
+    (default eV²/atom²: the stress error as a per-atom virial)."""
+    if not batch.has_stress:
+        return output["energy"].new_zeros(())
+    mask = batch.stress_mask
+    per_atom_volume = (batch.volume[mask] / batch.n_atoms[mask]).to(batch.stress.dtype)
+    diff = (output["stress"][mask] - batch.stress[mask]) * per_atom_volume[:, None, None] / unit
+    return (diff**2).mean()
+
+
+@register_term("stress")
+class StressTerm(Term):
+    """MSE of the stress of stress-labelled structures, as a per-atom virial (in ``unit``).
+
+    Active only on batches that carry stress labels (periodic cells); needs a conservative model
+    (the stress is the strain derivative of the energy, :class:`~piwsl.models.ForceField`).
+    """
+
+    config_options = ()
+
+    def __init__(self, weight: float = 1.0, unit: str = "eV") -> None:
+        super().__init__(weight)
+        self.unit = energy_factor(unit)
+
+    @classmethod
+    def from_config(cls, weight: float, convention: EnergyConvention, **options: Any) -> Term:
+        return cls(weight, convention.energy_unit)
+
+    def needs(self) -> Needs:
+        return Needs(forces_at=frozenset({"A"}), stress=True)
+
+    def active(self, batch: Batch) -> bool:
+        return self.weight > 0 and batch.has_stress
+
+    def count(self, batch: Batch) -> torch.Tensor:
+        if not batch.has_stress:
+            return torch.zeros((), dtype=torch.long)
+        return 9 * batch.stress_mask.sum()
+
+    def loss(self, output: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The raw value from a plain model output (``{"stress": …}``)."""
+        return stress_mse(output, batch, self.unit)
+
+    def __call__(self, out: CopyOutputs, batch: Batch) -> torch.Tensor:
+        return self.loss(out.output_a(), batch)

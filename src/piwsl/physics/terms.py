@@ -76,6 +76,7 @@ def evaluate_copies(
     forces_at: tuple[str, ...] = ("A", "B", "C"),
     mode: str = "fused",
     create_graph: bool | None = None,
+    stress: bool = False,
 ) -> CopyOutputs:
     """Evaluate ``model`` (a ForceField) at A, B = A + d2, C = A + d1.
 
@@ -85,7 +86,8 @@ def evaluate_copies(
     (one fused pass over the copies that need forces, one over those that need only energies;
     the same as fused for direct models) or ``"three_pass"`` (one pass per copy).
     ``create_graph`` defaults to ``torch.is_grad_enabled()`` so that the losses can be
-    differentiated even in eval mode.
+    differentiated even in eval mode. ``stress``: also the stress and virial at A (the pass that
+    holds A computes them for its copies, a by-product of its backward).
     """
     if create_graph is None:
         create_graph = torch.is_grad_enabled()
@@ -107,6 +109,7 @@ def evaluate_copies(
         groups = [[c] for c in names]
     else:
         raise ValueError(f"unknown evaluation mode {mode!r}; use 'fused', 'split' or 'three_pass'")
+    at_a: dict[str, torch.Tensor] = {}
     for group in groups:
         need = any(c in forces_at for c in group)
         big = (
@@ -114,17 +117,23 @@ def evaluate_copies(
             if len(group) > 1
             else (batch.with_positions(positions[group[0]]))
         )
-        out = model(big, compute_forces=need, create_graph=create_graph)
+        kwargs = {"compute_stress": True} if stress and "A" in group else {}
+        out = model(big, compute_forces=need, create_graph=create_graph, **kwargs)
         f = out.get("forces")
         for k, c in enumerate(group):
             energy[c] = out["energy"][k * S : (k + 1) * S]
             forces[c] = f[k * N : (k + 1) * N] if f is not None else None
-    return CopyOutputs(
+            if c == "A":
+                at_a = {key: out[key][:S] for key in ("stress", "virial") if key in out}
+    result = CopyOutputs(
         energy=energy,
         forces=forces,
         d1=positions["C"] - pos_a,
         d2=positions["B"] - pos_a,
     )
+    if at_a:
+        result.output = {**result.output_a(), **at_a}
+    return result
 
 
 def _labelled_forces(batch: Batch) -> torch.Tensor:

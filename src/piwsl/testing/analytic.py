@@ -6,6 +6,10 @@
 - :class:`RotationalModel` (direct forces): the same energy, forces F = −∇E + ω × r_i, a field
   whose Jacobian has the antisymmetric part [ω]× on every atom (ω in eV/Å², a vector), so it is
   conservative only for ω = 0.
+- :class:`LennardJonesModel` (conservative, periodic): ASE's smooth Lennard-Jones
+  (:class:`ase.calculators.lj.LennardJones` with ``smooth=True``) term for term, an anharmonic pair
+  potential with an fcc equilibrium lattice, whose energies, forces and stresses ASE computes
+  independently.
 
 All parameters are ``nn.Parameter`` s so that gradients of the losses can be checked.
 """
@@ -97,3 +101,38 @@ class RotationalModel(HarmonicModel):
         e, _ = super().atomic_outputs(batch)
         rot = torch.linalg.cross(self.omega.expand_as(batch.positions), batch.positions, dim=-1)
         return e, self.analytic_forces(batch) + rot
+
+
+class LennardJonesModel(EnergyModel):
+    """ASE's smooth Lennard-Jones potential: e_i = ½ Σ_j 4ε[(σ/r)¹² − (σ/r)⁶]·f(r²), with ASE's
+    C¹ cutoff f (1 below ``ro``, 0 beyond ``rc = cutoff``); ε in eV, σ in Å."""
+
+    direct_forces = False
+
+    def __init__(
+        self,
+        elements: list[int],
+        cutoff: float = 6.0,
+        sigma: float = 2.0,
+        epsilon: float = 0.1,
+        ro: float | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        super().__init__(elements, cutoff)
+        self.ro = 0.66 * cutoff if ro is None else float(ro)  # ASE's default
+        self.sigma = nn.Parameter(torch.tensor(sigma, dtype=dtype))
+        self.epsilon = nn.Parameter(torch.tensor(epsilon, dtype=dtype))
+
+    def atomic_outputs(self, batch: Batch):
+        r2 = (edge_vectors(batch) ** 2).sum(-1)
+        rc2, ro2 = self.cutoff**2, self.ro**2
+        inside = r2 < rc2
+        c6 = torch.where(inside, (self.sigma**2 / torch.where(inside, r2, rc2)) ** 3, 0.0)
+        switch = torch.where(
+            r2 < ro2,
+            torch.ones_like(r2),
+            torch.where(inside, (rc2 - r2) ** 2 * (rc2 + 2 * r2 - 3 * ro2) / (rc2 - ro2) ** 3, 0.0),
+        )
+        pair = 0.5 * 4 * self.epsilon * (c6**2 - c6) * switch
+        e = torch.zeros(batch.positions.shape[0], dtype=pair.dtype, device=pair.device)
+        return e.index_add(0, batch.edge_index[0], pair), None

@@ -16,7 +16,10 @@ small random molecules and small periodic crystals, run the model and assert phy
 - isolated atoms and far-away atoms are finite, force-free and additive;
 - unknown elements raise :class:`~piwsl.errors.UnknownElementError`;
 - double backward: ``gradcheck`` of forces w.r.t. positions and of a force loss w.r.t. a parameter
-  tensor, and a force loss reaches most parameters.
+  tensor, and a force loss reaches most parameters;
+- stress (conservative models): σ = (1/V) ∂E/∂ε against central differences of the energy under
+  symmetric strains of positions and cell (:func:`strain_fd_stress`), the virial of a molecule
+  against Σ r_i ⊗ F_i, batch equals single; a direct-force model refuses stress.
 
 Use it three ways: :func:`run_contract_suite` (all checks, one aggregated error),
 the individual ``check_*`` functions (listed in :data:`CONTRACT_CHECKS`, convenient for
@@ -36,7 +39,7 @@ import torch
 from piwsl.data.batch import Batch, frames_to_batch
 from piwsl.data.frames import Frame
 from piwsl.data.neighbors import neighbor_list
-from piwsl.errors import UnknownElementError
+from piwsl.errors import ConfigError, UnknownElementError
 from piwsl.models.base import validate_output
 
 ModelFactory = Callable[[list[int], float, torch.dtype], torch.nn.Module]
@@ -522,6 +525,88 @@ def check_double_backward(factory: ModelFactory, settings: ContractSettings = DE
         raise AssertionError(f"gradcheck of a force loss w.r.t. parameter {name!r} failed")
 
 
+def strained(positions: np.ndarray, cell: np.ndarray, eps: np.ndarray):
+    """Positions and cell under the strain ``eps`` (3×3, rows are vectors): X (1 + ε)."""
+    deform = np.eye(3) + eps
+    return positions @ deform, cell @ deform
+
+
+def strain_fd_stress(
+    energy: Callable[[np.ndarray, np.ndarray], float],
+    positions: np.ndarray,
+    cell: np.ndarray,
+    h: float = 1e-5,
+) -> np.ndarray:
+    """σ_ab = (1/V) ∂E/∂ε_ab by central differences of ``energy(positions, cell)`` (eV) under
+    symmetric strains ±h (ε_ab = ε_ba = h/2), 3×3 in eV/Å³ — ASE's sign convention."""
+    volume = abs(float(np.linalg.det(cell)))
+    out = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            eps = np.zeros((3, 3))
+            eps[a, b] += 0.5 * h
+            eps[b, a] += 0.5 * h
+            e_plus = energy(*strained(positions, cell, eps))
+            e_minus = energy(*strained(positions, cell, -eps))
+            out[a, b] = out[b, a] = (e_plus - e_minus) / (2 * h * volume)
+    return out
+
+
+def check_stress(factory: ModelFactory, settings: ContractSettings = DEFAULT_SETTINGS):
+    """Conservative: the stress equals central differences of the energy under strain (a
+    triclinic crystal, float64), forces are unchanged by computing it, a molecule's virial is
+    Σ r_i ⊗ F_i and its stress NaN, a mixed batch gives each structure's own stress.
+
+    Direct: ``compute_stress=True`` raises :class:`~piwsl.errors.ConfigError`.
+    """
+    model = _make(factory, settings, torch.float64)
+    rng = np.random.default_rng(settings.seed + 13)
+    crystal = random_crystal(rng, 3, settings.elements)
+    if model.direct_forces:
+        try:
+            model(_batch(model, [crystal], torch.float64), compute_stress=True)
+        except ConfigError:
+            return
+        raise AssertionError("a direct-force model computed a stress")
+    h = 1e-5
+    batch = _batch(model, [crystal], torch.float64, skin=0.2)
+
+    def energy(positions: np.ndarray, cell: np.ndarray) -> float:
+        moved = batch.with_positions(torch.as_tensor(positions))
+        moved.cell = torch.as_tensor(cell).unsqueeze(0)
+        return float(model(moved, compute_forces=False)["energy"].detach().sum())
+
+    out = model(batch, compute_stress=True, create_graph=False)
+    stress = out["stress"][0]
+    fd = strain_fd_stress(energy, crystal.positions, crystal.cell, h)
+    if float(np.abs(fd).max()) < 1e-6:
+        raise AssertionError("the stress vanishes; the finite-difference check would be vacuous")
+    _close(
+        stress,
+        fd,
+        "stress vs finite differences of the energy under strain",
+        1e-6 * max(1.0, float(np.abs(fd).max())) + 1e-8,
+    )
+    _close(out["virial"][0], -stress * crystal.volume, "virial = −σ V", 1e-10)
+    _, forces = _predict(model, batch)
+    _close(out["forces"], forces, "forces computed with the stress", _tol(settings, forces))
+
+    mol = random_molecule(rng, settings.molecule_sizes[0], settings.elements)
+    both = model(_batch(model, [mol, crystal], torch.float64), compute_stress=True)
+    if not bool(torch.isnan(both["stress"][0]).all()):
+        raise AssertionError("a molecule (no volume) has a finite stress")
+    r = torch.as_tensor(mol.positions)
+    f_mol = both["forces"][: mol.n_atoms].detach()
+    expected = torch.einsum("ni,nj->ij", r, f_mol)
+    expected = 0.5 * (expected + expected.T)
+    _close(
+        both["virial"][0].detach(), expected, "molecule: virial vs Σ r ⊗ F", _tol(settings, f_mol)
+    )
+    _close(
+        both["stress"][1].detach(), stress, "stress of the crystal batched with a molecule", 1e-9
+    )
+
+
 CONTRACT_CHECKS: dict[str, Callable[[ModelFactory, ContractSettings], None]] = {
     "output_contract": check_output_contract,
     "float32": check_float32,
@@ -536,6 +621,7 @@ CONTRACT_CHECKS: dict[str, Callable[[ModelFactory, ContractSettings], None]] = {
     "isolated_atoms": check_isolated_atoms,
     "unknown_element": check_unknown_element,
     "double_backward": check_double_backward,
+    "stress": check_stress,
 }
 
 

@@ -114,6 +114,28 @@ def build_objective(cfg: Config, cutoff: float) -> Objective:
     return objective
 
 
+def check_stress_terms(objective: Objective, model: Any, data: PreparedData) -> None:
+    """A stress term needs a conservative model (ConfigError); stress labels without a stress
+    term, or a stress term without stress labels, get a warning."""
+    term = objective.term("stress")
+    weight = term.weight if term is not None else 0.0
+    n_labelled = sum(f.has_stress for f in data.train)
+    if weight > 0 and n_labelled and model.direct_forces:
+        raise ConfigError(
+            f"loss.terms.stress: {n_labelled} training frames carry stress labels, but the model "
+            "predicts forces directly and has no stress; use a conservative model (e.g. "
+            "model.hparams.forces=conservative) or set loss.terms.stress=0"
+        )
+    if n_labelled and weight == 0:
+        log.warning(
+            "%d training frames carry stress labels that are not trained on; set "
+            "loss.terms.stress=1 (or another weight) to use them",
+            n_labelled,
+        )
+    if weight > 0 and not n_labelled:
+        log.warning("loss.terms.stress is set but no training frame carries a stress label")
+
+
 def monitor_of(data: PreparedData) -> str:
     """The validation metric that selects the best checkpoint (forces when validation has them)."""
     return "val_forces_mae_meV_per_A" if data.val_has_forces else "val_energy_mae_meV"

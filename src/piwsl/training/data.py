@@ -99,7 +99,14 @@ def read_split(cfg: DataConfig, split: str, read_in: dict[str, tuple[str, str]])
                 "the units of the other files for their split or file only, e.g. "
                 "data.units: {train: {energy: Hartree}}, not data.energy_unit / data.length_unit"
             )
-        keys = LabelKeys(cfg.energy_key, cfg.forces_key, energy, length)
+        keys = LabelKeys(
+            cfg.energy_key,
+            cfg.forces_key,
+            energy,
+            length,
+            cfg.stress_key,
+            cfg.stress_unit_for(split, path),
+        )
         frames.extend(read_frames(path, keys))
         read_in[path] = NPZ_UNITS if resolve_path(path).suffix == ".npz" else (energy, length)
     return frames
@@ -110,6 +117,7 @@ def _strip_labels(frames: list[Frame]) -> list[Frame]:
     for f in frames:
         f.energy = None
         f.forces = None
+        f.stress = None
     return frames
 
 
@@ -134,11 +142,12 @@ def reference_statistics(frames: list[Frame], e0s: dict[int, float]) -> tuple[fl
 
 
 def _keep_labels(frames: list[Frame], which: str) -> list[Frame]:
-    """Drop the forces (``which="energy"``) or the energies (``"forces"``) of every frame."""
+    """Keep only the energies (``which="energy"``) or only the forces (``"forces"``) of every
+    frame (the stress, a strain derivative of the energy, goes with either)."""
     if which == "energy":
-        return [replace(f, forces=None) for f in frames]
+        return [replace(f, forces=None, stress=None) for f in frames]
     if which == "forces":
-        return [replace(f, energy=None) for f in frames]
+        return [replace(f, energy=None, stress=None) for f in frames]
     return frames
 
 
@@ -174,6 +183,20 @@ def in_model_residuals(prior: Prior, frames: list[Frame]) -> tuple[list[Frame], 
     return subtract_prior(labelled, values), line
 
 
+def _without_stress(frames: list[Frame], prior: Prior) -> list[Frame]:
+    """An external prior gives no stress, so stress labels cannot become residuals: drop them
+    (with a warning)."""
+    n = sum(f.has_stress for f in frames)
+    if not n:
+        return frames
+    log.warning(
+        "the prior %s gives no stress: the stress labels of %d frames are not used",
+        prior.describe(),
+        n,
+    )
+    return [replace(f, stress=None) if f.has_stress else f for f in frames]
+
+
 def apply_prior(
     cfg: PriorConfig, splits: dict[str, list[Frame]], progress: bool = False
 ) -> tuple[Prior, dict[str, list[Frame]], str]:
@@ -186,6 +209,10 @@ def apply_prior(
     prior = make_prior(cfg.name, cfg.charge, cfg.multiplicity, cfg.settings)
     if prior.in_model:
         return prior, splits, ""
+    splits = {
+        name: frames if name == "test" else _without_stress(frames, prior)
+        for name, frames in splits.items()
+    }
     labelled = {
         name: [f for f in frames if f.has_energy or f.has_forces] for name, frames in splits.items()
     }

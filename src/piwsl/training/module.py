@@ -187,8 +187,10 @@ class PiwslModule(lightning.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         need_forces = bool(batch.forces_mask.any())
-        out = self.eval_model(batch, compute_forces=need_forces, create_graph=False)
-        self._val.update(out["energy"], out.get("forces"), batch)
+        need_stress = batch.has_stress and not getattr(self.eval_model, "direct_forces", False)
+        kwargs = {"compute_stress": True} if need_stress else {}
+        out = self.eval_model(batch, compute_forces=need_forces, create_graph=False, **kwargs)
+        self._val.update(out["energy"], out.get("forces"), batch, out.get("stress"))
         copies = CopyOutputs.of_a(out)
         for term in self.objective.terms:  # the supervised terms, averaged over the whole set
             count = None if term.needs().displaced else term.count(batch)

@@ -38,6 +38,7 @@ from piwsl.training.builders import (
     build_module,
     build_objective,
     build_trainer,
+    check_stress_terms,
     describe_model,
     monitor_of,
     validation_batch_size,
@@ -186,6 +187,8 @@ def train(
         console.print(f"[bold]data[/] {escape(line)}")
     model = build_force_field(cfg, data, pretrained)
     objective = build_objective(cfg, model.cutoff)
+    if rank_zero:
+        check_stress_terms(objective, model, data)
     if cfg.model.init_from is not None:
         kept = "re-fitted to the training energies" if cfg.model.e0s_on_init == "refit" else "kept"
         console.print(
