@@ -103,6 +103,43 @@ def test_xtb_backend_matches_tblite(name, method):
     assert out["forces"][1, 2] == pytest.approx(fd, abs=1e-4)
 
 
+def test_gfn1_periodic_stress_is_the_strain_derivative_and_labelled(tmp_path):
+    """tblite's virial, turned into a stress, equals (1/V) ∂E/∂ε by finite differences of the
+    energy under strain (two components; ASE's sign), and `piwsl label` writes it as REF_stress."""
+    pytest.importorskip("tblite")
+    import ase.io
+    from ase.build import bulk
+
+    from piwsl.data import read_frames
+    from piwsl.testing.model_contract import strained
+
+    atoms = bulk("Si", "diamond", a=5.5)
+    atoms.rattle(0.05, seed=1)
+    atoms.set_cell(atoms.cell.array @ np.diag([1.01, 0.99, 1.0]), scale_atoms=True)
+    backend = make_backend("gfn1-xtb")
+    stress = backend.compute(atoms)["stress"]
+    volume, h = atoms.get_volume(), 1e-4
+    for a, b in ((0, 0), (0, 1)):
+        eps = np.zeros((3, 3))
+        eps[a, b] += 0.5 * h
+        eps[b, a] += 0.5 * h
+        energies = []
+        for sign in (1, -1):
+            work = atoms.copy()
+            work.positions, cell = strained(atoms.positions, atoms.cell.array, sign * eps)
+            work.set_cell(cell)
+            energies.append(backend.compute(work)["energy"])
+        fd = (energies[0] - energies[1]) / (2 * h * volume)
+        assert abs(fd) > 1e-4
+        assert stress[a, b] == pytest.approx(fd, rel=1e-4, abs=1e-7)
+    ase.io.write(str(tmp_path / "in.extxyz"), [atoms])
+    label_structures(
+        str(tmp_path / "in.extxyz"), tmp_path / "out.extxyz", "gfn1-xtb", progress=False
+    )
+    (frame,) = read_frames(tmp_path / "out.extxyz")
+    np.testing.assert_allclose(frame.stress, stress, atol=1e-6)  # positions stored to 1e-8 Å
+
+
 # ----------------------------------------------------------------------------------------------
 # PySCF
 # ----------------------------------------------------------------------------------------------

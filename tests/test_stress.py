@@ -281,3 +281,60 @@ def test_stress_term_with_displaced_copies_reads_stress_at_a():
         model, batch, step=0
     )
     assert float(with_copies.raw["stress"]) == pytest.approx(float(plain.raw["stress"]), rel=1e-9)
+
+
+# ------------------------------------------------------------------------------ training
+def write_lj_crystals(path, n: int = 24, seed: int = 0) -> None:
+    """Rattled, strained fcc argon cells of 4 and 8 atoms with ASE Lennard-Jones labels."""
+    import ase.io
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for k in range(n):
+        eps = np.eye(3) * rng.uniform(-0.03, 0.03) + rng.uniform(-0.01, 0.01, (3, 3))
+        atoms = argon((2, 1, 1) if k % 2 else (1, 1, 1), seed=k, eps=0.5 * (eps + eps.T))
+        atoms.calc = ase_lj()
+        atoms.info["REF_energy"] = atoms.get_potential_energy()
+        atoms.arrays["REF_forces"] = atoms.get_forces()
+        atoms.info["REF_stress"] = atoms.get_stress()  # Voigt, eV/Å³
+        atoms.calc = None
+        images.append(atoms)
+    ase.io.write(str(path), images, format="extxyz")
+
+
+def test_training_on_stress_labels_logs_validates_and_evaluates_stress(tmp_path, caplog):
+    from piwsl.config import config_from_dict
+    from piwsl.training import train
+
+    write_lj_crystals(tmp_path / "lj.extxyz")
+    cfg = {
+        "data": {"train": str(tmp_path / "lj.extxyz"), "n_val": 4, "n_test": 4},
+        "model": {
+            "name": "schnet",
+            "cutoff": 4.0,
+            "hparams": {"features": 8, "interactions": 1, "n_rbf": 6},
+        },
+        "loss": {"terms": {"stress": 1.0}},
+        "training": {"batch_size": 4, "max_epochs": 2, "num_threads": 1, "lr": 3e-3},
+        "output": {"run_dir": str(tmp_path / "run"), "progress_bar": False},
+    }
+    result = train(config_from_dict(cfg))
+    import csv
+
+    with open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert any(r.get("train_stress_raw") for r in rows)
+    assert any(r.get("val_stress_mae_meV_per_A3") for r in rows)
+    metrics = result.test_metrics
+    assert metrics["n_frames_with_stress"] == 4 and metrics["stress_mae_meV_per_A3"] > 0
+    # the trained model gives a stress through the calculator
+    atoms = argon((1, 1, 1))
+    atoms.calc = PiwslCalculator(result.best_model)
+    assert np.isfinite(atoms.get_stress()).all()
+    # stress labels without a stress term are reported, not silently dropped
+    caplog.clear()
+    cfg["loss"] = {}
+    cfg["training"]["max_epochs"] = 1
+    cfg["output"]["run_dir"] = str(tmp_path / "run2")
+    train(config_from_dict(cfg), evaluate=False)
+    assert "carry stress labels that are not trained on" in caplog.text

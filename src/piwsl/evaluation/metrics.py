@@ -230,14 +230,17 @@ class ErrorMetrics:
 
     def _full_metrics(self, partial: dict[str, Any]) -> dict[str, Any]:
         s, has_e, has_f = self.sums, float(self.sums["n_e"]) > 0, float(self.sums["n_f"]) > 0
+        # stress metrics only where stress labels exist (molecular data sets have none)
+        keys = [k for k in METRIC_KEYS if not k.startswith("stress") or k in partial]
+        stress = {"n_frames_with_stress": int(s["n_s"]) // 9} if float(s["n_s"]) > 0 else {}
         return {
             "n_frames": int(s["n_frames"]),
             "n_atoms": int(s["n_atoms"]),
             "n_frames_with_energy": int(s["n_e"]),
             "n_frames_with_forces": int(s["n_frames_f"]),
             "n_force_atoms": int(s["n_force_atoms"]),
-            "n_frames_with_stress": int(s["n_s"]) // 9,
-            **{k: partial.get(k) for k in METRIC_KEYS},
+            **stress,
+            **{k: partial.get(k) for k in keys},
             "energy_max_abs_error_meV": 1e3 * float(self.maxima["e_max"]) if has_e else None,
             "forces_max_abs_error_meV_per_A": 1e3 * float(self.maxima["f_max"]) if has_f else None,
             "forces_per_element": self._per_element(),
