@@ -84,10 +84,10 @@ def check_resumed_config(recorded: dict[str, Any], cfg: Config, source: Path) ->
     if problems:
         shown = problems[:12] + ([f"… {len(problems) - 12} more"] if len(problems) > 12 else [])
         raise ConfigError(
-            f"--resume: the configuration differs from the run's {str(source)!r} in "
-            f"{'; '.join(shown)}. Only training.* and output.* (and prior.cache_dir, "
-            "prior.workers) may change when resuming; start afresh (output.overwrite=true or "
-            "another --run-dir) to train with these settings"
+            f"--resume: {str(source)!r} belongs to another run: {'; '.join(shown)}. Only "
+            "training.* and output.* (and prior.cache_dir, prior.workers) may change when "
+            "resuming; start afresh (output.overwrite=true or another --run-dir) to train with "
+            "these settings, or restore this run's checkpoint"
         )
 
 
