@@ -50,8 +50,9 @@ def measure_one(name: str) -> dict:
     of the backend on H2 so that imports and library start-up are not counted)."""
     from ase import Atoms
 
+    from piwsl.io.executors import limit_threads
     from piwsl.labelling import make_backend
-    from piwsl.labelling.runner import limit_threads, load_structures
+    from piwsl.labelling.runner import load_structures
 
     limit_threads(1)
     spec, options, repeats, _ = METHODS[name]
@@ -91,8 +92,9 @@ def df_hf_check() -> dict:
     frames: the difference matters for relative energies only through its spread."""
     import numpy as np
 
+    from piwsl.io.executors import limit_threads
     from piwsl.labelling import make_backend
-    from piwsl.labelling.runner import limit_threads, load_structures
+    from piwsl.labelling.runner import load_structures
 
     limit_threads(1)
     frames = load_structures("builtin:ethanol_train", index="0:400:100")
