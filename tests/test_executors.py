@@ -269,3 +269,37 @@ def test_executors_stream_every_task_once():
 
 def _square_plus(context: int, k: int) -> int:
     return k * k + context
+
+
+def test_prior_executor_option_reaches_training_and_evaluation(tmp_path, cluster, monkeypatch):
+    import piwsl.priors.cache as cache
+    from piwsl.config import PriorConfig
+    from piwsl.data import read_frames
+    from piwsl.evaluation import Predictions, add_prior
+    from piwsl.priors import PriorUse
+    from piwsl.training.data import apply_prior
+
+    used: list[ExecutorSpec] = []
+
+    def spy(spec: ExecutorSpec, n_tasks: int | None = None):
+        used.append(spec)
+        return make_executor(spec, n_tasks)
+
+    monkeypatch.setattr(cache, "make_executor", spy)
+    frames = read_frames("builtin:ethanol_train")[:4]
+    cfg = PriorConfig(name="zbl", cache_dir=str(tmp_path / "a"), executor="dask", scheduler=cluster)
+    prior, splits, _ = apply_prior(cfg, {"train": frames[:3], "test": frames[3:]})
+    serial, _ = prior.compute(frames[:3])
+    got = np.array([f.energy for f in splits["train"]])
+    np.testing.assert_array_equal(got, np.array([f.energy for f in frames[:3]]) - serial)
+    n_atoms = sum(f.n_atoms for f in frames)
+    predictions = Predictions(
+        energy=np.zeros(4),
+        forces=np.zeros((n_atoms, 3)),
+        numbers=np.concatenate([f.numbers for f in frames]),
+        ptr=np.cumsum([0] + [f.n_atoms for f in frames]),
+    )
+    use = PriorUse(cache_dir=str(tmp_path / "b"), executor="dask", scheduler=cluster)
+    add_prior(predictions, prior, frames, use)
+    np.testing.assert_array_equal(predictions.energy, prior.compute(frames)[0])
+    assert [(s.kind, s.scheduler) for s in used] == [("dask", cluster)] * 2

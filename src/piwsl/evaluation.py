@@ -175,7 +175,13 @@ def add_prior(
     from piwsl.priors import prior_values
 
     values = prior_values(
-        prior, frames, cache_dir=use.cache_dir, workers=use.workers, progress=use.progress
+        prior,
+        frames,
+        cache_dir=use.cache_dir,
+        workers=use.workers,
+        progress=use.progress,
+        executor=use.executor,
+        scheduler=use.scheduler,
     )
     predictions.energy = predictions.energy + values.energies
     if predictions.forces is not None:

@@ -664,7 +664,12 @@ def train(
                 out_dir,
                 batch_size=val_bs,
                 name=name,
-                prior=PriorUse(cache_dir=cfg.prior.cache_dir, workers=cfg.prior.workers),
+                prior=PriorUse(
+                    cache_dir=cfg.prior.cache_dir,
+                    workers=cfg.prior.workers,
+                    executor=cfg.prior.executor,
+                    scheduler=cfg.prior.scheduler,
+                ),
             )
             result.test_metrics = metrics
             result.test_metrics_path = out_dir / f"{name}_metrics.json"
