@@ -73,14 +73,21 @@ def connect(spec: ExecutorSpec) -> tuple[Any, Any]:
     """(client, cluster or None): connect to ``spec.scheduler`` or start a ``LocalCluster``."""
     distributed = import_distributed()
     if spec.scheduler is None:
-        cluster = distributed.LocalCluster(
-            n_workers=spec.workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            env=thread_env(spec.threads_per_worker),
-            silence_logs=logging.ERROR,
-        )
+        import dask
+
+        # set before each worker process starts (also restarts): thread pools, and no Dask
+        # chatter from workers whose errors reach this process through their tasks anyway
+        key = "distributed.nanny.pre-spawn-environ"
+        environ = {**thread_env(spec.threads_per_worker), "DASK_LOGGING__DISTRIBUTED": "critical"}
+        with dask.config.set({key: {**dask.config.get(key), **environ}}):
+            cluster = distributed.LocalCluster(
+                n_workers=spec.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                env=thread_env(spec.threads_per_worker),
+                silence_logs=logging.ERROR,
+            )
         return distributed.Client(cluster), cluster
     try:
         client = distributed.Client(spec.scheduler, timeout=spec.connect_timeout_s)
@@ -98,7 +105,14 @@ class DaskExecutor(Executor):
 
     def __init__(self, spec: ExecutorSpec) -> None:
         super().__init__(spec)
-        self.client, self.cluster = connect(spec)
+        import_distributed()  # (sets up Dask's logging, quieted next)
+        # a cluster of our own prints no chatter (INFO, shutdown races) here: errors only
+        self._log_levels = _quiet_dask(logging.ERROR) if spec.scheduler is None else []
+        try:
+            self.client, self.cluster = connect(spec)
+        except BaseException:
+            _restore(self._log_levels)
+            raise
         self.address = spec.scheduler or self.client.scheduler.address
 
     def _window(self) -> int:
@@ -151,9 +165,29 @@ class DaskExecutor(Executor):
         return future.result()  # raises fn's own error
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-        if self.cluster is not None:
-            self.cluster.close()
-            self.cluster = None
+        levels = _quiet_dask(logging.CRITICAL)  # shutdown races log noise, not errors
+        try:
+            if self.client is not None:
+                self.client.close()
+                self.client = None
+            if self.cluster is not None:
+                self.cluster.close()
+                self.cluster = None
+        finally:
+            _restore(levels)
+            _restore(self._log_levels)
+            self._log_levels = []
+
+
+def _quiet_dask(level: int) -> list[tuple[logging.Handler, int]]:
+    """Raise the level of Dask's console handlers in this process; their previous levels."""
+    handlers = [h for h in logging.getLogger("distributed").handlers if h.level < level]
+    old = [(h, h.level) for h in handlers if isinstance(h, logging.StreamHandler)]
+    for handler, _ in old:
+        handler.setLevel(level)
+    return old
+
+
+def _restore(levels: list[tuple[logging.Handler, int]]) -> None:
+    for handler, level in reversed(levels):
+        handler.setLevel(level)
