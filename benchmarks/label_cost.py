@@ -129,7 +129,7 @@ EXECUTORS: dict[str, tuple[str, int]] = {
 WORKLOADS: dict[str, tuple[str, dict, int]] = {
     "gfn2-xtb x40": ("gfn2-xtb", {}, 40),
     "gfn2-xtb x400": ("gfn2-xtb", {}, 400),
-    "df-mp2/cc-pvdz x12": ("mp2", {"basis": "cc-pvdz"}, 12),
+    "df-mp2/cc-pvdz x6": ("mp2", {"basis": "cc-pvdz"}, 6),
 }
 
 
@@ -151,23 +151,24 @@ def measure_executor(config: str, workload: str) -> dict:
     backend = make_backend(spec, **options)
     backend.compute(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]]))
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         summary = label_structures(
             frames, Path(tmp) / "out.xyz", backend, n_workers=workers, executor=kind, progress=False
         )
-        wall = time.perf_counter() - t0
-        workers_seen = {a.info["REF_worker"] for a in _read(Path(tmp) / "out.xyz")}
+        wall, client_cpu = time.perf_counter() - t0, time.process_time() - c0
+        out = _read(Path(tmp) / "out.xyz")
     assert summary.n_ok == n_frames, summary.text()
     return {
         "config": config,
         "workload": workload,
-        "executor": kind,
-        "workers": workers,
         "tasks": n_frames,
         "wall_s": wall,
         "compute_s": summary.compute_time_s,
-        "worker_processes_seen": len(workers_seen),
+        "compute_cpu_s": sum(a.info["REF_cpu_time_s"] for a in out),
+        "client_cpu_s": client_cpu,
+        "worker_processes_seen": len({a.info["REF_worker"] for a in out}),
         "load_average_1_5_15": list(os.getloadavg()),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
@@ -177,45 +178,63 @@ def _read(path: Path) -> list:
     return ase.io.read(path, ":")
 
 
-def run_executors() -> list[dict]:
-    """Every workload on every executor configuration, each in a fresh subprocess."""
+def run_executors(rounds: int) -> list[dict]:
+    """Every workload on every configuration, each in a fresh subprocess, interleaved in
+    ``rounds`` rounds so that the load of the shared machine drifts over all cells alike."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     rows = []
-    for workload in WORKLOADS:
-        for config in EXECUTORS:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--one-executor", config, workload],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=900,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"{config} / {workload}: {proc.stderr[-1500:]}")
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{workload:>20} | {config:<36} {row['wall_s']:7.2f} s", flush=True)
-            rows.append(row)
+    for repeat in range(rounds):
+        for workload in WORKLOADS:
+            for config in EXECUTORS:
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--one-executor", config, workload],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{config} / {workload}: {proc.stderr[-1500:]}")
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                row["round"] = repeat
+                print(f"{repeat} {workload:>18} | {config:<34} {row['wall_s']:7.2f} s", flush=True)
+                rows.append(row)
     return rows
 
 
+def executor_cells(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    """Medians over the rounds of every measured quantity, per (configuration, workload)."""
+    cells: dict[tuple[str, str], dict] = {}
+    for config in EXECUTORS:
+        for workload in WORKLOADS:
+            runs = [r for r in rows if (r["config"], r["workload"]) == (config, workload)]
+            keys = ("wall_s", "compute_s", "compute_cpu_s", "client_cpu_s")
+            cell = {k: statistics.median(r[k] for r in runs) for k in keys}
+            cell["wall_all_s"] = [r["wall_s"] for r in runs]
+            cell["tasks"] = runs[0]["tasks"]
+            cells[config, workload] = cell
+    return cells
+
+
 def executor_summary(rows: list[dict]) -> list[dict]:
-    """Per configuration: speed-up on each workload over the in-process run, and (from the two
-    GFN2-xTB sizes) the fixed cost and the overhead per task, where overhead = wall time −
-    compute time / workers."""
-    by = {(r["config"], r["workload"]): r for r in rows}
+    """Per configuration, from the median cells: speed-up on each workload over the in-process
+    run; from the two GFN2-xTB sizes, the fixed cost and the overhead per task, where overhead =
+    wall time − compute time / workers; and the client's CPU time per task."""
+    cells = executor_cells(rows)
     base = next(iter(EXECUTORS))
     out = []
     for config, (_, workers) in EXECUTORS.items():
         item: dict = {"config": config}
         for workload in WORKLOADS:
             item[f"speedup {workload}"] = (
-                by[base, workload]["wall_s"] / by[config, workload]["wall_s"]
+                cells[base, workload]["wall_s"] / cells[config, workload]["wall_s"]
             )
-        small, large = by[config, "gfn2-xtb x40"], by[config, "gfn2-xtb x400"]
-        extra = [r["wall_s"] - r["compute_s"] / workers for r in (small, large)]
+        small, large = cells[config, "gfn2-xtb x40"], cells[config, "gfn2-xtb x400"]
+        extra = [c["wall_s"] - c["compute_s"] / workers for c in (small, large)]
         per_task = (extra[1] - extra[0]) / (large["tasks"] - small["tasks"])
         item["overhead_per_task_ms"] = 1000 * per_task
         item["fixed_cost_s"] = extra[0] - per_task * small["tasks"]
+        item["client_cpu_per_task_ms"] = 1000 * large["client_cpu_s"] / large["tasks"]
         out.append(item)
     return out
 
@@ -430,66 +449,75 @@ def write_md(result: dict, path: Path) -> None:
 
 def write_executors_md(result: dict, path: Path) -> None:
     m = result["machine"]
+    loads = [r["load_average_1_5_15"][0] for r in result["rows"]]
     lines = [
         "# Labelling on a local pool vs Dask (rMD17 ethanol frames, 9 atoms)",
         "",
         f"Command: `{result['command']}`  ",
         f"Commit: `{m['git_commit']}`{' (working tree modified)' if m['git_dirty'] else ''}, "
         f"{m['date_utc']}  ",
-        f"Machine: {m['cpu']}, {m['cpus_usable']} usable of {m['cpus_visible']} CPUs, load "
-        f"average {', '.join(f'{x:.1f}' for x in m['load_average_1_5_15'])} at the start — "
-        "**shared**: other jobs ran on the same 2 cores throughout, so two workers never had "
-        f"two free cores; OMP_NUM_THREADS={m['omp_num_threads']}, one thread per worker  ",
+        f"Machine: {m['cpu']}, {m['cpus_usable']} usable of {m['cpus_visible']} CPUs — "
+        f"**shared**: other jobs ran on the same 2 cores throughout (1-minute load average "
+        f"{min(loads):.1f}–{max(loads):.1f} during the runs), so no worker had a core to itself "
+        f"and two workers never had two; OMP_NUM_THREADS={m['omp_num_threads']}, one thread per "
+        "worker  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
         "",
-        "Each cell is one whole `label_structures` run (tasks, journal fsynced per frame, extxyz "
-        "output) in a fresh process: wall time, in s, with the backend imported and warmed up "
-        "first. The in-process run is what `--workers 1` does (no pool). Dask runs start a "
-        "`LocalCluster` of single-threaded worker processes for the run and close it after; their "
-        "start-up (spawning processes that import piwsl and the program) is part of the time. "
-        "Compute = the sum of the per-frame calculation times measured on the workers.",
+        "Each run is one whole `label_structures` call (tasks, journal fsynced per frame, extxyz "
+        "output) in a fresh process, with the backend imported and warmed up first. The "
+        "in-process run is what `--workers 1` does (no pool). Dask runs start a `LocalCluster` "
+        "of single-threaded worker processes for the run and close it after; their start-up "
+        "(spawning processes that import piwsl and the program) is part of the time. All cells "
+        f"ran interleaved in {result['rounds']} rounds; the tables show medians.",
+        "",
+        "Wall time of the run, s (compute: the frames' calculation wall time summed over the "
+        "workers; CPU: their CPU time — the gap is waiting for a core):",
         "",
         "| workload | " + " | ".join(EXECUTORS) + " |",
         "|---|" + "---:|" * len(EXECUTORS),
     ]
-    by = {(r["config"], r["workload"]): r for r in result["rows"]}
+    cells = executor_cells(result["rows"])
     for workload in WORKLOADS:
-        cells = [
-            f"{by[c, workload]['wall_s']:.2f} (compute {by[c, workload]['compute_s']:.2f})"
-            for c in EXECUTORS
+        row = [
+            f"{c['wall_s']:.2f} (compute {c['compute_s']:.2f}, CPU {c['compute_cpu_s']:.2f})"
+            for c in (cells[config, workload] for config in EXECUTORS)
         ]
-        lines.append(f"| {workload} | " + " | ".join(cells) + " |")
+        lines.append(f"| {workload} | " + " | ".join(row) + " |")
     lines += [
         "",
         "| executor | "
         + " | ".join(f"speed-up {w}" for w in WORKLOADS)
-        + " | overhead per task, ms | fixed cost, s |",
-        "|---|" + "---:|" * (len(WORKLOADS) + 2),
+        + " | overhead per task, ms | fixed cost, s | client CPU per task, ms |",
+        "|---|" + "---:|" * (len(WORKLOADS) + 3),
     ]
     for item in result["summary"]:
         speedups = " | ".join(f"{item[f'speedup {w}']:.2f}×" for w in WORKLOADS)
         lines.append(
             f"| {item['config']} | {speedups} | {item['overhead_per_task_ms']:.2f} | "
-            f"{item['fixed_cost_s']:.2f} |"
+            f"{item['fixed_cost_s']:.2f} | {item['client_cpu_per_task_ms']:.2f} |"
         )
     lines += [
         "",
-        "Overhead per task and fixed cost: a straight line through (tasks, wall time −",
-        "compute time / workers) of the 40- and 400-frame GFN2-xTB runs.",
+        "Speed-up: the in-process run's median wall time over this one's. Overhead per task and "
+        "fixed cost: a straight line through (tasks, wall time − compute time / workers) of the "
+        "40- and 400-frame GFN2-xTB runs. Client CPU per task: CPU time of the `piwsl label` "
+        "process (for a LocalCluster this includes the scheduler, which runs in it) over the "
+        "400-frame run, per task; for the in-process run it includes the calculations.",
         "",
+        *result.get("notes", []),
     ]
-    lines += result.get("notes", [])
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def executors_main(out: Path) -> int:
+def executors_main(out: Path, rounds: int) -> int:
     from importlib.metadata import version
 
-    rows = run_executors()
+    rows = run_executors(rounds)
     result = {
-        "command": "OMP_NUM_THREADS=1 python benchmarks/label_cost.py --executors",
+        "command": f"OMP_NUM_THREADS=1 python benchmarks/label_cost.py --executors --rounds {rounds}",
         "machine": machine(),
         "versions": {p: version(p) for p in ("dask", "distributed", "tblite", "pyscf")},
+        "rounds": rounds,
         "rows": rows,
         "summary": executor_summary(rows),
     }
@@ -511,13 +539,14 @@ def main() -> int:
         "--skip-df-hf-check", action="store_true", help="keep the earlier DF-HF check result"
     )
     parser.add_argument("--executors", action="store_true", help="local pool vs Dask")
+    parser.add_argument("--rounds", type=int, default=3, help="--executors: interleaved rounds")
     parser.add_argument("--one-executor", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_executor:
         print(json.dumps(measure_executor(*args.one_executor)))
         return 0
     if args.executors:
-        return executors_main(Path(args.out))
+        return executors_main(Path(args.out), args.rounds)
     if args.one:
         print(json.dumps(measure_one(args.one)))
         return 0

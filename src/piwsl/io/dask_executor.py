@@ -15,8 +15,8 @@ and the programs it calls (tblite, PySCF) must be importable on the workers.
 Tasks are submitted lazily, up to ``max(64, 4 × worker threads)`` at a time, so a huge run holds
 little in memory while an adaptive cluster still sees enough queued work to scale up. A worker
 that dies (killed, out of memory, a crashing program) has its tasks rescheduled by Dask; a task
-that killed ``distributed.scheduler.allowed-failures`` workers comes back as
-:class:`~piwsl.io.executors.TaskLost`.
+that killed more than ``distributed.scheduler.allowed-failures`` (default 3) workers comes back
+as :class:`~piwsl.io.executors.TaskLost`.
 """
 
 from __future__ import annotations

@@ -11,10 +11,11 @@ The contract (used by labelling and the prior cache)::
 ``fn(context, *args)`` on a worker, where ``fn`` is a module-level function and ``context`` a
 picklable object (a labelling backend, a prior) shipped once per worker process (local pool) or
 with each task (Dask). Outcomes arrive in completion order, each task exactly once: its result,
-or a :class:`TaskLost` when its worker process died ``allowed_failures`` times while running it
-(Dask's ``KilledWorker``; in the local pool every task in flight when a worker died counts one
-failure). Tasks whose worker died fewer times are retried on another (or a restarted) worker. An
-exception raised by ``fn`` is raised by the iteration (callers catch per-item errors in ``fn``).
+or a :class:`TaskLost` when it killed its worker process more than ``allowed_failures`` (3)
+times (Dask: ``KilledWorker`` after ``distributed.scheduler.allowed-failures`` retries; the local
+pool reruns the tasks in flight at a death one at a time, so only a task that dies alone counts).
+Until then a task whose worker died is retried on another (or a restarted) worker. An exception
+raised by ``fn`` is raised by the iteration (callers catch per-item errors in ``fn``).
 
 Kinds (:class:`ExecutorSpec`):
 
@@ -71,8 +72,8 @@ class ExecutorSpec:
     """Where tasks run (see the module docstring); validated on construction.
 
     ``connect_timeout_s``: how long to try to reach a Dask scheduler; ``allowed_failures``: how
-    many worker deaths one task may cause before it is given up as :class:`TaskLost` (the local
-    pool's; a Dask cluster uses its own ``distributed.scheduler.allowed-failures``, default 3).
+    often a task that killed its worker is retried before it is given up as :class:`TaskLost`
+    (the local pool's; a Dask cluster uses ``distributed.scheduler.allowed-failures``, also 3).
     """
 
     kind: str = "local"
@@ -280,7 +281,8 @@ class PoolExecutor(Executor):
         self, pending: dict[Future, Task], suspects: list[Task], deaths: dict[Hashable, int]
     ) -> Iterator[tuple[Hashable, Any]]:
         """A worker died: finished results are kept; the rest become suspects, and a task that
-        died alone counts one failure (given up as :class:`TaskLost` at ``allowed_failures``)."""
+        died alone counts one failure (given up as :class:`TaskLost` after ``allowed_failures``
+        retries)."""
         alone = len(pending) == 1
         again = []
         for future, task in pending.items():
@@ -289,7 +291,7 @@ class PoolExecutor(Executor):
                 yield task[0], future.result()  # a result, or fn's own error raised
             elif not alone:
                 again.append(task)
-            elif (n := deaths.get(task[0], 0) + 1) >= self.spec.allowed_failures:
+            elif (n := deaths.get(task[0], 0) + 1) > self.spec.allowed_failures:
                 yield task[0], TaskLost(f"its worker process died {n} times while running it")
             else:
                 deaths[task[0]] = n

@@ -15,8 +15,9 @@ with ``retry_failed``), a torn last line is dropped, and a frame whose hash diff
 Output (written atomically once every frame has a journal entry): extxyz with, per frame,
 ``REF_energy`` (eV) in ``atoms.info`` and ``REF_forces`` (eV/Å) in ``atoms.arrays`` for successful
 frames, and provenance keys ``REF_method``, ``REF_basis``, ``REF_program``,
-``REF_program_version``, ``REF_wall_time_s`` (the frame's calculation time, summed over its
-tasks), ``REF_worker`` (``host:pid`` of the worker(s) that computed it), ``REF_status`` ("ok" /
+``REF_program_version``, ``REF_wall_time_s`` and ``REF_cpu_time_s`` (the frame's calculation
+time and the CPU time of its worker process, summed over its tasks: less CPU than wall time means
+a worker waited for a core), ``REF_worker`` (``host:pid`` of the worker(s) that computed it), ``REF_status`` ("ok" /
 "failed"), ``REF_error`` (failed frames), ``REF_frame`` (input index) plus backend-specific
 details. Failed frames are kept, with ``REF_status="failed"`` and no ``REF_`` labels, and listed in
 ``OUTPUT.summary.json``.
@@ -112,13 +113,14 @@ def _error_text(err: BaseException) -> str:
 
 
 def run_subtask(backend: Backend, atoms) -> dict[str, Any]:
-    """One calculation (on a worker): its output or its error, wall time (s) and worker."""
-    t0 = time.perf_counter()
+    """One calculation (on a worker): its output or its error, wall and CPU time (s), worker."""
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         result: dict[str, Any] = {"ok": True, "out": backend.compute_subtask(atoms)}
     except Exception as err:  # every backend failure is recorded per frame, never dropped
         result = {"ok": False, "error": _error_text(err)}
     result["wall_time_s"] = time.perf_counter() - t0
+    result["cpu_time_s"] = time.process_time() - c0
     result["worker"] = worker_name()
     return result
 
@@ -144,7 +146,8 @@ def frame_record(backend: Backend, index: int, atoms, key: str, parts: list[Any]
     subtasks, in order.
 
     A failed or lost subtask makes the frame ``status="failed"`` (its first error recorded);
-    ``wall_time_s`` is the sum over the subtasks, ``worker`` the workers that ran them.
+    ``wall_time_s`` and ``cpu_time_s`` are sums over the subtasks, ``worker`` the workers that ran
+    them.
     """
     record: dict[str, Any] = {"index": index, "hash": key}
     done = [p for p in parts if not isinstance(p, TaskLost)]
@@ -166,6 +169,7 @@ def frame_record(backend: Backend, index: int, atoms, key: str, parts: list[Any]
                 status="failed", error=_error_text(err), provenance=backend.base_provenance()
             )
     record["wall_time_s"] = float(sum(p["wall_time_s"] for p in done))
+    record["cpu_time_s"] = float(sum(p["cpu_time_s"] for p in done))
     record["worker"] = ",".join(sorted({p["worker"] for p in done})) or "unknown"
     return record
 
@@ -446,6 +450,8 @@ def write_output(
             info[f"REF_{key}"] = _flat(value)
         info["REF_status"] = record["status"]
         info["REF_wall_time_s"] = float(record.get("wall_time_s", float("nan")))
+        if "cpu_time_s" in record:
+            info["REF_cpu_time_s"] = float(record["cpu_time_s"])
         info["REF_frame"] = i
         if "worker" in record:
             info["REF_worker"] = str(record["worker"])
