@@ -540,6 +540,9 @@ def main() -> int:
     )
     parser.add_argument("--executors", action="store_true", help="local pool vs Dask")
     parser.add_argument("--rounds", type=int, default=3, help="--executors: interleaved rounds")
+    parser.add_argument(
+        "--rewrite-executors-md", action="store_true", help="regenerate that md from its JSON"
+    )
     parser.add_argument("--one-executor", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_executor:
@@ -547,6 +550,10 @@ def main() -> int:
         return 0
     if args.executors:
         return executors_main(Path(args.out), args.rounds)
+    if args.rewrite_executors_md:  # e.g. after adding "notes" (interpretation) to the JSON
+        result = json.loads((Path(args.out) / "label_cost_executors.json").read_text())
+        write_executors_md(result, Path(args.out) / "label_cost_executors.md")
+        return 0
     if args.one:
         print(json.dumps(measure_one(args.one)))
         return 0
