@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import git_commit, machine_info
+from common import command_line, git_commit, machine_info, portable
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -217,13 +217,13 @@ def train_run(
         "steps": summary.get("steps"),
         "monitor": summary.get("monitor"),
         "best_score": summary.get("best_score"),
-        "best_model": summary.get("best_model"),
+        "best_model": portable(summary["best_model"]) if summary.get("best_model") else None,
         "train_ms_per_step_incl_validation": round(
             1e3 * summary["train_time_s"] / summary["steps"], 1
         )
         if summary.get("steps") and summary.get("train_time_s")
         else None,
-        "command": "python -m " + " ".join(timing["command"]),
+        "command": portable("python -m " + " ".join(timing["command"])),
         "test": pick(summary.get("test")),
         "test_final_model": final,
     }
@@ -666,7 +666,7 @@ def summarise(result: dict[str, Any]) -> list[str]:
 def run_header(script: str, args: argparse.Namespace) -> dict[str, Any]:
     """What both fine-tuning benchmarks record first: command, commit, machine, shared options."""
     return {
-        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+        "command": command_line(script=f"benchmarks/{script}"),
         "commit": git_commit(),
         "machine": machine_info(),
         "threads": args.threads,

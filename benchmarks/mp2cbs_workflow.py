@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import portable
 from finetune_xtb_to_dft import (
     PIWSL_2ND,
     PLAIN,
@@ -186,8 +187,8 @@ def train_run(args: argparse.Namespace, work: Path, name: str, overrides: list[s
         "steps": steps,
         "epochs": summary.get("epochs"),
         "ms_per_step": round(1e3 * train_time / steps, 1) if steps and train_time else None,
-        "best_model": summary.get("best_model"),
-        "command": "piwsl " + " ".join(timing["command"][1:]),
+        "best_model": portable(summary["best_model"]) if summary.get("best_model") else None,
+        "command": portable("piwsl " + " ".join(timing["command"][1:])),
         "test": pick(summary.get("test")),
     }
     t = record["test"]

@@ -17,12 +17,11 @@ import copy
 import json
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-from common import git_commit, machine_info
+from common import ROOT, command_line, git_commit, machine_info, relative
 
 from piwsl.data import read_frames
 from piwsl.data.batch import collate
@@ -31,8 +30,7 @@ from piwsl.models import build_model
 from piwsl.objective import Objective
 from piwsl.physics import PhysicsConfig, build_physics
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data/rmd17")
+DATA = ROOT.parent / "shared" / "data" / "rmd17"
 
 MODELS = {
     "schnet": dict(name="schnet", features=64, interactions=3, n_rbf=32),
@@ -64,7 +62,7 @@ VARIANTS: dict[str, tuple[float, PhysicsConfig | None]] = {
 def load_frames(molecule: str, n: int):
     path = DATA / f"rmd17_{molecule}_train_01.npz"
     if path.exists():
-        return read_frames(str(path))[:n], str(path)
+        return read_frames(str(path))[:n], relative(path)
     if molecule == "ethanol":
         return read_frames("builtin:ethanol_train")[:n], "builtin:ethanol_train"
     raise FileNotFoundError(f"{path} not found")
@@ -295,7 +293,7 @@ def main() -> None:
                 directional.append(case)
                 print(f"directional AD {model_key} {molecule}: {case}", flush=True)
     result = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": command_line(),
         "git_commit": git_commit(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "machine": machine_info(),

@@ -14,6 +14,10 @@ Suites:
   and without PIWSL; parametrised variants such as ``piwsl_2nd[delta=0.01,taylor=12]``.
 - ``walltime`` — equal *wall-clock* budget: each run gets the training time of the matching
   ``--time-of`` run of the grid suite (same molecule, model, regime, seed), no step limit.
+- ``converged`` — every run trains until validation stops improving (plateau schedule, early
+  stopping) under a step cap; the protocol, recipe and cells live in ``converged_protocol.py``.
+  A killed run resumes from its last checkpoint when the driver is started again. Results:
+  ``<results>/converged[_tag].md/.json`` and ``..._test_curves.png``.
 - ``core`` / ``method`` — the earlier baseline and method suites (kept to reproduce old results).
 
 Results: ``<results>/rmd17/<suite>[_tag]/<run>.json`` per run (settings, seed, commit, machine,
@@ -24,6 +28,7 @@ the plots. Finished runs are skipped, so the grid can be spread over several sit
 
     python benchmarks/rmd17.py --suite grid --molecules ethanol aspirin --jobs 2
     python benchmarks/rmd17.py --suite walltime --regimes E_only_1000 --methods plain
+    python benchmarks/rmd17.py --suite converged --jobs 2 --seeds 0
     python benchmarks/rmd17.py --quick            # about a minute: the CI smoke test
 """
 
@@ -43,9 +48,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import git_commit, machine_info
+import converged_protocol as converged
+from common import ROOT, command_line, git_commit, machine_info, relative
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
 PACKAGED = ROOT / "src" / "piwsl" / "datasets"  # ethanol only, used when DATA is absent
@@ -71,6 +76,7 @@ MODELS: dict[str, list[str]] = {
         "model.name=schnet",
         "model.hparams={features: 16, interactions: 1, n_rbf: 8}",
     ],
+    **converged.MODELS,
 }
 
 NO_PHYSICS = ["physics.taylor_weight=0", "physics.spatial_weight=0"]
@@ -151,6 +157,7 @@ class Run:
     data_dir: Path
     extra: list[str] = field(default_factory=list)
     suffix: str = ""  # appended to the method in names and tables, e.g. "@time_of_piwsl_2nd"
+    split: str = "01"  # rMD17 split: rmd17_<molecule>_{train,test}_<split>.npz
 
     @property
     def label(self) -> str:
@@ -158,24 +165,26 @@ class Run:
 
     @property
     def name(self) -> str:
-        return safe(f"{self.molecule}-{self.model}-{self.regime}-{self.label}-s{self.seed}")
+        split = "" if self.split == "01" else f"-split{self.split}"  # split 01: the old names
+        return safe(f"{self.molecule}-{self.model}-{self.regime}-{self.label}-s{self.seed}{split}")
 
     def data(self, kind: str) -> Path:
-        return self.data_dir / f"rmd17_{self.molecule}_{kind}_01.npz"
+        return self.data_dir / f"rmd17_{self.molecule}_{kind}_{self.split}.npz"
 
     def command(self, run_dir: Path, threads: int) -> list[str]:
+        """The ``piwsl train`` call (run from the checkout: paths relative to it)."""
         return [
             sys.executable,
             "-m",
             "piwsl.cli",
             "train",
             "builtin:ethanol",
-            f"data.train={self.data('train')}",
-            f"data.test={self.data('test')}",
+            f"data.train={relative(self.data('train'))}",
+            f"data.test={relative(self.data('test'))}",
             *REGIMES[self.regime],
             *MODELS[self.model],
+            *self.budget,  # before the method: a variant (plain[lr=…]) overrides the recipe
             *method_overrides(self.method),
-            *self.budget,
             f"training.seed={self.seed}",
             f"data.split_seed={self.seed}",
             f"training.num_threads={threads}",
@@ -183,7 +192,7 @@ class Run:
             "output.overwrite=true",
             *self.extra,
             "--run-dir",
-            str(run_dir),
+            relative(run_dir),
         ]
 
     def settings(self) -> dict:
@@ -192,6 +201,7 @@ class Run:
             "model": self.model,
             "regime": self.regime,
             "n_train": N_TRAIN[self.regime],
+            "split": self.split,
             "method": self.label,
             "seed": self.seed,
             "budget": self.budget,
@@ -209,10 +219,29 @@ def steps_budget(steps: int) -> list[str]:
     return [f"training.max_steps={steps}", "training.max_epochs=null"]
 
 
+def atoms_of(path: Path) -> int:
+    """Atoms per structure of an rMD17 file."""
+    import numpy as np
+
+    with np.load(path) as data:
+        return int(np.asarray(data["nuclear_charges"]).size)
+
+
+def batch_overrides(args: argparse.Namespace, molecule: str, data_dir: Path) -> list[str]:
+    """``training.batch_size`` for ``--atoms-per-batch``: that many atoms per batch whatever the
+    molecule (ethanol, 9 atoms: 144 → 16 structures; aspirin, 21 atoms: 144 → 7)."""
+    if args.atoms_per_batch is None:
+        return []
+    probe = Run(molecule, "", "", "", 0, [], data_dir, split=args.split)
+    return [
+        f"training.batch_size={max(1, round(args.atoms_per_batch / atoms_of(probe.data('train'))))}"
+    ]
+
+
 def grid_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
     runs = []
-    extra = [*PAPER_UNITS, *args.set]
     for molecule in args.molecules:
+        extra = [*PAPER_UNITS, *args.set, *batch_overrides(args, molecule, data_dir)]
         for regime in args.regimes:
             for model in args.models:
                 for method in args.methods:
@@ -227,6 +256,7 @@ def grid_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
                                 steps_budget(args.steps),
                                 data_dir,
                                 extra,
+                                split=args.split,
                             )
                         )
     return runs
@@ -243,7 +273,9 @@ def walltime_runs(args: argparse.Namespace, data_dir: Path, results: Path) -> li
     grid_dir = results / "rmd17" / ("grid" + (f"_{args.time_tag}" if args.time_tag else ""))
 
     def grid_record(run: Run, method: str) -> dict | None:
-        ref = Run(run.molecule, run.model, run.regime, method, run.seed, [], data_dir)
+        ref = Run(
+            run.molecule, run.model, run.regime, method, run.seed, [], data_dir, split=run.split
+        )
         path = grid_dir / f"{ref.name}.json"
         if not path.exists():
             print(f"skip {run.name}: no grid run {path.name}")
@@ -263,13 +295,52 @@ def walltime_runs(args: argparse.Namespace, data_dir: Path, results: Path) -> li
     return runs
 
 
+def converged_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
+    """The cells of ``converged_protocol.BLOCKS``: block by block, within a block seed by seed (a
+    block's verdict is complete before the next block starts), filtered by the slice options
+    that were given. A method given with variant parameters (``plain[lr=0.005]``) replaces the
+    cells' method of that name (recipe tuning)."""
+    runs = []
+    extra = [*PAPER_UNITS, *args.set]
+    for block in converged.BLOCKS:
+        for seed in args.seeds:
+            for molecule, regime, model, method in block:
+                if not all(
+                    chosen is None or value in chosen
+                    for value, chosen in (
+                        (molecule, args.molecules),
+                        (regime, args.regimes),
+                        (model, args.models),
+                    )
+                ):
+                    continue
+                recipe = converged.RECIPES[regime].overrides(N_TRAIN[regime])
+                for variant in (m for m in args.methods or [method] if m.split("[")[0] == method):
+                    runs.append(
+                        Run(
+                            molecule,
+                            model,
+                            regime,
+                            variant,
+                            seed,
+                            recipe,
+                            data_dir,
+                            extra,
+                            split=args.split,
+                        )
+                    )
+    return runs
+
+
 def legacy_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
     """The ``core`` and ``method`` suites of the first benchmark (epoch budgets)."""
     runs = []
     if args.suite == "core":
         for model in args.models:
             budget = [f"training.max_epochs={args.epochs or 100}"]
-            runs.append(Run("ethanol", model, "EF_950", "plain", 0, budget, data_dir))
+            runs.append(
+                Run("ethanol", model, "EF_950", "plain", 0, budget, data_dir, split=args.split)
+            )
         return runs
     for molecule in args.molecules:
         for regime, epochs in (("E_only_1000", 60), ("EF_100", 300)):
@@ -277,9 +348,18 @@ def legacy_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
                 for method in args.methods:
                     for seed in args.seeds:
                         budget = [f"training.max_epochs={args.epochs or epochs}"]
+                        extra = [*PAPER_UNITS, *batch_overrides(args, molecule, data_dir)]
                         runs.append(
                             Run(
-                                molecule, model, regime, method, seed, budget, data_dir, PAPER_UNITS
+                                molecule,
+                                model,
+                                regime,
+                                method,
+                                seed,
+                                budget,
+                                data_dir,
+                                extra,
+                                split=args.split,
                             )
                         )
     return runs
@@ -287,40 +367,64 @@ def legacy_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
 
 # --------------------------------------------------------------------------------------------
 def validation_curve(run_dir: Path) -> list[dict]:
-    """Validation metrics per epoch from the run's CSV log."""
-    logs = sorted(run_dir.glob("logs/version_*/metrics.csv"))
-    if not logs:
-        return []
-    curve = []
-    with logs[-1].open() as handle:
-        for row in csv.DictReader(handle):
-            values = {
-                k: float(v) for k, v in row.items() if k.startswith("val_") and v not in ("", None)
-            }
-            if values:
-                curve.append(
-                    {"epoch": int(float(row["epoch"])), "step": int(float(row["step"])), **values}
-                )
-    return curve
+    """Validation metrics per validation from the run's CSV logs (one log per attempt of a resumed
+    run; a step logged again after a resume keeps its latest values)."""
+    by_step: dict[int, dict] = {}
+    logs = sorted(
+        run_dir.glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])
+    )
+    for log in logs:
+        with log.open() as handle:
+            for row in csv.DictReader(handle):
+                values = {
+                    k: float(v)
+                    for k, v in row.items()
+                    if k.startswith("val_") and v not in ("", None)
+                }
+                if values:
+                    step = int(float(row["step"]))
+                    by_step[step] = {"epoch": int(float(row["epoch"])), "step": step, **values}
+    return [by_step[k] for k in sorted(by_step)]
 
 
-def execute(run: Run, work: Path, out: Path, threads: int, header: dict) -> dict:
+#: A warning in a run's stderr: piwsl's ``warning: …`` lines and Python's ``…Warning: …``.
+WARNING_LINE = re.compile(r"^(?:warning: |\S*Warning: )|^\S+:\d+: \w*Warning: ")
+
+
+def run_warnings(stderr: str) -> list[str]:
+    """The warnings a run printed, each once, in order (at most 50, each at most 500 chars)."""
+    seen: dict[str, None] = {}
+    for line in (stderr or "").splitlines():
+        if WARNING_LINE.search(line.strip()):
+            seen.setdefault(line.strip()[:500], None)
+    return list(seen)[:50]
+
+
+def execute(
+    run: Run, work: Path, out: Path, threads: int, header: dict, resume: bool = True
+) -> dict:
+    """Train one run (resuming its last checkpoint when a killed earlier attempt left one) and
+    write its result file atomically; a failure leaves ``<name>.failed.json``."""
     run_dir = work / run.name
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    command = run.command(run_dir, threads)
+    resumed = resume and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    if resumed:
+        command.append("--resume")
     start = time.perf_counter()
-    proc = subprocess.run(
-        run.command(run_dir, threads), env=env, capture_output=True, text=True, cwd=ROOT
-    )
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
     record = {
         "name": run.name,
         **run.settings(),
         "commit": header["commit"],
         "machine": header["machine"],
-        "command": " ".join(run.command(run_dir, threads)),
+        "command": " ".join(["python", *command[1:]]),
         "threads": threads,
         "wall_time_s": round(wall, 1),
+        "resumed": resumed,
         "returncode": proc.returncode,
+        "warnings": run_warnings(proc.stderr),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     summary = run_dir / "summary.json"
@@ -330,11 +434,15 @@ def execute(run: Run, work: Path, out: Path, threads: int, header: dict) -> dict
             steps=s.get("steps"),
             epochs=s.get("epochs"),
             train_time_s=s.get("train_time_s"),
+            stopped_by=s.get("stopped_by"),
             monitor=s.get("monitor"),
             best_score=s.get("best_score"),
             test=s.get("test"),
             validation_curve=validation_curve(run_dir),
         )
+        curve = run_dir / "test_curve.json"
+        if curve.is_file():
+            record["test_curve"] = json.loads(curve.read_text())
         tmp = out / f".{run.name}.json.tmp"
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         os.replace(tmp, out / f"{run.name}.json")
@@ -381,7 +489,7 @@ def aggregate(records: list[dict]) -> dict[tuple, dict[str, dict]]:
     for r in records:
         key = (r["molecule"], r["regime"], r["model"])
         slot = groups.setdefault(key, {}).setdefault(
-            r["method"], {"E": [], "F": [], "steps": [], "time": [], "val": []}
+            r["method"], {"E": [], "F": [], "steps": [], "time": [], "val": [], "stopped": []}
         )
         if r.get("best_score") is not None:
             slot["val"].append(r["best_score"])
@@ -390,10 +498,19 @@ def aggregate(records: list[dict]) -> dict[tuple, dict[str, dict]]:
             slot["E"].append(e)
         if f is not None:
             slot["F"].append(f)
-        slot["batch"] = batch_size_of(r["overrides"])
+        slot["batch"] = batch_size_of([*r["overrides"], *r.get("budget", [])])
         slot["steps"].append(r.get("steps") or 0)
         slot["time"].append(r.get("train_time_s") or 0.0)
+        slot["stopped"].append(r.get("stopped_by"))
     return groups
+
+
+def stopped_counts(reasons: list[str | None]) -> str:
+    """``plateau 2, cap 1`` from the runs' stop reasons (— where none was recorded)."""
+    known = [r for r in reasons if r]
+    if not known:
+        return "—"
+    return ", ".join(f"{r} {known.count(r)}" for r in sorted(set(known)))
 
 
 def ordered(names, reference: list[str]) -> list[str]:
@@ -403,10 +520,14 @@ def ordered(names, reference: list[str]) -> list[str]:
 
 def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> str:
     groups = aggregate(records)
+    commands = header.get("commands") or [header["command"]]
     lines = [
         f"# rMD17 benchmark — suite `{header['suite']}`",
         "",
-        f"Command: `{header['command']}`  ",
+        "Commands that fed this summary (runs and rewrites, oldest first):",
+        "",
+        *[f"- `{c}`" for c in commands],
+        "",
         f"Summary written at commit `{header['commit']}` (each run: its own commit, below)  ",
         f"Machine: {header['machine']['platform']}, {header['machine']['cpu_count']} CPUs, "
         f"torch {header['machine']['torch']}; {header['threads']} thread(s) per run, "
@@ -414,7 +535,7 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
         f"Budget: {header['budget']}  ",
         f"Written: {header['date']}",
         "",
-        "Test set: all frames of the rMD17 split-01 test file (1,000). Errors of the checkpoint "
+        f"Test set: all frames of the rMD17 split-{header.get('split', '01')} test file (1,000). Errors of the checkpoint "
         "with the best validation score (force MAE; energy MAE where training has no forces). "
         "Energy MAE in meV (total energy), force MAE in meV/Å; mean ± standard deviation over "
         "seeds (n). Ratio = plain / method (> 1: the method is better). Training frames and "
@@ -425,8 +546,8 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
         "never by the test columns.",
         "",
         "| molecule | regime | model | method | n | validation | E MAE (meV) | F MAE (meV/Å) "
-        "| E ratio | F ratio | steps × batch | train time (s) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| E ratio | F ratio | steps × batch | train time (s) | stopped by |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for key in sorted(groups, key=lambda k: (k[0], list(N_TRAIN).index(k[1]), k[2])):
         methods = groups[key]
@@ -446,27 +567,44 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
                 f"| {key[0]} | {key[1]} | {key[2]} | {method} | {len(s['E'])} "
                 f"| {fmt(mean_std(s['val'])[0])} | {fmt(em)} ± {fmt(es)} | {fmt(fm)} ± {fmt(fs)} | {fmt(er, 2)} | {fmt(fr, 2)} "
                 f"| {statistics.median(s['steps']):.0f} × {s['batch']} "
-                f"| {statistics.median(s['time']):.0f} |"
+                f"| {statistics.median(s['time']):.0f} | {stopped_counts(s['stopped'])} |"
             )
     lines += [
         "",
         "## Runs",
         "",
-        "| run | E MAE (meV) | F MAE (meV/Å) | steps | train time (s) | commit |",
-        "|---|---:|---:|---:|---:|---|",
+        "| run | E MAE (meV) | F MAE (meV/Å) | steps | stopped by | train time (s) | commit |",
+        "|---|---:|---:|---:|---|---:|---|",
     ]
     for r in sorted(records, key=lambda r: r["name"]):
         e, f = test_errors(r)
         lines.append(
-            f"| {r['name']} | {fmt(e)} | {fmt(f)} | {r.get('steps')} "
+            f"| {r['name']} | {fmt(e)} | {fmt(f)} | {r.get('steps')} | {r.get('stopped_by') or '—'} "
             f"| {fmt(r.get('train_time_s'), 0)} | {r['commit'][:8]} |"
         )
+    lines += warnings_section(records)
     if failed:
         lines += ["", "## Failed runs", ""]
         for r in failed:
             last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
             lines.append(f"- {r['name']}: `{last[0]}`")
     return "\n".join(lines) + "\n"
+
+
+def warnings_section(records: list[dict]) -> list[str]:
+    """Markdown lines: each distinct warning the runs printed, with how many runs printed it."""
+    counts: dict[str, list[str]] = {}
+    for r in records:
+        for text in r.get("warnings") or []:
+            counts.setdefault(text, []).append(r["name"])
+    if not counts:
+        recorded = sum("warnings" in r for r in records)
+        return ["", f"Warnings: none in the {recorded} run(s) that record them."]
+    lines = ["", "## Warnings", "", "| runs | warning |", "|---:|---|"]
+    for text, names in sorted(counts.items(), key=lambda kv: -len(kv[1])):
+        example = "" if len(names) > 1 else f" ({names[0]})"
+        lines.append(f"| {len(names)} | {text.replace('|', '/')[:300]}{example} |")
+    return lines
 
 
 def plot(records: list[dict], stem: Path) -> list[Path]:
@@ -581,27 +719,45 @@ def write_summary(out: Path, stem: Path, header: dict) -> None:
     stem.with_suffix(".json").write_text(json.dumps({**header, "runs": compact}, indent=1) + "\n")
     if records:
         plot(records, stem)
+        if any(r.get("test_curve") for r in records):
+            converged.plot_test_curves(records, stem.with_name(stem.name + "_test_curves.png"))
+
+
+#: The default slice of the grid / walltime / legacy suites.
+GRID_SLICE = {
+    "molecules": ["ethanol", "aspirin"],
+    "regimes": ["E_only_1000", "E_only_100", "EF_50", "EF_100"],
+    "models": ["schnet", "painn_direct"],
+    "methods": ["plain", "piwsl", "piwsl_2nd"],
+}
 
 
 # --------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=["grid", "walltime", "core", "method"], default="grid")
+    parser.add_argument(
+        "--suite", choices=["grid", "walltime", "converged", "core", "method"], default="grid"
+    )
     parser.add_argument(
         "--data", default=None, help=f"directory of rMD17 npz files (default {DATA})"
     )
-    parser.add_argument("--molecules", nargs="+", default=["ethanol", "aspirin"])
-    parser.add_argument(
-        "--regimes",
-        nargs="+",
-        choices=list(N_TRAIN),
-        default=["E_only_1000", "E_only_100", "EF_50", "EF_100"],
-    )
-    parser.add_argument(
-        "--models", nargs="+", choices=list(MODELS), default=["schnet", "painn_direct"]
-    )
-    parser.add_argument("--methods", nargs="+", default=["plain", "piwsl", "piwsl_2nd"])
+    # slice options: default (None) = the suite's own set (converged: all of its cells)
+    parser.add_argument("--molecules", nargs="+", default=None)
+    parser.add_argument("--regimes", nargs="+", choices=list(N_TRAIN), default=None)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=None)
+    parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--split", default="01", help="rMD17 split: rmd17_<molecule>_{train,test}_<split>.npz"
+    )
+    parser.add_argument(
+        "--atoms-per-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="batch size per molecule: about N atoms per batch (grid, walltime, legacy suites; "
+        "ethanol 144 → 16, aspirin 144 → 7); default: the batch size of --set or the config",
+    )
     parser.add_argument("--steps", type=int, default=1000, help="step budget of every grid run")
     parser.add_argument("--epochs", type=int, default=None, help="core/method suites: max_epochs")
     parser.add_argument(
@@ -628,8 +784,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
     args = parser.parse_args(argv)
-    for method in args.methods:
+    if args.suite != "converged":
+        for key, default in GRID_SLICE.items():
+            if getattr(args, key) is None:
+                setattr(args, key, list(default))
+    for method in args.methods or []:
         method_overrides(method)  # fail early on a typo
+    if args.atoms_per_batch is not None:
+        if args.atoms_per_batch < 1:
+            parser.error("--atoms-per-batch must be ≥ 1")
+        if args.suite == "converged":
+            parser.error("--atoms-per-batch: the converged recipe sets the batch size per regime")
+        if any(o.startswith("training.batch_size=") for o in args.set):
+            parser.error("give --atoms-per-batch or --set training.batch_size=…, not both")
     if args.quick:
         args.suite, args.molecules, args.regimes = "grid", ["ethanol"], ["E_only_100"]
         args.models, args.methods, args.seeds, args.steps = (
@@ -651,12 +818,16 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.suite == "grid":
         runs = grid_runs(args, data_dir)
-        budget = (
-            f"{args.steps} optimisation steps per run (batch {batch_size_of(args.set)}), "
-            "every method alike"
-        )
+        batches = {r.molecule: batch_size_of(r.extra) for r in runs}
+        batch = ", ".join(f"{m} {b}" for m, b in batches.items()) or batch_size_of(args.set)
+        budget = f"{args.steps} optimisation steps per run (batch {batch}), every method alike"
+        if args.atoms_per_batch is not None:
+            budget += f"; about {args.atoms_per_batch} atoms per batch"
         if args.summary_only:
             budget = "equal steps for every method of a row (see the steps × batch column)"
+    elif args.suite == "converged":
+        runs = converged_runs(args, data_dir)
+        budget = converged.BUDGET
     elif args.suite == "walltime":
         runs = walltime_runs(args, data_dir, results)
         budget = (
@@ -670,25 +841,28 @@ def main(argv: list[str] | None = None) -> None:
         for kind in ("train", "test"):
             if not run.data(kind).exists():
                 raise SystemExit(f"missing data file {run.data(kind)} (molecule {run.molecule!r})")
+    command = command_line(argv, script="benchmarks/rmd17.py")
     header = {
         "suite": name,
-        "command": "python benchmarks/rmd17.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
+        "commands": [command],
+        "split": args.split,
         "commit": git_commit(),
         "machine": machine_info(),
         "threads": args.threads,
         "jobs": args.jobs,
         "budget": budget,
-        "data": str(data_dir),
+        "data": relative(data_dir),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    stem = results / f"rmd17_{name}"
-    if args.summary_only and stem.with_suffix(".json").exists():
+    stem = results / (name if args.suite == "converged" else f"rmd17_{name}")
+    if stem.with_suffix(".json").exists():
+        # the summary keeps every command that fed it: earlier slices, resumptions, rewrites
         before = json.loads(stem.with_suffix(".json").read_text())
-        # the command that trained the runs, without earlier "(summary rewritten: …)" notes
-        trained_by = before["command"].split(" (summary rewritten: ")[0]
-        header["command"] = f"{trained_by} (summary rewritten: {header['command']})"
-        header["threads"], header["jobs"] = before["threads"], before["jobs"]
+        earlier = before.get("commands") or [before["command"]]
+        header["commands"] = [*earlier, *([command] if command not in earlier else [])]
+        if args.summary_only:
+            header["threads"], header["jobs"] = before["threads"], before["jobs"]
     todo = [r for r in runs if args.rerun or not (out / f"{r.name}.json").exists()]
     if args.summary_only:
         todo = []
@@ -699,7 +873,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [
-            pool.submit(execute, run, Path(args.work), out, args.threads, header) for run in todo
+            pool.submit(execute, run, Path(args.work), out, args.threads, header, not args.rerun)
+            for run in todo
         ]
         for k, future in enumerate(as_completed(futures), 1):
             record = future.result()

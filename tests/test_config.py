@@ -167,3 +167,26 @@ def test_sections_forbid_extra_keys_everywhere():
     for name, field in Config.model_fields.items():
         cls = field.annotation
         assert cls.model_config.get("extra") == "forbid", name
+
+
+@pytest.mark.parametrize(
+    ("override", "good"),
+    [
+        ("training.learning_rate=1e-3", "training.lr"),
+        ("training.epochs=5", "training.max_epochs"),
+        ("training.num_epochs=5", "training.max_epochs"),
+        ("training.batch=8", "training.batch_size"),
+        ("training.patience=5", "training.early_stopping_patience"),
+        ("training.cutoff=4.0", "model.cutoff"),  # a key of another section
+        ("data.batch_size=8", "training.batch_size"),
+        ("model.learning_rate=1e-3", "training.lr"),
+        ("model.r_cut=4.0", "model.cutoff"),
+        ("physics.lambda_pitc=1.2", "physics.taylor_weight"),
+    ],
+)
+def test_unknown_key_suggests_the_key_people_mean(tmp_path, override, good):
+    """Synonyms before spelling: learning_rate is lr, not early_stopping_patience."""
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    assert str(info.value).endswith(f"did you mean {good!r}?")

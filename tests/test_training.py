@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -306,3 +307,119 @@ def test_physics_terms_are_logged_and_their_state_resumes(tiny_data, tmp_path):
     # sampler continued where it stopped (one draw per training step)
     assert ckpt["epoch"] == 1
     assert ckpt["piwsl_physics"]["step"] == ckpt["global_step"] == 2 * math.ceil(14 / 4)
+
+
+def test_validation_every_n_epochs_drives_plateau_early_stop_and_test_curve(tmp_path):
+    """The convergence protocol: validation every 2 epochs, the plateau schedule stepped on each
+    validation, early stopping after `patience` validations without improvement (stopped_by
+    'plateau'), and the EMA model's test errors recorded at the requested steps."""
+    from piwsl.training import train
+
+    data = write_tiny_extxyz(tmp_path / "d.xyz", n=16, unlabelled_every=0)
+    test = write_tiny_extxyz(tmp_path / "t.xyz", n=6, unlabelled_every=0, start=100)
+    cfg = tiny_config(
+        data,
+        tmp_path / "run",
+        data={"test": [str(test)]},
+        training={
+            "max_epochs": 200,
+            "lr": 1e-9,  # nothing improves: the plateau rule must end the run
+            "val_every_n_epochs": 2,
+            "plateau_patience": 0,
+            "plateau_factor": 0.5,
+            "early_stopping_patience": 3,
+        },
+        output={"test_curve_steps": [3, 6, 7, 1000]},
+    )
+    result = train(config_from_dict(cfg))
+    steps_per_epoch = math.ceil(12 / 4)
+    rows = read_epoch_rows(tmp_path / "run")
+    val_epochs = sorted({int(float(r["epoch"])) for r in rows if r.get("val_loss")})
+    assert val_epochs == list(range(1, result.epochs, 2))  # epochs 1, 3, 5, …: every 2nd
+    # the first validation sets the best score; 3 more without improvement stop the run
+    assert result.stopped_by == "plateau" and len(val_epochs) == 4
+    assert result.steps == result.epochs * steps_per_epoch == 8 * steps_per_epoch
+    curve = json.loads((tmp_path / "run" / "test_curve.json").read_text())
+    assert [p["step"] for p in curve] == [3, 6, 7]
+    assert all(p["forces_mae_meV_per_A"] > 0 and p["energy_mae_meV"] > 0 for p in curve)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped_by"] == "plateau"
+    # with lr ≈ 0 the weights do not move: every point is the saved (EMA) model's test error,
+    # computed the way `piwsl evaluate` computes it
+    from piwsl.evaluation import compute_metrics, predict
+
+    frames = read_frames(str(test))
+    final = compute_metrics(
+        frames, predict(load_model(tmp_path / "run" / "final_model.pt"), frames)
+    )
+    for point in curve:
+        assert point["forces_mae_meV_per_A"] == pytest.approx(final["forces_mae_meV_per_A"], 1e-4)
+
+
+def test_step_cap_is_reported_as_cap(tiny_data, tmp_path):
+    from piwsl.training import train
+
+    cfg = tiny_config(tiny_data, tmp_path / "run", training={"max_epochs": None, "max_steps": 5})
+    result = train(config_from_dict(cfg), evaluate=False)
+    assert result.steps == 5 and result.stopped_by == "cap"
+
+
+def test_the_run_stops_when_the_plateau_schedule_reaches_stop_lr(tiny_data, tmp_path):
+    from piwsl.training import train
+
+    lr = 1e-3
+    training = {
+        "max_epochs": 50,
+        "lr": lr,
+        "val_every_n_epochs": 2,
+        "plateau_patience": 0,
+        "plateau_threshold": 0.99,  # no validation improves by 99 %: each one after the first cuts
+        "stop_lr": lr / 4,
+    }
+    result = train(
+        config_from_dict(tiny_config(tiny_data, tmp_path / "run", training=training)),
+        evaluate=False,
+    )
+    # validations after epochs 1, 3, 5: the first sets the best score, the next two halve the
+    # lr (only when they ran: the schedule steps on validations); epoch 6 trains no step
+    assert result.steps == 6 * math.ceil(14 / 4) and result.stopped_by == "plateau"
+    lrs = column(read_epoch_rows(tmp_path / "run"), "lr")
+    assert lrs == pytest.approx([lr] * 4 + [lr / 2] * 2 + [lr / 4])  # the last: epoch 6
+    with pytest.raises(ConfigError, match="never stop"):
+        config_from_dict(tiny_config(tiny_data, tmp_path, training={"stop_lr": 1e-7}))
+
+
+def test_resume_with_early_stopping_and_validation_every_epoch(tiny_data, tmp_path):
+    """Early stopping is checked after validations: a resumed run (no score yet) used to raise."""
+    from piwsl.training import train
+
+    run = tmp_path / "run"
+    training = {"early_stopping_patience": 5}
+    train(config_from_dict(tiny_config(tiny_data, run, training=training)), evaluate=False)
+    resumed = train(
+        config_from_dict(tiny_config(tiny_data, run, training={**training, "max_epochs": 4})),
+        resume=True,
+        evaluate=False,
+    )
+    assert resumed.epochs == 4 and resumed.stopped_by == "cap"
+
+
+def test_changed_plateau_settings_take_effect_on_resume(tiny_data, tmp_path):
+    """A checkpoint restores the scheduler's and early stopping's saved settings; the configured
+    ones must win (their counters and best score are kept)."""
+    from piwsl.training import train
+    from piwsl.training.callbacks import ConfiguredEarlyStopping
+
+    run, lr = tmp_path / "run", 1e-3
+    first = {"max_epochs": 2, "lr": lr, "plateau_patience": 50, "early_stopping_patience": 50}
+    train(config_from_dict(tiny_config(tiny_data, run, training=first)), evaluate=False)
+    strict = {"plateau_patience": 0, "plateau_threshold": 0.99, "stop_lr": lr / 4}
+    second = {**first, "max_epochs": 50, **strict}
+    result = train(
+        config_from_dict(tiny_config(tiny_data, run, training=second)), resume=True, evaluate=False
+    )
+    # with the saved patience (50) nothing would be cut; with 0 each validation halves the lr
+    assert result.stopped_by == "plateau" and result.epochs < 10
+    stop = ConfiguredEarlyStopping("val_loss", patience=3)
+    stop.load_state_dict({"wait_count": 2, "stopped_epoch": 0, "best_score": 1.0, "patience": 50})
+    assert stop.patience == 3 and stop.wait_count == 2

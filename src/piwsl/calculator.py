@@ -9,21 +9,33 @@ A model trained on top of a prior (Δ-learning, :mod:`piwsl.priors`) is run as t
 ``E = E_prior + E_θ``, ``F = F_prior + F_θ``: the calculator rebuilds the recorded prior and
 refuses to start when its program is missing or differs from the recorded version/settings
 (``allow_prior_mismatch=True`` runs it anyway, with a warning).
+
+Geometry sanity: a structure with two atoms closer than ``min_distance`` (default
+:data:`~piwsl.data.checks.MIN_DISTANCE`, 0.5 Å) is evaluated, but with a
+:class:`GeometryWarning` naming the atoms and their distance — the model never saw such a
+structure, and its numbers there mean nothing (once per calculator; ``n_close_calls`` counts).
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from piwsl.data.batch import Batch, Graph, collate
+from piwsl.data.batch import Batch, Graph, collate, edge_vectors
+from piwsl.data.checks import MIN_DISTANCE
 from piwsl.data.frames import Frame
 from piwsl.evaluation import as_force_field, check_elements, model_dtype
 from piwsl.priors.base import Prior, model_prior
+
+
+class GeometryWarning(UserWarning):
+    """A structure outside anything a model can have been trained on (atoms nearly on top of
+    each other)."""
 
 
 def state_changes(old, atoms, tol: float = 1e-15) -> list[str]:
@@ -73,6 +85,8 @@ class PiwslCalculator(Calculator):
     allow_prior_mismatch:
         Run a model whose recorded prior differs from the installed one (program version,
         settings) instead of raising :class:`~piwsl.errors.PriorError`.
+    min_distance:
+        Warn (:class:`GeometryWarning`) when two atoms are closer than this (Å); 0 disables it.
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]  # noqa: RUF012 (ASE API)
@@ -84,11 +98,17 @@ class PiwslCalculator(Calculator):
         skin: float = 0.0,
         dtype: torch.dtype | None = None,
         allow_prior_mismatch: bool = False,
+        min_distance: float = MIN_DISTANCE,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if not skin >= 0:
             raise ValueError(f"skin must be ≥ 0 Å, got {skin}")
+        if not min_distance >= 0:
+            raise ValueError(f"min_distance must be ≥ 0 Å, got {min_distance}")
+        self.min_distance = float(min_distance)
+        #: calls on structures with atoms closer than ``min_distance`` (warned about once)
+        self.n_close_calls = 0
         self.device = torch.device(device)
         force_field = as_force_field(model)
         if dtype is not None and dtype != model_dtype(force_field):
@@ -143,6 +163,29 @@ class PiwslCalculator(Calculator):
             self._ref_key = key
         return batch
 
+    def _check_distances(self, batch: Batch) -> None:
+        """Warn once when two atoms are closer than ``min_distance`` (edges cover every pair
+        within the cutoff, so every such pair is among them)."""
+        if self.min_distance <= 0 or batch.edge_index.shape[1] == 0:
+            return
+        with torch.no_grad():
+            lengths = torch.linalg.vector_norm(edge_vectors(batch), dim=1)
+            k = int(torch.argmin(lengths))
+        shortest = float(lengths[k])
+        if shortest >= self.min_distance:
+            return
+        self.n_close_calls += 1
+        if self.n_close_calls == 1:
+            i, j = (int(x) for x in batch.edge_index[:, k])
+            warnings.warn(
+                f"atoms {i} and {j} are {shortest:.3f} Å apart (closer than {self.min_distance} "
+                "Å): no model is trained on such structures, and its energy and forces there "
+                "are meaningless. Check the structure (or its length unit); further such calls "
+                "of this calculator are counted in n_close_calls, not warned about",
+                GeometryWarning,
+                stacklevel=4,
+            )
+
     def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
         """ASE's state check on positions, numbers, cell and pbc, faster (:func:`state_changes`)."""
         return state_changes(self.atoms, atoms, tol)
@@ -152,6 +195,7 @@ class PiwslCalculator(Calculator):
         frame = self._frame(self.atoms)
         check_elements(self.model, [frame])
         batch = self._get_batch(frame)
+        self._check_distances(batch)
         # no graph through the parameters (a direct-force head runs ~20 % faster); conservative
         # forces still come from autograd: the ForceField re-enables grad for them
         with torch.no_grad():

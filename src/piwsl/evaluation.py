@@ -1,7 +1,9 @@
 """Evaluation: predictions, errors (overall, per element), non-conservativeness, parity plots.
 
 Units: predictions are in eV and eV/Å; every metric carries its unit in its key
-(``energy_mae_meV``, ``energy_mae_meV_per_atom``, ``forces_mae_meV_per_A``, …). Frames without
+(``energy_mae_meV``, ``energy_mae_meV_per_atom``, ``forces_mae_meV_per_A``, …). Energy errors
+that are mostly a constant (per-element) offset — a reference at another level of theory — are
+recognised and the offset reported (:func:`energy_offset`, :func:`offset_note`). Frames without
 an energy (forces) label are left out of the energy (force) metrics, never counted as zero; a
 metric with no labelled frame at all is ``None``. A model trained on top of a prior (Δ-learning,
 :mod:`piwsl.priors`) is scored on its total prediction, prior + learned part, against the full
@@ -42,6 +44,8 @@ class Predictions:
     numbers: np.ndarray  # int64 [N]
     ptr: np.ndarray  # int64 [S + 1]
     prior: dict[str, Any] | None = None  # spec of the prior included in energy/forces, if any
+    prior_energy: np.ndarray | None = None  # float64 [S], eV: the prior's share of ``energy``
+    prior_forces: np.ndarray | None = None  # float64 [N, 3], eV/Å: its share of ``forces``
 
     @property
     def n_structures(self) -> int:
@@ -183,9 +187,11 @@ def add_prior(
         executor=use.executor,
         scheduler=use.scheduler,
     )
-    predictions.energy = predictions.energy + values.energies
+    predictions.prior_energy = np.asarray(values.energies, dtype=np.float64)
+    predictions.energy = predictions.energy + predictions.prior_energy
     if predictions.forces is not None:
-        predictions.forces = predictions.forces + np.concatenate(values.forces)
+        predictions.prior_forces = np.concatenate(values.forces).astype(np.float64)
+        predictions.forces = predictions.forces + predictions.prior_forces
     predictions.prior = prior.spec()
 
 
@@ -197,6 +203,66 @@ def _mae_rmse(errors: np.ndarray) -> tuple[float | None, float | None]:
 
 def _scaled(value: float | None, factor: float) -> float | None:
     return None if value is None else value * factor
+
+
+#: Energy errors are "dominated by an offset" when removing the best constant (per-element)
+#: offset leaves less than this fraction of the MAE, over at least OFFSET_MIN_FRAMES frames.
+OFFSET_DOMINATED = 0.5
+OFFSET_MIN_FRAMES = 10
+
+
+def energy_offset(errors: np.ndarray, frames: Sequence[Frame]) -> dict[str, Any]:
+    """The part of the energy errors (eV) a constant offset explains.
+
+    One composition: a constant per structure, the mean error. Several: a constant plus one
+    offset per element, fitted by least squares to the element counts (a reference at another
+    level of theory, or with other atomic reference energies, differs mainly that way). Returns
+    the offset (meV per structure, mean over the frames; with several compositions also the
+    constant and the per-element parts, meV), the MAE left after removing it (meV) and whether
+    the offset dominates: the MAE left is below :data:`OFFSET_DOMINATED` × the MAE, with at least
+    :data:`OFFSET_MIN_FRAMES` frames and 5 frames per fitted number.
+    """
+    elements = sorted({int(z) for f in frames for z in f.numbers})
+    counts = np.array([[np.count_nonzero(f.numbers == z) for z in elements] for f in frames])
+    single = len({c.tobytes() for c in counts}) == 1
+    design = np.ones((len(frames), 1))
+    if not single:
+        design = np.hstack([design, counts.astype(np.float64)])
+    coef, *_ = np.linalg.lstsq(design, errors, rcond=None)
+    fitted = design @ coef
+    left = errors - fitted
+    mae, mae_left = float(np.mean(np.abs(errors))), float(np.mean(np.abs(left)))
+    enough = len(frames) >= max(OFFSET_MIN_FRAMES, 5 * design.shape[1])
+    out: dict[str, Any] = {
+        "energy_offset_meV": float(np.mean(fitted)) * 1e3,
+        "energy_mae_after_offset_meV": mae_left * 1e3,
+        "energy_offset_dominated": bool(enough and mae > 0 and mae_left < OFFSET_DOMINATED * mae),
+    }
+    if not single:
+        out["energy_offset_constant_meV"] = float(coef[0]) * 1e3
+        out["energy_offset_per_element_meV"] = {
+            chemical_symbols[z]: float(c) * 1e3 for z, c in zip(elements, coef[1:], strict=True)
+        }
+    return out
+
+
+def offset_note(metrics: dict[str, Any]) -> str | None:
+    """A sentence for users when the energy errors are mostly a constant offset (else None)."""
+    if not metrics.get("energy_offset_dominated"):
+        return None
+    how = (
+        "fitted as a constant plus one offset per element (energy_offset_per_element_meV in the "
+        "metrics)"
+        if metrics.get("energy_offset_per_element_meV")
+        else "the same for every structure"
+    )
+    return (
+        f"the energy errors are dominated by a constant offset: prediction − reference is "
+        f"{metrics['energy_offset_meV']:+.1f} meV on average, {how}; without it the energy MAE "
+        f"is {metrics['energy_mae_after_offset_meV']:.1f} meV instead of "
+        f"{metrics['energy_mae_meV']:.1f} meV. The reference is probably another level of theory "
+        "or has another energy zero (atomic reference energies); forces do not see an offset"
+    )
 
 
 def compute_metrics(frames: Sequence[Frame], predictions: Predictions) -> dict[str, Any]:
@@ -236,7 +302,10 @@ def compute_metrics(frames: Sequence[Frame], predictions: Predictions) -> dict[s
             "rmse_meV_per_A": _scaled(rmse, 1e3),
             "n_atoms": int(sel.shape[0]),
         }
+    offset = energy_offset(e_err, [frames[s] for s in e_idx]) if e_idx else {}
     return {
+        **offset,
+        "energy_mean_error_meV": _scaled(float(np.mean(e_err)) if e_idx else None, 1e3),
         "n_frames": len(frames),
         "n_atoms": int(sum(f.n_atoms for f in frames)),
         "n_frames_with_energy": len(e_idx),
@@ -386,8 +455,14 @@ def evaluate_model(
     plot: bool = True,
     nonconservative: bool | None = None,
     prior: PriorUse | None = None,
+    write_predictions: bool = False,
 ) -> dict[str, Any]:
     """Predict, score and report: writes ``<name>_metrics.json`` and ``<name>_parity.png``.
+
+    ``write_predictions`` also writes the predictions (:mod:`piwsl.predictions`) to
+    ``<name>_predictions.extxyz``; so does a set of frames without any label, which has nothing
+    to be scored against (a warning says so; no parity plot). ``metrics["predictions"]`` is
+    that file's path.
 
     ``model`` is a ForceField, an EnergyModel or a model file; ``frames`` a list of frames or a data
     path readable by :func:`piwsl.data.read_frames`. Returns the metrics dict (units in the keys).
@@ -405,6 +480,7 @@ def evaluate_model(
     if not frames:
         raise ValueError("evaluate_model: no frames given")
     need_forces = any(f.has_forces for f in frames) or model.direct_forces
+    need_forces = need_forces or write_predictions or not any(f.has_energy for f in frames)
     predictions = predict(
         model, frames, batch_size=batch_size, compute_forces=need_forces, prior=prior
     )
@@ -423,8 +499,22 @@ def evaluate_model(
             metrics["nonconservativeness_error"] = f"{type(err).__name__}: {err}"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    labelled = metrics["n_frames_with_energy"] or metrics["n_frames_with_forces"]
+    if write_predictions or not labelled:
+        from piwsl.predictions import write_predictions as write
+
+        path = out_dir / f"{name}_predictions.extxyz"
+        metrics["predictions"] = str(write(frames, predictions, path, model=metrics["model"]))
+    if not labelled:
+        log.warning(
+            "none of the %d frames carries an energy or force label (if the file has labels, "
+            "name their keys: energy_key / forces_key, --energy-key / --forces-key): there is "
+            "nothing to score; the predictions are in %s",
+            len(frames),
+            metrics["predictions"],
+        )
     metrics_path = out_dir / f"{name}_metrics.json"
     metrics_path.write_text(json.dumps(_finite_or_none(metrics), indent=2, sort_keys=True) + "\n")
-    if plot:
+    if plot and labelled:
         parity_plot(frames, predictions, metrics, out_dir / f"{name}_parity.png")
     return metrics

@@ -138,21 +138,6 @@ def make_executor(spec: ExecutorSpec, n_tasks: int | None = None) -> Executor:
     return PoolExecutor(spec)
 
 
-def progress_bar(total: int, desc: str, unit: str, enabled: bool, initial: int = 0) -> Any:
-    """A tqdm bar over completed tasks (disabled: a silent one with the same interface)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        disable=not enabled,
-        desc=desc,
-        unit=unit,
-        smoothing=0.1,
-        dynamic_ncols=True,
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # worker processes
 

@@ -47,10 +47,11 @@ from typing import Any
 import numpy as np
 
 from piwsl.errors import ConfigError, DataError
-from piwsl.io.executors import ExecutorSpec, TaskLost, make_executor, progress_bar, worker_name
+from piwsl.io.executors import ExecutorSpec, TaskLost, make_executor, worker_name
 from piwsl.io.hashing import atoms_hash, structure_hash
 from piwsl.io.journal import JsonLines
 from piwsl.labelling.backends import Backend, make_backend
+from piwsl.terminal import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from piwsl.errors import ConfigError
 from piwsl.md.config import ENSEMBLES, MDConfig
 from piwsl.md.failure import FailureCriteria
 
@@ -32,16 +33,28 @@ def make_calculator(
     device: str = "cpu",
     skin: float = 1.0,
     allow_prior_mismatch: bool = False,
+    batched: bool = False,
 ):
-    """A piwsl calculator for ``checkpoint``, or ASE's EMT for ``"ase:emt"`` (smoke tests).
+    """A piwsl calculator for ``checkpoint``, or ASE's EMT for ``"ase:emt"`` (smoke tests);
+    ``batched``: a :class:`~piwsl.md.potential.BatchedPotential` (all trajectories at once).
 
     A model trained on top of a prior runs with it (prior + learned part, see
     :class:`~piwsl.calculator.PiwslCalculator`).
     """
     if str(checkpoint).lower() == "ase:emt":
+        if batched:
+            raise ConfigError(
+                "--batched runs piwsl models; 'ase:emt' runs one trajectory at a time"
+            )
         from ase.calculators.emt import EMT
 
         return EMT()
+    if batched:
+        from piwsl.md.potential import BatchedPotential
+
+        return BatchedPotential(
+            checkpoint, device=device, skin=skin, allow_prior_mismatch=allow_prior_mismatch
+        )
     from piwsl.calculator import PiwslCalculator
 
     return PiwslCalculator(
@@ -135,6 +148,14 @@ def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     g.add_argument("--no-finite-check", action="store_true", help="disable the NaN/inf check")
     g.add_argument(
+        "--min-distance",
+        type=float,
+        default=d.min_start_distance_A,
+        metavar="Å",
+        help="refuse start structures with two atoms closer than this (Å), default "
+        f"{d.min_start_distance_A:g}; 0 disables the check",
+    )
+    g.add_argument(
         "--check-interval",
         type=int,
         default=d.check_interval,
@@ -170,7 +191,13 @@ def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--no-plots", action="store_true", help="do not write plots")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = parser.add_argument_group("model")
-    g.add_argument("--device", default="cpu", help="torch device, default cpu")
+    g.add_argument(
+        "--batched",
+        action="store_true",
+        help="run all trajectories at once as replicas of one batch (one model call per step; "
+        "nve and nose-hoover only; much faster for small molecules)",
+    )
+    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda), default cpu")
     g.add_argument(
         "--skin",
         type=float,
@@ -222,6 +249,7 @@ def config_from_args(args: argparse.Namespace) -> MDConfig:
         log_interval=args.log_interval,
         traj_interval=args.output_interval,
         check_interval=args.check_interval,
+        min_start_distance_A=args.min_distance,
         failure=failure,
         write_trajectories=not args.no_trajectories,
         trajectory_format=args.format,
@@ -254,11 +282,19 @@ def format_summary(report: MDReport) -> str:
             f"(max |drift| {num('energy_drift_meV_per_atom_per_ps_max_abs')}), fluctuation "
             f"{num('energy_fluctuation_meV_per_atom_mean')} meV/atom"
         )
-    elif "conserved_energy_drift_meV_per_atom_per_ps_mean" in s:
+    else:
         lines.append(
-            f"  conserved-quantity drift {num('conserved_energy_drift_meV_per_atom_per_ps_mean')} "
-            "meV/atom/ps"
+            f"  temperature {num('temperature_mean_K', '.1f')} ± {num('temperature_std_K', '.1f')}"
+            f" K (mean ± std over {s.get('temperature_samples', 0)} samples; target "
+            f"{cfg.temperature_K:g} K)"
         )
+        if "conserved_energy_drift_meV_per_atom_per_ps_mean" in s:
+            lines.append(
+                "  conserved-quantity drift "
+                f"{num('conserved_energy_drift_meV_per_atom_per_ps_mean')} meV/atom/ps"
+            )
+        else:
+            lines.append(f"  no energy drift: {cfg.ensemble} conserves no energy-like quantity")
     if s.get("hr_error_pooled_stable") is not None:
         lines.append(
             f"  h(r) error (stable runs vs reference): {num('hr_error_pooled_stable', '.4f')}"
@@ -286,6 +322,7 @@ def run_md_cli(args: argparse.Namespace) -> int:
         device=args.device,
         skin=args.skin,
         allow_prior_mismatch=getattr(args, "allow_prior_mismatch", False),
+        batched=getattr(args, "batched", False),
     )
     report = run_md(
         calculator,

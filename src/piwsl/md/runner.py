@@ -126,6 +126,7 @@ class TrajectoryResult:
             "n_bonds_checked": self.n_bonds,
             "temperature_bound_K": self.temperature_bound_K,
             "mean_temperature_K": float(np.nanmean(temps)) if temps.size else None,
+            "temperature_std_K": float(np.nanstd(temps)) if temps.size > 1 else None,
             **self.energy,
             **{f"conserved_{k}": v for k, v in self.conserved.items()},
             "hr_error": self.hr_error,
@@ -195,15 +196,26 @@ def _conserved_energy(dyn, etot: float) -> float:
 
 
 class _TrajectoryWriter:
-    def __init__(self, path: Path, fmt: str) -> None:
+    """Frames of one trajectory to extxyz or ASE ``.traj``; an extxyz file can be continued from
+    a saved length (``resume_at``, bytes: what was written after it is cut off)."""
+
+    def __init__(self, path: Path, fmt: str, resume_at: int | None = None) -> None:
         self.path = path
         self.fmt = fmt
         if fmt == "traj":
             from ase.io.trajectory import Trajectory
 
             self._traj = Trajectory(str(path), "w")
+        elif resume_at is not None and path.is_file():
+            self._handle = open(path, "r+")  # noqa: SIM115 (closed in close())
+            self._handle.truncate(resume_at)
+            self._handle.seek(resume_at)
         else:
             self._handle = open(path, "w")  # noqa: SIM115 (closed in close())
+
+    def size(self) -> int | None:
+        """Bytes written so far (extxyz; None for .traj, which cannot be continued)."""
+        return None if self.fmt == "traj" else self._handle.tell()
 
     def write(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict) -> None:
         snap = atoms.copy()
@@ -336,21 +348,43 @@ def run_trajectory(
             result.failure.reason,
             result.failure.message,
         )
-    names = ("step", "time_ps", "potential_eV", "kinetic_eV", "total_eV", "temperature_K")
-    table = np.array(rows, dtype=np.float64).reshape(-1, 7)
-    result.thermo = {name: table[:, k] for k, name in enumerate((*names, "conserved_eV"))}
-    result.energy = energy_drift(result.thermo["time_ps"], result.thermo["total_eV"], n_atoms)
+    return finish_result(result, rows, config, out_dir)
+
+
+THERMO_COLUMNS = (
+    "step",
+    "time_ps",
+    "potential_eV",
+    "kinetic_eV",
+    "total_eV",
+    "temperature_K",
+    "conserved_eV",
+)
+
+
+def finish_result(
+    result: TrajectoryResult,
+    rows: list[tuple[float, ...]],
+    config: MDConfig,
+    out_dir: str | Path | None,
+) -> TrajectoryResult:
+    """Thermo series (``THERMO_COLUMNS`` rows), energy drift and the thermo CSV of a trajectory."""
+    table = np.array(rows, dtype=np.float64).reshape(-1, len(THERMO_COLUMNS))
+    result.thermo = {name: table[:, k] for k, name in enumerate(THERMO_COLUMNS)}
+    result.energy = energy_drift(
+        result.thermo["time_ps"], result.thermo["total_eV"], result.n_atoms
+    )
     if config.ensemble != "nve" and np.isfinite(result.thermo["conserved_eV"]).any():
         result.conserved = energy_drift(
-            result.thermo["time_ps"], result.thermo["conserved_eV"], n_atoms
+            result.thermo["time_ps"], result.thermo["conserved_eV"], result.n_atoms
         )
     if out_dir is not None:
-        path = Path(out_dir) / f"thermo_{index:03d}.csv"
+        path = Path(out_dir) / f"thermo_{result.index:03d}.csv"
         np.savetxt(
             path,
             table,
             delimiter=",",
-            header=",".join((*names, "conserved_eV")),
+            header=",".join(THERMO_COLUMNS),
             comments="",
             fmt=["%d", "%.6f", "%.10g", "%.10g", "%.10g", "%.4f", "%.10g"],
         )
@@ -361,13 +395,12 @@ def run_trajectory(
 def _progress_bar(config: MDConfig, index: int):
     if not config.progress:
         return None
-    from tqdm.auto import tqdm
+    from piwsl.terminal import progress_bar
 
-    return tqdm(
-        total=config.n_steps,
+    return progress_bar(
+        config.n_steps,
         desc=f"MD {config.ensemble} traj {index + 1}/{config.n_trajectories}",
         unit="step",
-        mininterval=0.5,
         leave=False,
     )
 
@@ -390,6 +423,41 @@ def load_structures(source: str | Path | Sequence[Any]) -> list[Atoms]:
     if not out:
         raise ConfigError("no structures given")
     return out
+
+
+def check_start_structures(
+    starts: Sequence[Atoms], frames: Sequence[int], config: MDConfig, source: str
+) -> None:
+    """Refuse start structures MD cannot run from: a single atom (no interatomic forces, no
+    temperature to speak of) or two atoms closer than ``config.min_start_distance_A``."""
+    from piwsl.data.checks import min_distance
+    from piwsl.data.frames import Frame
+    from piwsl.errors import DataError
+
+    for k in sorted(set(frames)):
+        atoms = starts[k]
+        if len(atoms) < 2:
+            raise DataError(
+                f"a single {atoms.get_chemical_formula() or 'atom'} atom: MD of one atom has no "
+                "interatomic forces (a periodic lattice of it neither) and its centre of mass is "
+                "held fixed, so nothing would move",
+                file=source,
+                frame=k,
+                hint="start from a molecule or a periodic structure",
+            )
+        if config.min_start_distance_A <= 0:
+            continue
+        frame = Frame(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+        close = min_distance(frame, config.min_start_distance_A)
+        if close is not None:
+            raise DataError(
+                f"two atoms are {close:.3f} Å apart, closer than {config.min_start_distance_A} "
+                "Å: no model gives meaningful forces there and the run would explode at once",
+                file=source,
+                frame=k,
+                key="positions",
+                hint="check the structure and its length unit (--min-distance sets the bound)",
+            )
 
 
 def pick_start_frames(n_frames: int, config: MDConfig) -> list[int]:

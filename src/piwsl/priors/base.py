@@ -120,9 +120,24 @@ class Prior(abc.ABC):
 
     def checked(self, frame: Frame) -> tuple[float, np.ndarray]:
         """:meth:`compute_one` with finiteness and shape checks; errors name file and frame."""
+        return self._checked(frame, self.compute_one)
+
+    def session(self) -> Callable[[Frame], tuple[float, np.ndarray]]:
+        """:meth:`checked` for one system at successive positions (an MD trajectory); a prior
+        that can reuse the previous step's work (tblite: its SCF density) overrides
+        :meth:`_session_compute`."""
+        compute = self._session_compute()
+        return lambda frame: self._checked(frame, compute)
+
+    def _session_compute(self) -> Callable[[Frame], tuple[float, np.ndarray]]:
+        return self.compute_one
+
+    def _checked(
+        self, frame: Frame, compute: Callable[[Frame], tuple[float, np.ndarray]]
+    ) -> tuple[float, np.ndarray]:
         where = f"file {frame.source!r}, frame {frame.index}"
         try:
-            energy, forces = self.compute_one(frame)
+            energy, forces = compute(frame)
         except PriorError as err:
             raise PriorError(f"{where}: prior {self.name!r} failed: {err}") from err
         forces = np.asarray(forces, dtype=np.float64)

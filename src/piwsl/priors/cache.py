@@ -43,10 +43,11 @@ import numpy as np
 
 from piwsl.data.frames import Frame
 from piwsl.errors import ConfigError, PriorError
-from piwsl.io.executors import ExecutorSpec, TaskLost, make_executor, progress_bar
+from piwsl.io.executors import ExecutorSpec, TaskLost, make_executor
 from piwsl.io.hashing import structure_hash
 from piwsl.io.journal import JsonLines
 from piwsl.priors.base import Prior
+from piwsl.terminal import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def prior_values(
 
     ``executor="local"`` computes in ``workers`` processes of this machine (one thread each),
     ``"dask"`` on the Dask scheduler at ``scheduler`` or a ``LocalCluster`` of ``workers``
-    processes (:mod:`piwsl.io.executors`); ``progress`` shows a tqdm bar. Identical structures
+    processes (:mod:`piwsl.io.executors`); ``progress`` shows a progress bar. Identical structures
     are computed once.
     """
     if workers < 1:
@@ -301,7 +302,7 @@ def _compute(
     inline = run_on.kind == "local" and (run_on.workers == 1 or len(frames) == 1)
     size = 1 if inline else max(1, min(16, math.ceil(len(frames) / (8 * run_on.workers))))
     tasks = [(s, (s, frames[s : s + size])) for s in range(0, len(frames), size)]
-    bar = progress_bar(len(frames), f"prior {prior.name}", "frame", progress)
+    bar = progress_bar(len(frames), desc=f"prior {prior.name}", unit="frame", enabled=progress)
     try:
         with make_executor(run_on, n_tasks=len(tasks)) as pool:
             for start, outcome in pool.map_unordered(_prior_chunk, prior, tasks):

@@ -11,6 +11,7 @@ without it :class:`~piwsl.priors.base.MissingPriorBackendError` says what to ins
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,20 @@ class TBLitePrior(Prior):
         except BackendError as err:
             raise PriorError(str(err)) from err
         return float(out["energy"]), np.asarray(out["forces"], dtype=np.float64)
+
+    def _session_compute(self) -> Callable[[Frame], tuple[float, np.ndarray]]:
+        """Each SCF restarts from the previous call's result (see ``TBLiteSession``)."""
+        from piwsl.labelling.backends import BackendError
+
+        session = self.backend.session()
+
+        def compute(frame: Frame) -> tuple[float, np.ndarray]:
+            try:
+                return session(atoms_of(frame))
+            except BackendError as err:
+                raise PriorError(str(err)) from err
+
+        return compute
 
 
 PRIORS.add(

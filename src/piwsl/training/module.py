@@ -308,6 +308,7 @@ class PiwslModule(lightning.LightningModule):
                 mode="min",
                 factor=cfg.plateau_factor,
                 patience=cfg.plateau_patience,
+                threshold=cfg.plateau_threshold,
                 min_lr=cfg.min_lr,
             )
             return {
@@ -316,7 +317,8 @@ class PiwslModule(lightning.LightningModule):
                     "scheduler": scheduler,
                     "monitor": self.monitor,
                     "interval": "epoch",
-                    "frequency": 1,
+                    # stepped after each validation (the monitor is fresh only then)
+                    "frequency": cfg.val_every_n_epochs,
                     "strict": True,
                 },
             }
@@ -345,6 +347,21 @@ class PiwslModule(lightning.LightningModule):
     def on_train_start(self) -> None:
         if self.train_cfg.scheduler == "cosine":
             self._cosine_total = self._total_steps()
+        self._apply_plateau_settings()
+
+    def _apply_plateau_settings(self) -> None:
+        """The configured plateau rule, also on a resumed run: a checkpoint restores the
+        scheduler's saved patience/factor/threshold/min_lr, and changed training settings must
+        take effect (its counters and best score stay as saved)."""
+        cfg = self.train_cfg
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.patience = cfg.plateau_patience
+                scheduler.factor = cfg.plateau_factor
+                scheduler.threshold = cfg.plateau_threshold
+                scheduler.default_min_lr = cfg.min_lr
+                scheduler.min_lrs = [cfg.min_lr] * len(scheduler.min_lrs)
 
     # ---- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

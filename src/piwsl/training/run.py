@@ -74,6 +74,7 @@ class TrainResult:
     epochs: int
     steps: int
     train_time_s: float
+    stopped_by: str | None = None  # plateau, cap, time or interrupted (see stop_reason)
     test_metrics: dict[str, Any] | None = None
     test_metrics_path: Path | None = None
     test_plot_path: Path | None = None
@@ -337,8 +338,15 @@ def build_physics(cfg: Config, cutoff: float) -> Any:
     return physics
 
 
-def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Path | None:
-    """Check/clean the run directory; return the checkpoint to resume from (or None)."""
+def _prepare_run_dir(
+    cfg: Config, run_dir: Path, resume: bool, console: Console | None = None
+) -> Path | None:
+    """Check/clean the run directory; return the checkpoint to resume from (or None).
+
+    With ``resume`` the checkpoint must come from this run: the model and data sections of
+    ``config.yaml`` and of the configuration inside the checkpoint must equal ``cfg``'s
+    (:func:`_check_resumed_sections` names every difference); ``console`` is told the epoch and
+    step it resumes from."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume:
         if not last.is_file():
@@ -357,20 +365,18 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Path | None:
                 f"--resume: {str(last)!r} is not a piwsl training checkpoint; start afresh"
             )
         saved = run_dir / "config.yaml"
+        sources: list[tuple[dict[str, Any], Path]] = []
         if saved.is_file():
             from piwsl.config import read_yaml
 
-            old, source = read_yaml(saved), saved
-        else:  # the checkpoint carries the configuration of the run that wrote it
-            old, source = ckpt.get("piwsl_config") or {}, last
-        new = cfg.to_dict()
-        for section in ("model", "data"):
-            if section in old and old[section] != new[section]:
-                raise ConfigError(
-                    f"--resume: the {section} section differs from the run's {str(source)!r}; "
-                    "only training/output settings may change when resuming"
-                )
-        _check_resumed_prior(old.get("prior") or {}, cfg, source)
+            sources.append((read_yaml(saved), saved))
+        # the checkpoint carries the configuration of the run that wrote it (another run's
+        # last.ckpt copied here has another one, whatever config.yaml says)
+        sources.append((ckpt.get("piwsl_config") or {}, last))
+        for old, source in sources:
+            _check_resumed_sections(old, cfg, source, ckpt.get("piwsl_model") or {})
+            _check_resumed_prior(old.get("prior") or {}, cfg, source)
+        _say_resumed(last, ckpt, console)
         recorded = (ckpt.get("piwsl_model") or {}).get("prior")
         del ckpt
         if recorded:
@@ -394,6 +400,58 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Path | None:
         for name in ("best_model.pt", "final_model.pt", "summary.json"):
             (run_dir / name).unlink(missing_ok=True)
     return None
+
+
+def _differences(old: Any, new: Any, key: str) -> list[str]:
+    """Dotted keys whose values differ between two nested mappings, ``"key: old → new"``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for name in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(name, "(unset)"), new.get(name, "(unset)"), f"{key}.{name}")
+        return out
+    return [] if old == new else [f"{key}: {old!r} there, {new!r} now"]
+
+
+def _check_resumed_sections(
+    old: dict[str, Any], cfg: Config, source: Path, model_state: dict[str, Any]
+) -> None:
+    """ConfigError naming each model/data key in which ``old`` (the run's recorded config)
+    differs from ``cfg``; without a recorded config, the checkpoint's model (name, cutoff,
+    hyper-parameters) is compared with the model section."""
+    new = cfg.to_dict()
+    problems = [
+        d for sec in ("model", "data") if sec in old for d in _differences(old[sec], new[sec], sec)
+    ]
+    if not old and model_state.get("hparams"):
+        saved = {k: v for k, v in model_state["hparams"].items() if k not in ("elements", "cutoff")}
+        recorded = {
+            "name": model_state.get("name"),
+            "cutoff": model_state["hparams"].get("cutoff"),
+            "hparams": {k: _plain(v) for k, v in saved.items() if k in cfg.model.hparams},
+        }
+        given = {"name": cfg.model.name, "cutoff": cfg.model.cutoff, "hparams": cfg.model.hparams}
+        problems = _differences(recorded, _plain(given), "model")
+    if problems:
+        shown = problems[:12] + ([f"… {len(problems) - 12} more"] if len(problems) > 12 else [])
+        raise ConfigError(
+            f"--resume: {str(source)!r} belongs to another run: {'; '.join(shown)}. Only "
+            "training/output settings may change when resuming; start afresh "
+            "(output.overwrite=true or another --run-dir) or restore this run's checkpoint"
+        )
+
+
+def _say_resumed(last: Path, ckpt: dict[str, Any], console: Console | None) -> None:
+    """Tell the user where training continues (epochs and steps already done)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    epochs, step = int(ckpt.get("epoch", -1)) + 1, int(ckpt.get("global_step", 0))
+    text = (
+        f"from {str(last)!r}: {epochs} epoch(s) and {step} step(s) done, continuing with epoch "
+        f"{epochs + 1}"
+    )
+    log.info("resumed %s", text)
+    if console is not None and getattr(rank_zero_only, "rank", 0) == 0:
+        console.print(f"[bold]resumed[/] {escape(text)}")
 
 
 #: The prior keys that set the training targets (cache_dir and workers may change on --resume).
@@ -464,6 +522,23 @@ def metrics_table(metrics: dict[str, Any], title: str = "test set") -> Table:
     return table
 
 
+def stop_reason(trainer: Any, tcfg: Any, early_stop: Any, floor: Any = None) -> str:
+    """Why training ended: ``plateau`` (early stopping, or the plateau schedule reached
+    ``stop_lr``), ``cap`` (max_steps / max_epochs) or ``time`` (max_time_minutes);
+    ``interrupted`` otherwise (e.g. Ctrl-C)."""
+    if early_stop is not None and early_stop.stopped_epoch > 0:
+        return "plateau"
+    if floor is not None and floor.triggered:
+        return "plateau"
+    if tcfg.max_steps is not None and trainer.global_step >= tcfg.max_steps:
+        return "cap"
+    if tcfg.max_epochs is not None and trainer.current_epoch >= tcfg.max_epochs:
+        return "cap"
+    if tcfg.max_time_minutes is not None:
+        return "time"
+    return "interrupted"
+
+
 # --------------------------------------------------------------------------------------------
 # train
 
@@ -481,13 +556,17 @@ def train(
     schedule, epoch/step counters and physics sampling state).
     """
     import lightning
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
     from piwsl.data import GraphDataset, collate
     from piwsl.models import load_model, save_model
-    from piwsl.training.callbacks import AtomicCheckpointIO, PiwslProgressBar
+    from piwsl.training.callbacks import (
+        AtomicCheckpointIO,
+        ConfiguredEarlyStopping,
+        training_progress_bar,
+    )
     from piwsl.training.module import PiwslModule
 
     console = console or Console(quiet=True)
@@ -500,7 +579,7 @@ def train(
     # a pre-trained model (model.init_from) is read first: a bad file fails before anything is
     # written, and config.yaml records the architecture actually trained
     cfg, pretrained = resolve_init_from(cfg)
-    resume_from = _prepare_run_dir(cfg, run_dir, resume)
+    resume_from = _prepare_run_dir(cfg, run_dir, resume, console)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
 
@@ -578,12 +657,31 @@ def train(
         enable_version_counter=False,
     )
     callbacks: list[Any] = [checkpoint_cb, last_cb]
+    early_stop = None
     if tcfg.early_stopping_patience:
+        early_stop = ConfiguredEarlyStopping(monitor, tcfg.early_stopping_patience)
+        callbacks.append(early_stop)
+    floor = None
+    if tcfg.stop_lr is not None:
+        from piwsl.training.callbacks import LearningRateFloor
+
+        floor = LearningRateFloor(tcfg.stop_lr)
+        callbacks.append(floor)
+    if cfg.output.test_curve_steps and data.test:
+        from piwsl.priors import PriorUse
+        from piwsl.training.test_curve import TestCurve
+
         callbacks.append(
-            EarlyStopping(monitor=monitor, mode="min", patience=tcfg.early_stopping_patience)
+            TestCurve(
+                data.test,
+                cfg.output.test_curve_steps,
+                run_dir / "test_curve.json",
+                batch_size=val_bs,
+                prior=PriorUse(cache_dir=cfg.prior.cache_dir, workers=cfg.prior.workers),
+            )
         )
     if cfg.output.progress_bar:
-        callbacks.append(PiwslProgressBar())
+        callbacks.append(training_progress_bar())
     logger = CSVLogger(save_dir=run_dir, name="logs", version=_next_log_version(run_dir))
     with _quiet_lightning():
         trainer = lightning.Trainer(
@@ -601,6 +699,7 @@ def train(
             enable_model_summary=False,
             enable_progress_bar=cfg.output.progress_bar,
             log_every_n_steps=tcfg.log_every_n_steps,
+            check_val_every_n_epoch=tcfg.val_every_n_epochs,
             num_sanity_val_steps=0,
             inference_mode=False,  # validation computes forces by autograd (enable_grad inside)
             # the samplers shard over DDP ranks themselves (see EpochShuffleSampler)
@@ -635,6 +734,7 @@ def train(
         epochs=int(trainer.current_epoch),
         steps=int(trainer.global_step),
         train_time_s=train_time,
+        stopped_by=stop_reason(trainer, tcfg, early_stop, floor),
     )
     if not trainer.is_global_zero:
         return result
@@ -687,6 +787,7 @@ def train(
         "epochs": result.epochs,
         "steps": result.steps,
         "train_time_s": round(train_time, 2),
+        "stopped_by": result.stopped_by,
         "test_metrics": str(result.test_metrics_path) if result.test_metrics_path else None,
         "test_parity_plot": str(result.test_plot_path) if result.test_plot_path else None,
         "test": result.test_metrics,
@@ -718,29 +819,31 @@ def evaluate_checkpoint(
     allow_prior_mismatch: bool = False,
     prior_cache_dir: str | None = None,
     prior_workers: int = 1,
+    write_predictions: bool = False,
 ) -> tuple[dict[str, Any], Path, Path | None]:
     """Evaluate a model file or training checkpoint on a data file; (metrics, json path, plot).
 
     A model trained on top of a prior is scored on prior + learned part (the prior's values are
     cached, :mod:`piwsl.priors.cache`); ``allow_prior_mismatch`` runs it even when the installed
-    prior differs from the recorded one.
+    prior differs from the recorded one. ``write_predictions`` writes the predictions
+    (:mod:`piwsl.predictions`); frames without labels get theirs written in any case, and the
+    console says that there was nothing to score. Energy errors dominated by a constant offset
+    (another level of theory) are pointed out. The file's lengths and energies are checked
+    against the declared units (:func:`piwsl.data.checks.check_read_file`, warnings).
     """
     from piwsl.data import read_frames
     from piwsl.evaluation import evaluate_model
     from piwsl.models import load_model
-    from piwsl.registry import suggest
-    from piwsl.units import ENERGY_UNITS, LENGTH_UNITS
 
     console = console or Console(quiet=True)
-    for unit, known, what in (
-        (getattr(keys, "energy_unit", "eV"), ENERGY_UNITS, "energy"),
-        (getattr(keys, "length_unit", "Å"), LENGTH_UNITS, "length"),
-    ):
-        if unit not in known:
-            raise ConfigError(f"unknown {what} unit {unit!r}{suggest(unit, known)}")
+    check_read_units(keys)
     checkpoint = Path(checkpoint)
     model = load_model(checkpoint)
     frames = read_frames(data, keys)
+    from piwsl.data.checks import check_read_file
+
+    for message in check_read_file(frames, str(data), keys):
+        log.warning(message)
     if name is None:
         stem = str(data).split(":", 1)[1] if str(data).startswith("builtin:") else Path(data).stem
         name = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "eval"
@@ -754,14 +857,44 @@ def evaluate_checkpoint(
         allow_mismatch=allow_prior_mismatch,
         cache_dir=prior_cache_dir,
         workers=prior_workers,
-        progress=console.is_terminal,
+        progress=not console.quiet,
         built=prior,
     )
-    metrics = evaluate_model(model, frames, out, batch_size=batch_size, name=name, prior=use)
+    metrics = evaluate_model(
+        model,
+        frames,
+        out,
+        batch_size=batch_size,
+        name=name,
+        prior=use,
+        write_predictions=write_predictions,
+    )
     metrics_path = out / f"{name}_metrics.json"
     plot = out / f"{name}_parity.png"
-    console.print(metrics_table(metrics, title=f"{name} ({checkpoint.name})"))
+    # without any label evaluate_model has warned that there is nothing to score
+    if metrics["n_frames_with_energy"] or metrics["n_frames_with_forces"]:
+        console.print(metrics_table(metrics, title=f"{name} ({checkpoint.name})"))
+    from piwsl.evaluation import offset_note
+
+    note = offset_note(metrics)
+    if note is not None:
+        console.print(f"[bold]offset[/] {escape(note)}")
     console.print(f"[bold]metrics[/] {escape(str(metrics_path))}")
+    if metrics.get("predictions"):
+        console.print(f"[bold]predictions[/] {escape(metrics['predictions'])}")
     if plot.exists():
         console.print(f"[bold]parity plot[/] {escape(str(plot))}")
     return metrics, metrics_path, plot if plot.exists() else None
+
+
+def check_read_units(keys: Any) -> None:
+    """ConfigError for unknown unit names in ``keys`` (a :class:`~piwsl.data.LabelKeys`)."""
+    from piwsl.registry import suggest
+    from piwsl.units import ENERGY_UNITS, LENGTH_UNITS
+
+    for unit, known, what in (
+        (getattr(keys, "energy_unit", "eV"), ENERGY_UNITS, "energy"),
+        (getattr(keys, "length_unit", "Å"), LENGTH_UNITS, "length"),
+    ):
+        if unit not in known:
+            raise ConfigError(f"unknown {what} unit {unit!r}{suggest(unit, known)}")
