@@ -462,7 +462,7 @@ def check_start_structures(
             )
         if config.min_start_distance_A <= 0:
             continue
-        frame = Frame(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+        frame = Frame.from_atoms(atoms, source, k)
         close = min_distance(frame, config.min_start_distance_A)
         if close is not None:
             raise DataError(

@@ -35,9 +35,16 @@ log = logging.getLogger(__name__)
 
 #: Top-level keys that may change when resuming.
 RESUMABLE_SECTIONS = ("training", "output", "plugins")
-#: Keys inside other sections that may change when resuming: where files go, how many workers,
-#: and the loss preset (only the starting point: the resolved terms and convention are compared).
-RESUMABLE_KEYS = ("prior.cache_dir", "prior.workers", "loss.preset")
+#: Keys inside other sections that may change when resuming: where the prior's values are cached
+#: and computed, and the loss preset (only the starting point: the resolved terms and convention
+#: are compared).
+RESUMABLE_KEYS = (
+    "prior.cache_dir",
+    "prior.workers",
+    "prior.executor",
+    "prior.scheduler",
+    "loss.preset",
+)
 
 
 def differences(old: Any, new: Any, key: str = "") -> list[str]:
