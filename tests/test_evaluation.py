@@ -388,8 +388,9 @@ def test_validation_metrics_are_the_evaluation_metrics_of_the_same_model(tmp_pat
 
 
 def test_predict_command_writes_energies_forces_and_the_priors_share(tmp_path, monkeypatch, capsys):
-    """A Δ model (ZBL prior reaching bonded distances): PRED_ = prior + learned part, PRIOR_ the
-    prior alone, REF_ the frame's labels; the numbers are those of predict()."""
+    """A Δ model on an external prior (ASE's EMT, through the prior cache): PRED_ = prior +
+    learned part, PRIOR_ the prior alone, REF_ the frame's labels; the numbers are those of
+    predict(). (An analytic prior such as ZBL is part of the model: PRED_ alone.)"""
     import ase.io
 
     from piwsl.cli import main
@@ -398,7 +399,7 @@ def test_predict_command_writes_energies_forces_and_the_priors_share(tmp_path, m
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     model = tiny_model()
-    prior = make_prior("zbl", settings={"inner": 0.6, "outer": 1.2})
+    prior = make_prior("ase:ase.calculators.emt.EMT")
     model.prior_spec = prior.spec()
     save_model(model, tmp_path / "delta.pt")
     frames = mixed_frames(5)
@@ -429,7 +430,7 @@ def test_predict_command_writes_energies_forces_and_the_priors_share(tmp_path, m
             atoms.arrays["PRED_forces"], learned.forces_of(s) + f_prior, atol=1e-7
         )
         assert atoms.info["REF_energy"] == pytest.approx(frames[s].energy)
-        assert atoms.info["PRED_prior"] == "zbl" and atoms.info["source_frame"] == s
+        assert atoms.info["PRED_prior"] == prior.name and atoms.info["source_frame"] == s
     assert any(abs(a.info["PRIOR_energy"]) > 1e-3 for a in written)
 
 

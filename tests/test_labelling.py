@@ -550,7 +550,8 @@ SLOW_CALC = textwrap.dedent(
 RUN = (
     "import sys, ase.io; from piwsl.labelling import label_structures; "
     "label_structures(ase.io.read(sys.argv[1], ':'), sys.argv[2], 'ase:slowcalc.SlowToy', "
-    "options={'delay': 0.1, 'log': sys.argv[3]}, n_workers=2, progress=False)"
+    "options={'delay': 0.1, 'log': sys.argv[3]}, n_workers=2, progress=False, "
+    "executor=sys.argv[4])"
 )
 
 
@@ -561,7 +562,10 @@ def _journaled(path: Path) -> list[int]:
     return [json.loads(line)["index"] for line in lines]
 
 
-def test_killed_run_resumes_without_recomputing_or_losing_frames(tmp_path):
+@pytest.mark.parametrize("executor", ["local", "dask"])
+def test_killed_run_resumes_without_recomputing_or_losing_frames(tmp_path, executor):
+    if executor == "dask":
+        pytest.importorskip("distributed")
     n = 10
     images = frames_of_water(n, seed=3)
     source = tmp_path / "in.xyz"
@@ -574,7 +578,7 @@ def test_killed_run_resumes_without_recomputing_or_losing_frames(tmp_path):
         "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "OMP_NUM_THREADS": "1",
     }
-    args = [sys.executable, "-c", RUN, str(source), str(output), str(log)]
+    args = [sys.executable, "-c", RUN, str(source), str(output), str(log), executor]
 
     first = subprocess.Popen(
         args,

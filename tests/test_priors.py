@@ -566,7 +566,9 @@ def test_resume_refuses_another_prior(tmp_path):
     train(cfg, evaluate=False)
     longer = {"max_epochs": 2}
     changed = tiny_config(path, run, data={"n_val": 2}, training=longer)
-    with pytest.raises(ConfigError, match=r"differs .* prior\.name: 'zbl' there, None now"):
+    with pytest.raises(
+        ConfigError, match=r"belongs to another run: .*prior\.name: 'zbl' there, None now"
+    ):
         train(config_from_dict(changed), resume=True)
     # a checkpoint written with another version of the prior's program
     last = run / "checkpoints" / "last.ckpt"

@@ -218,7 +218,7 @@ def test_resume_from_a_checkpoint_of_another_model(tiny_data, tmp_path):
     train(config_from_dict(tiny_config(tiny_data, run, training={"max_epochs": 1})), evaluate=False)
     (run / "config.yaml").unlink()
     other = tiny_config(tiny_data, run, model={"hparams": {"features": 16, "interactions": 1}})
-    with pytest.raises(ConfigError, match=r"differs from the run's .* model\.hparams\.") as info:
+    with pytest.raises(ConfigError, match=r"belongs to another run: .*model\.hparams\.") as info:
         train(config_from_dict(other), resume=True, evaluate=False)
     assert "last.ckpt" in str(info.value)
     assert "model.hparams.features: 8 there, 16 now" in str(info.value)

@@ -326,10 +326,28 @@ class PriorConfig(_Section):
             "writable, else ~/.cache/piwsl/priors"
         ),
     )
-    workers: int = Field(1, ge=1, description="processes computing the prior (one thread each)")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="processes computing the prior (one thread each); with executor dask and no "
+        "scheduler: the workers of a local Dask cluster",
+    )
+    executor: Literal["local", "dask"] = Field(
+        "local",
+        description="where the prior is computed: local processes, or a Dask cluster "
+        "(pip install 'piwsl[dask]')",
+    )
+    scheduler: str | None = Field(
+        None, description="Dask scheduler address (tcp://host:port); null: a local Dask cluster"
+    )
 
     @model_validator(mode="after")
     def _check_name(self) -> PriorConfig:
+        if self.scheduler is not None and self.executor != "dask":
+            raise ValueError(
+                f"prior.scheduler={self.scheduler!r} needs prior.executor=dask "
+                f"(prior.executor is {self.executor!r})"
+            )
         if self.name is not None:
             from piwsl.priors import check_prior_name
 

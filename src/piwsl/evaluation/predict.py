@@ -279,7 +279,13 @@ def add_prior(
     from piwsl.priors import prior_values
 
     values = prior_values(
-        prior, frames, cache_dir=use.cache_dir, workers=use.workers, progress=use.progress
+        prior,
+        frames,
+        cache_dir=use.cache_dir,
+        workers=use.workers,
+        progress=use.progress,
+        executor=use.executor,
+        scheduler=use.scheduler,
     )
     predictions.prior_energy = np.asarray(values.energies, dtype=np.float64)
     predictions.energy = predictions.energy + predictions.prior_energy

@@ -96,6 +96,24 @@ class Backend:
     def compute(self, atoms) -> dict[str, Any]:
         raise NotImplementedError
 
+    # A frame's label may be made of independent calculations (finite differences: 6N + 1
+    # energies); the runner submits each as its own task and combines the results.
+
+    def subtasks(self, atoms) -> list:
+        """The structures whose calculations make up the label of ``atoms`` (one task each)."""
+        return [atoms]
+
+    def n_subtasks(self, atoms) -> int:
+        return 1
+
+    def compute_subtask(self, atoms) -> dict[str, Any]:
+        """The calculation of one of :meth:`subtasks` (on a worker)."""
+        return self.compute(atoms)
+
+    def combine(self, atoms, outs: list[dict[str, Any]]) -> dict[str, Any]:
+        """The label of ``atoms`` from the outputs of its :meth:`subtasks`, in order."""
+        return outs[0]
+
     def base_provenance(self) -> dict[str, Any]:
         """Method, basis and program of this backend (also recorded for failed frames)."""
         program = str(getattr(self, "program", "unknown"))
@@ -656,6 +674,10 @@ class ASEBackend(Backend):
         self.version = str(getattr(importlib.import_module(top), "__version__", None) or "unknown")
         self.calc = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to a worker) without the calculator: each process builds its own."""
+        return {**self.__dict__, "calc": None}
+
     def compute(self, atoms) -> dict[str, Any]:
         from ase.calculators.calculator import PropertyNotImplementedError
 
@@ -722,27 +744,40 @@ class FiniteDifferenceBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "finite_difference_step_A": self.step}
 
-    def compute(self, atoms) -> dict[str, Any]:
-        out = self.inner.compute(atoms)
-        n_atoms = len(atoms)
-        forces = np.zeros((n_atoms, 3))
-        work = atoms.copy()
-        work.calc = None
+    def subtasks(self, atoms) -> list:
+        """The frame, then for every atom ``i`` and axis ``a`` the copies displaced by +h, −h."""
+        out = [atoms]
         base = atoms.get_positions()
-        for i in range(n_atoms):
+        for i in range(len(atoms)):
             for a in range(3):
-                energies = []
                 for sign in (1.0, -1.0):
+                    work = atoms.copy()
+                    work.calc = None
                     positions = base.copy()
                     positions[i, a] += sign * self.step
                     work.set_positions(positions)
-                    energies.append(self.inner.compute(work)["energy"])
-                forces[i, a] = -(energies[0] - energies[1]) / (2.0 * self.step)
-        provenance = dict(out["provenance"])
+                    out.append(work)
+        return out
+
+    def n_subtasks(self, atoms) -> int:
+        return 6 * len(atoms) + 1
+
+    def compute_subtask(self, atoms) -> dict[str, Any]:
+        return self.inner.compute(atoms)
+
+    def combine(self, atoms, outs: list[dict[str, Any]]) -> dict[str, Any]:
+        n_atoms = len(atoms)
+        energies = np.array([out["energy"] for out in outs[1:]], dtype=np.float64)
+        pairs = energies.reshape(n_atoms, 3, 2)
+        forces = -(pairs[..., 0] - pairs[..., 1]) / (2.0 * self.step)
+        provenance = dict(outs[0]["provenance"])
         provenance["forces_method"] = "central finite differences of the energy"
         provenance["finite_difference_step_A"] = self.step
         provenance["energy_evaluations"] = 6 * n_atoms + 1
-        return {"energy": out["energy"], "forces": forces, "provenance": provenance}
+        return {"energy": outs[0]["energy"], "forces": forces, "provenance": provenance}
+
+    def compute(self, atoms) -> dict[str, Any]:
+        return self.combine(atoms, [self.inner.compute(a) for a in self.subtasks(atoms)])
 
 
 def _register_cbs() -> None:

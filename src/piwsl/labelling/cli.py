@@ -2,7 +2,8 @@
 
     piwsl label INPUT OUTPUT --method gfn2-xtb|gfn1-xtb|hf|dft|mp2|ccsd(t)|cbs|ase:MOD.CLS
                 [--basis B] [--xc XC] [--charge Q] [--spin 2S] [--set key=value ...]
-                [--workers N] [--retry-failed] [--no-progress]
+                [--workers N] [--executor local|dask] [--scheduler ADDRESS] [--retry-failed]
+                [--no-progress]
     piwsl sample START OUTPUT [--calculator gfn2-xtb|MODEL.pt] [--temperature K] [--frames N]
                 [--every k] [--equilibration n] [--seed s] [--no-progress]
 
@@ -21,6 +22,7 @@ import argparse
 from typing import Any
 
 from piwsl.errors import ConfigError
+from piwsl.io.executors import EXECUTORS
 
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
@@ -66,8 +68,33 @@ def add_label_parser(subparsers) -> argparse.ArgumentParser:
         help="backend option, repeatable: forces=true, bases=cc-pvdz,cc-pvtz, density_fit=false, "
         "finite_difference_forces=true (forces of any energy-only method, 6N+1 energies)…",
     )
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="parallel processes (default 1); with --executor dask and no --scheduler: the "
+        "workers of the local Dask cluster",
+    )
     p.add_argument("--threads-per-worker", type=int, default=1, help="BLAS/OpenMP threads each")
+    p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local: processes of this machine (default); dask: a Dask cluster, one task per "
+        "frame (per energy with finite-difference forces); needs pip install 'piwsl[dask]'",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="Dask scheduler to use, e.g. tcp://10.0.0.5:8786 (default: start a local cluster)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to try to reach --scheduler (default 10)",
+    )
     p.add_argument("--index", default=":", help="frames of INPUT to label (ASE index, default ':')")
     p.add_argument("--retry-failed", action="store_true", help="recompute frames that failed")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N new frames")
@@ -95,6 +122,9 @@ def run_label_cli(args: argparse.Namespace) -> int:
         options=options,
         n_workers=args.workers,
         threads_per_worker=args.threads_per_worker,
+        executor=args.executor,
+        scheduler=args.scheduler,
+        connect_timeout_s=args.connect_timeout,
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
         index=args.index,
@@ -163,7 +193,8 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_sample_cli(args: argparse.Namespace) -> int:
-    from piwsl.labelling.runner import limit_threads, load_structures
+    from piwsl.io.executors import limit_threads
+    from piwsl.labelling.runner import load_structures
     from piwsl.labelling.sampling import (
         SamplingConfig,
         make_sampling_calculator,

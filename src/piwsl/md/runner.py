@@ -407,17 +407,17 @@ def finish_result(
     return result
 
 
-def _progress_bar(config: MDConfig, index: int):
+def md_progress_bar(config: MDConfig, desc: str, initial: int = 0):
+    """The steps bar of one MD run (None with ``progress`` off)."""
     if not config.progress:
         return None
     from piwsl.terminal import progress_bar
 
-    return progress_bar(
-        config.n_steps,
-        desc=f"MD {config.ensemble} traj {index + 1}/{config.n_trajectories}",
-        unit="step",
-        leave=False,
-    )
+    return progress_bar(config.n_steps, desc=desc, unit="step", initial=initial, leave=False)
+
+
+def _progress_bar(config: MDConfig, index: int):
+    return md_progress_bar(config, f"MD {config.ensemble} traj {index + 1}/{config.n_trajectories}")
 
 
 def load_structures(source: str | Path | Sequence[Any]) -> list[Atoms]:
@@ -462,7 +462,7 @@ def check_start_structures(
             )
         if config.min_start_distance_A <= 0:
             continue
-        frame = Frame(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+        frame = Frame.from_atoms(atoms, source, k)
         close = min_distance(frame, config.min_start_distance_A)
         if close is not None:
             raise DataError(

@@ -5,7 +5,8 @@ learns ``E_θ = E_ref − E_prior`` and ``F_θ = F_ref − F_prior``; the predic
 is always the total ``E = E_prior + E_θ``, ``F = F_prior + F_θ``:
 
 - training (:func:`piwsl.training.prepare_data`): the prior's energy and forces are computed once
-  per labelled frame (train, validation, test), in parallel processes with ``prior.workers > 1``,
+  per labelled frame (train, validation, test), in parallel with ``prior.workers > 1`` (local
+  processes, or a Dask cluster with ``prior.executor: dask`` and ``prior.scheduler``),
   and cached on disk with their provenance (:mod:`piwsl.priors.cache`); the supervised targets
   become the residuals (label masks unchanged) and the E0s and the normalisation are fitted to
   them. The physics terms (PITC/PISC) act on the learned part alone: the prior is a fixed,

@@ -41,7 +41,8 @@ class PriorUse:
 
     ``enabled=False`` gives the learned part alone (diagnostics); ``allow_mismatch`` runs a model
     whose recorded prior differs from the installed one (a warning instead of an error);
-    ``cache_dir`` / ``workers`` / ``progress`` as for :func:`piwsl.priors.prior_values`;
+    ``cache_dir`` / ``workers`` / ``progress`` / ``executor`` / ``scheduler`` as for
+    :func:`piwsl.priors.prior_values`;
     ``built``: the model's prior when the caller has already built it (checked once, one warning).
     """
 
@@ -51,6 +52,8 @@ class PriorUse:
     workers: int = 1
     progress: bool = False
     built: Prior | None = None
+    executor: str = "local"
+    scheduler: str | None = None
 
 
 class MissingPriorBackendError(PriorError):

@@ -250,9 +250,18 @@ def build_callbacks(cfg: Config, data: PreparedData, run_dir: Path, monitor: str
     return out
 
 
+def prior_use(cfg: Config) -> Any:
+    """How the run's test evaluations add an external prior (its cache, workers, executor)."""
+    from piwsl.priors import PriorUse
+
+    p = cfg.prior
+    return PriorUse(
+        cache_dir=p.cache_dir, workers=p.workers, executor=p.executor, scheduler=p.scheduler
+    )
+
+
 def build_test_curve(cfg: Config, data: PreparedData, run_dir: Path) -> Any:
     """The :class:`~piwsl.training.test_curve.TestCurve` of ``output.test_curve_steps``."""
-    from piwsl.priors import PriorUse
     from piwsl.training.test_curve import TestCurve
 
     return TestCurve(
@@ -260,7 +269,7 @@ def build_test_curve(cfg: Config, data: PreparedData, run_dir: Path) -> Any:
         cfg.output.test_curve_steps,
         run_dir / "test_curve.json",
         batch_size=validation_batch_size(cfg),
-        prior=PriorUse(cache_dir=cfg.prior.cache_dir, workers=cfg.prior.workers),
+        prior=prior_use(cfg),
     )
 
 

@@ -218,7 +218,13 @@ def apply_prior(
     }
     everything = [f for frames in labelled.values() for f in frames]
     values = prior_values(
-        prior, everything, cache_dir=cfg.cache_dir, workers=cfg.workers, progress=progress
+        prior,
+        everything,
+        cache_dir=cfg.cache_dir,
+        workers=cfg.workers,
+        progress=progress,
+        executor=cfg.executor,
+        scheduler=cfg.scheduler,
     )
     out, start = {}, 0
     for name, frames in splits.items():

@@ -41,6 +41,7 @@ from piwsl.training.builders import (
     check_stress_terms,
     describe_model,
     monitor_of,
+    prior_use,
     validation_batch_size,
 )
 from piwsl.training.data import PreparedData, prepare_data
@@ -274,7 +275,6 @@ def evaluate_run(
     frames with full labels); with a prior, on the total prediction."""
     from piwsl.evaluation import evaluate_model, metrics_table
     from piwsl.models import load_model
-    from piwsl.priors import PriorUse
 
     val_full = data.val_reference if data.val_reference is not None else data.val
     frames, name = (data.test, "test") if data.test else (val_full, "validation")
@@ -287,7 +287,7 @@ def evaluate_run(
         out_dir,
         batch_size=validation_batch_size(cfg),
         name=name,
-        prior=PriorUse(cache_dir=cfg.prior.cache_dir, workers=cfg.prior.workers),
+        prior=prior_use(cfg),
     )
     result.test_metrics = metrics
     result.test_metrics_path = out_dir / f"{name}_metrics.json"

@@ -35,9 +35,16 @@ log = logging.getLogger(__name__)
 
 #: Top-level keys that may change when resuming.
 RESUMABLE_SECTIONS = ("training", "output", "plugins")
-#: Keys inside other sections that may change when resuming: where files go, how many workers,
-#: and the loss preset (only the starting point: the resolved terms and convention are compared).
-RESUMABLE_KEYS = ("prior.cache_dir", "prior.workers", "loss.preset")
+#: Keys inside other sections that may change when resuming: where the prior's values are cached
+#: and computed, and the loss preset (only the starting point: the resolved terms and convention
+#: are compared).
+RESUMABLE_KEYS = (
+    "prior.cache_dir",
+    "prior.workers",
+    "prior.executor",
+    "prior.scheduler",
+    "loss.preset",
+)
 
 
 def differences(old: Any, new: Any, key: str = "") -> list[str]:
@@ -84,10 +91,10 @@ def check_resumed_config(recorded: dict[str, Any], cfg: Config, source: Path) ->
     if problems:
         shown = problems[:12] + ([f"… {len(problems) - 12} more"] if len(problems) > 12 else [])
         raise ConfigError(
-            f"--resume: the configuration differs from the run's {str(source)!r} in "
-            f"{'; '.join(shown)}. Only training.* and output.* (and prior.cache_dir, "
-            "prior.workers) may change when resuming; start afresh (output.overwrite=true or "
-            "another --run-dir) to train with these settings"
+            f"--resume: {str(source)!r} belongs to another run: {'; '.join(shown)}. Only "
+            "training.* and output.* (and prior.cache_dir, prior.workers) may change when "
+            "resuming; start afresh (output.overwrite=true or another --run-dir) to train with "
+            "these settings, or restore this run's checkpoint"
         )
 
 
