@@ -102,9 +102,13 @@ def pick(metrics: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def train_once(
-    args: argparse.Namespace, work: Path, name: str, overrides: list[str]
+    args: argparse.Namespace,
+    work: Path,
+    name: str,
+    overrides: list[str],
+    config: str = "builtin:ethanol",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``piwsl train`` in ``work/name`` unless it finished before with the same command.
+    """``piwsl train CONFIG`` in ``work/name`` unless it finished before with the same command.
 
     Returns the run's ``summary.json`` and its timing record (wall time, command).
     """
@@ -115,7 +119,7 @@ def train_once(
         "-m",
         "piwsl.cli",
         "train",
-        "builtin:ethanol",
+        config,
         *overrides,
         f"training.num_threads={args.threads}",
         "output.progress_bar=false",

@@ -338,3 +338,14 @@ def test_training_on_stress_labels_logs_validates_and_evaluates_stress(tmp_path,
     cfg["output"]["run_dir"] = str(tmp_path / "run2")
     train(config_from_dict(cfg), evaluate=False)
     assert "carry stress labels that are not trained on" in caplog.text
+
+
+def test_stress_stored_in_gpa_but_read_as_eV_per_A3_is_warned_about(tmp_path):
+    from piwsl.data.checks import check_read_file
+
+    path = tmp_path / "gpa.extxyz"
+    write_with_stress(path, np.array([12.0, 11.0, 13.0, 0.5, 0.2, 0.1]))  # GPa-like numbers
+    frames = read_frames(path)
+    (message,) = check_read_file(frames, str(path))
+    assert "gpa.extxyz" in message and "GPa" in message and "stress_unit" in message
+    assert check_read_file(read_frames(path, LabelKeys(stress_unit="GPa")), str(path)) == []

@@ -29,7 +29,7 @@ from piwsl.registry import suggest
 from piwsl.units import ENERGY_UNITS, LENGTH_UNITS, STRESS_UNITS
 
 #: Packaged configurations, readable as ``builtin:NAME``.
-BUILTIN_CONFIGS = {"ethanol": "ethanol.yaml"}
+BUILTIN_CONFIGS = {"ethanol": "ethanol.yaml", "materials": "materials.yaml"}
 #: The config ``piwsl train`` uses when none is given.
 DEFAULT_CONFIG = "builtin:ethanol"
 

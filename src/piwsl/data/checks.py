@@ -251,6 +251,29 @@ def check_file_units(frames: list[Frame], units_of: UnitsOf, fix: UnitFix) -> li
     return messages
 
 
+#: Stress labels whose median largest component exceeds this (eV/Å³, = 80 GPa) were probably
+#: stored in GPa, kbar or bar and read as eV/Å³.
+MAX_PLAUSIBLE_STRESS = 0.5
+
+
+def check_stress_units(frames: list[Frame]) -> list[str]:
+    """One message per file whose stress labels, as read, are implausibly large (eV/Å³)."""
+    messages = []
+    for source, group in by_file(frames).items():
+        labelled = [f for f in group if f.has_stress]
+        if not labelled:
+            continue
+        median = float(np.median([np.abs(f.stress).max() for f in labelled]))
+        if median > MAX_PLAUSIBLE_STRESS:
+            messages.append(
+                f"file {source!r}: the stress labels read as {median:.3g} eV/Å³ "
+                f"({160.2 * median:.3g} GPa) on median, far beyond what crystals near "
+                "equilibrium carry: the file probably stores GPa, kbar or bar; declare it with "
+                "data.stress_unit (or data.units: {<file>: {stress: GPa}}, --stress-unit)"
+            )
+    return messages
+
+
 def check_plausibility(
     train: list[Frame], others: dict[str, list[Frame]], units_of: UnitsOf, fix: UnitFix
 ) -> list[str]:
@@ -272,6 +295,7 @@ def check_plausibility(
             f"wrong length unit, e.g. Bohr read as Å, or broken structures?): {listed(close)}"
         )
     messages.extend(check_file_units(everything, units_of, fix))
+    messages.extend(check_stress_units(everything))
     return messages
 
 
@@ -288,4 +312,4 @@ def check_read_file(frames: list[Frame], path: str, keys: object = None) -> list
     def fix(source: str, kind: str, unit: str) -> str:
         return f"read it with {kind}_unit={unit} (command line: --{kind}-unit {unit})"
 
-    return check_file_units(frames, lambda _: units, fix)
+    return check_file_units(frames, lambda _: units, fix) + check_stress_units(frames)

@@ -27,6 +27,10 @@ BUILTIN = {
     # MP2/CBS(cc-pVDZ,cc-pVTZ) labels of rMD17 ethanol positions (benchmarks/mp2cbs_workflow.py)
     "ethanol_mp2cbs_train": "ethanol_mp2cbs_train.extxyz",  # 350 frames, energies only
     "ethanol_mp2cbs_test": "ethanol_mp2cbs_test.extxyz",  # 100 frames, energies + forces
+    # GFN1-xTB crystal snapshots with energies, forces and stress (benchmarks/materials_data.py)
+    "materials_gfn1_train": "materials_gfn1_train.extxyz",
+    "materials_gfn1_test": "materials_gfn1_test.extxyz",
+    "materials_gfn1_relaxed": "materials_gfn1_relaxed.extxyz",  # the relaxed reference cells
 }
 
 #: Keys tried, in order, when no energy/forces key is given (MACE's ``REF_`` convention first).

@@ -1,0 +1,391 @@
+"""The materials benchmark: stress, PIWSL, Δ-learning, cell relaxation and MD on the built-in
+GFN1-xTB crystals (``builtin:materials_gfn1_*``, made by ``benchmarks/materials_data.py``).
+
+Every run is ``piwsl train builtin:materials`` (PaiNN with conservative forces, 32 features, 2
+interactions, 5 Å cutoff) under the convergence protocol of the converged rMD17 study
+(``benchmarks/converged_protocol.py``: validation every ~200 steps, lr halved after 5 validations
+gaining < 2 %, stop at lr0/16 or 20 validations without a gain) sized small: a step cap of
+``--cap`` steps, ``--seeds`` seeds. Variants:
+
+=================  =============================================================================
+EF                 N frames with energies + forces (no stress term)
+EFS                N frames with energies + forces + stress
+EFS_piwsl2         the same + PITC/PISC, second order, the paper's weights (1.2, 0.01)
+E                  every training frame (the pool less validation), energies only
+E_piwsl2           the same + PITC/PISC, second order
+E_delta_chgnet     energies only, on top of CHGNet 0.4.2 (pretrained on PBE/Materials Project;
+                   a prior that is not the reference): learns E_GFN1 − E_CHGNet
+EFS_delta_zbl      N frames, energies + forces + stress, on top of ZBL (in the model)
+=================  =============================================================================
+
+Measured on the test file (36 frames): energy MAE (meV/atom), force MAE (meV/Å), stress MAE
+(meV/Å³; 1 meV/Å³ = 0.160 GPa); CHGNet itself (zero-shot, per-element energy offsets fitted on
+the training energies); the cell relaxation of every trained model (each crystal's GFN1-xTB cell
+strained by +3 % and sheared, relaxed with ``ase.filters.FrechetCellFilter`` + BFGS, lattice
+parameters against GFN1-xTB's); NVT MD stability (Langevin, ``--md-temperature`` K,
+``--md-ps`` ps, 2 fs, from each relaxed crystal, :func:`piwsl.md.run_md`). Results:
+``benchmarks/results/materials.{json,md}``; runs under ``runs/benchmarks/materials/`` (a finished
+run with the same command is reused).
+
+    python benchmarks/materials.py                       # everything
+    python benchmarks/materials.py --smoke               # seconds: the plumbing only
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import ROOT, command_line, git_commit, machine_info, relative
+from converged_protocol import Recipe
+from finetune_workflow import train_once, write_json
+
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "runs" / "benchmarks" / "materials"
+CHGNET = "ase:chgnet.model.dynamics.CHGNetCalculator"
+PIWSL_2ND = [
+    "loss.terms.taylor={weight: 1.2, second_order: true}",
+    "loss.terms.spatial={weight: 0.01, second_order: true}",
+]
+ENERGY_ONLY = ["data.train_labels=energy", "loss.terms.forces=0", "loss.terms.stress=0"]
+#: name → (overrides, sparse: N training frames (else the whole pool))
+VARIANTS: dict[str, tuple[list[str], bool]] = {
+    "EF": (["loss.terms.stress=0"], True),
+    "EFS": ([], True),
+    "EFS_piwsl2": (PIWSL_2ND, True),
+    "E": (ENERGY_ONLY, False),
+    "E_piwsl2": (ENERGY_ONLY + PIWSL_2ND, False),
+    "E_delta_chgnet": (
+        [*ENERGY_ONLY, f"prior.name={CHGNET}", "prior.settings={use_device: cpu}"],
+        False,
+    ),
+    "EFS_delta_zbl": (["prior.name=zbl"], True),
+}
+METRICS = ("energy_mae_meV_per_atom", "forces_mae_meV_per_A", "stress_mae_meV_per_A3")
+RELAX_STRAIN = np.array([[0.03, 0.01, 0.0], [0.01, 0.03, 0.0], [0.0, 0.0, 0.03]])
+
+
+def overrides_of(variant: str, seed: int, args: argparse.Namespace) -> list[str]:
+    """The ``piwsl train builtin:materials`` overrides of one run."""
+    extra, sparse = VARIANTS[variant]
+    n_train = args.n_train if sparse else None
+    pool = args.pool - args.n_val
+    recipe = Recipe(batch_size=args.batch_size, lr=args.lr, cap_steps=args.cap)
+    return [
+        f"data.n_train={'null' if n_train is None else n_train}",
+        f"data.n_val={args.n_val}",
+        f"data.split_seed={seed}",
+        f"training.seed={seed}",
+        *recipe.overrides(n_train or pool),
+        *extra,
+    ]
+
+
+def train_all(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """Every (variant, seed) run; its summary, wall time and command."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for seed in args.seeds:
+        for variant in args.variants:
+            name = f"{variant}-s{seed}"
+            summary, timing = train_once(
+                args, WORK, name, overrides_of(variant, seed, args), "builtin:materials"
+            )
+            runs.setdefault(variant, []).append(
+                {"seed": seed, "name": name, "summary": summary, "timing": timing}
+            )
+    return runs
+
+
+def mean_std(values: list[float]) -> dict[str, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def test_table(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Mean ± std over seeds of the headline test errors, steps and stop reasons per variant."""
+    out = {}
+    for variant, items in runs.items():
+        tests = [r["summary"].get("test") or {} for r in items]
+        out[variant] = {
+            **{k: mean_std([t.get(k) for t in tests]) for k in METRICS},
+            "steps": [r["summary"].get("steps") for r in items],
+            "stopped_by": [r["summary"].get("stopped_by") for r in items],
+            "wall_time_s": [round(r["timing"]["wall_time_s"], 1) for r in items],
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------ CHGNet zero-shot
+def chgnet_zero_shot(cache_dir: Path) -> dict[str, Any]:
+    """CHGNet's own energies (per-element offsets fitted on the training frames, eV), forces and
+    stresses against the GFN1-xTB test labels."""
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    from piwsl.data import read_frames
+    from piwsl.data.e0 import fit_e0s
+    from piwsl.evaluation import compute_metrics
+    from piwsl.evaluation.predict import Predictions
+    from piwsl.priors import make_prior, prior_values
+
+    prior = make_prior(CHGNET, settings={"use_device": "cpu"})
+    train = read_frames("builtin:materials_gfn1_train")
+    test = read_frames("builtin:materials_gfn1_test")
+    e_train = prior_values(prior, train, cache_dir=str(cache_dir)).energies
+    shifted = [
+        f.__class__(f.numbers, f.positions, f.cell, f.pbc, energy=f.energy - e)
+        for f, e in zip(train, e_train, strict=True)
+    ]
+    e0s = fit_e0s(shifted, sorted({int(z) for f in train for z in f.numbers}))
+    values = prior_values(prior, test, cache_dir=str(cache_dir))
+    offset = [sum(e0s.get(int(z), 0.0) for z in f.numbers) for f in test]
+    predictions = Predictions.of(test, np.asarray(values.energies) + offset, values.forces)
+    calc = CHGNetCalculator(use_device="cpu")
+    stress = []
+    for frame in test:
+        atoms = frame.to_atoms(labels=False)
+        atoms.calc = calc
+        stress.append(atoms.get_stress(voigt=False))
+    predictions.stress = np.asarray(stress)
+    metrics = compute_metrics(test, predictions)
+    return {k: metrics.get(k) for k in (*METRICS, "energy_mae_after_offset_meV", "n_frames")}
+
+
+# ------------------------------------------------------------------------------ cell relaxation
+def relax_cells(model_path: str) -> dict[str, Any]:
+    """Each reference crystal strained (+3 %, sheared) and relaxed with the model: its lattice
+    parameters (Å, degrees) against GFN1-xTB's relaxed ones."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    from piwsl import PiwslCalculator
+    from piwsl.data import read_frames
+
+    calc = PiwslCalculator(model_path)
+    out = {}
+    for frame in read_frames("builtin:materials_gfn1_relaxed"):
+        reference = frame.to_atoms(labels=False)
+        atoms = reference.copy()
+        atoms.set_cell(atoms.cell.array @ (np.eye(3) + RELAX_STRAIN), scale_atoms=True)
+        atoms.calc = calc
+        opt = BFGS(FrechetCellFilter(atoms), logfile=None)
+        converged = bool(opt.run(fmax=0.005, steps=500))
+        ref, got = reference.cell.cellpar(), atoms.cell.cellpar()
+        lengths = 100 * (got[:3] - ref[:3]) / ref[:3]
+        name = str(reference.get_chemical_formula(mode="reduce"))
+        out[name] = {
+            "converged": converged,
+            "steps": int(opt.nsteps),
+            "reference_cellpar": [round(float(x), 4) for x in ref],
+            "relaxed_cellpar": [round(float(x), 4) for x in got],
+            "max_length_error_percent": float(np.abs(lengths).max()),
+            "volume_error_percent": float(
+                100 * (atoms.get_volume() / reference.get_volume() - 1.0)
+            ),
+            "max_angle_error_deg": float(np.abs(got[3:] - ref[3:]).max()),
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------ MD stability
+def md_stability(model_path: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """NVT (Langevin) from each relaxed crystal: stable or not, time to failure, mean T."""
+    from piwsl import PiwslCalculator
+    from piwsl.data import read_frames
+    from piwsl.md import run_md
+
+    result = {}
+    calc = PiwslCalculator(model_path, skin=1.0)
+    for frame in read_frames("builtin:materials_gfn1_relaxed"):
+        atoms = frame.to_atoms(labels=False)
+        name = str(atoms.get_chemical_formula(mode="reduce"))
+        report = run_md(
+            calc,
+            [atoms],
+            out_dir=out_dir / name,
+            ensemble="langevin",
+            temperature_K=args.md_temperature,
+            timestep_fs=2.0,
+            length_ps=args.md_ps,
+            n_trajectories=1,
+            seed=0,
+            plots=False,
+            progress=False,
+            write_trajectories=False,
+        )
+        summary = report.trajectories[0].summary(timestep_fs=2.0)
+        keys = (
+            "stable",
+            "failure_reason",
+            "failure_time_ps",
+            "simulated_ps",
+            "mean_temperature_K",
+            "n_bonds_checked",
+            "steps_per_s",
+        )
+        result[name] = {k: summary.get(k) for k in keys}
+    return result
+
+
+# ------------------------------------------------------------------------------ report
+def fmt(stats: dict[str, Any], digits: int = 1) -> str:
+    if stats.get("mean") is None:
+        return "—"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Materials benchmark (GFN1-xTB crystals: Si, rutile and anatase TiO₂, Li₂O)",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Commit: `{result['commit']}`; machine: {result['machine'].get('cpu')}, "
+        f"{result['machine'].get('cpu_count')} cores (shared), threads {result['threads']}; "
+        f"{result['date']}",
+        "",
+        f"Protocol: {result['protocol']}",
+        "",
+        "## Test errors (36 frames; mean ± std over seeds)",
+        "",
+        "| variant | train frames | energy MAE (meV/atom) | force MAE (meV/Å) | "
+        "stress MAE (meV/Å³) | steps | stopped by |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, row in result["test"].items():
+        n = result["n_train"][variant]
+        lines.append(
+            f"| {variant} | {n} | {fmt(row['energy_mae_meV_per_atom'], 2)} | "
+            f"{fmt(row['forces_mae_meV_per_A'])} | {fmt(row['stress_mae_meV_per_A3'], 2)} | "
+            f"{', '.join(map(str, row['steps']))} | {', '.join(map(str, row['stopped_by']))} |"
+        )
+    zero = result.get("chgnet_zero_shot")
+    if zero:
+        lines += [
+            "",
+            "CHGNet 0.4.2 itself (zero-shot; per-element energy offsets fitted on the training "
+            f"energies): energy MAE {zero['energy_mae_meV_per_atom']:.1f} meV/atom, forces "
+            f"{zero['forces_mae_meV_per_A']:.1f} meV/Å, stress "
+            f"{zero['stress_mae_meV_per_A3']:.2f} meV/Å³.",
+        ]
+    lines += ["", "## Cell relaxation (strained +3 % and sheared, FrechetCellFilter + BFGS)", ""]
+    lines += [
+        "Largest lattice-length error (%) against GFN1-xTB's relaxed cell, per crystal and seed:",
+        "",
+        "| model | " + " | ".join(result["crystals"]) + " |",
+        "|---|" + "---|" * len(result["crystals"]),
+    ]
+    for name, relax in result["relaxation"].items():
+        cells = [
+            f"{relax[c]['max_length_error_percent']:.2f}" + ("" if relax[c]["converged"] else "*")
+            for c in result["crystals"]
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "(* not converged in 500 BFGS steps)", ""]
+    lines += [
+        f"## NVT MD stability ({result['md']['temperature_K']:.0f} K, "
+        f"{result['md']['length_ps']:g} ps, 2 fs, Langevin)",
+        "",
+        "| model | " + " | ".join(result["crystals"]) + " |",
+        "|---|" + "---|" * len(result["crystals"]),
+    ]
+    for name, md in result["md"]["runs"].items():
+        cells = [
+            (
+                "stable"
+                if md[c]["stable"]
+                else f"{md[c]['failure_reason']} at {md[c]['failure_time_ps']:.2f} ps"
+            )
+            + f" ({md[c]['mean_temperature_K']:.0f} K)"
+            for c in result["crystals"]
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--n-train", type=int, default=20, help="N of the sparse variants")
+    parser.add_argument("--n-val", type=int, default=6)
+    parser.add_argument("--pool", type=int, default=60, help="frames of the training file")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--cap", type=int, default=3000, help="step cap of every run")
+    parser.add_argument("--md-temperature", type=float, default=600.0)
+    parser.add_argument("--md-ps", type=float, default=2.0)
+    parser.add_argument("--md-variants", nargs="+", default=["EFS", "EFS_piwsl2", "EF"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--force", action="store_true", help="train again even if finished")
+    parser.add_argument("--smoke", action="store_true", help="seconds: tiny caps, one seed")
+    parser.add_argument("--out", default=str(RESULTS / "materials"))
+    args = parser.parse_args()
+    if args.smoke:
+        args.seeds, args.cap, args.md_ps = [0], 20, 0.02
+        args.variants = ["EFS", "E_piwsl2"]
+        args.md_variants = ["EFS"]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    global WORK
+    if args.smoke:
+        WORK = WORK.parent / "materials_smoke"
+    start = time.perf_counter()
+    runs = train_all(args)
+    result: dict[str, Any] = {
+        "command": command_line(),
+        "commit": git_commit(),
+        "machine": machine_info(),
+        "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "protocol": (
+            f"converged protocol sized small: cap {args.cap} steps, batch {args.batch_size}, "
+            f"lr {args.lr}, validation {args.n_val} frames, seeds {args.seeds}"
+        ),
+        "n_train": {v: args.n_train if VARIANTS[v][1] else args.pool - args.n_val for v in runs},
+        "test": test_table(runs),
+        "runs": {
+            v: [
+                {
+                    **r,
+                    "summary": {
+                        k: r["summary"].get(k)
+                        for k in ("steps", "stopped_by", "best_score", "test")
+                    },
+                }
+                for r in items
+            ]
+            for v, items in runs.items()
+        },
+    }
+    if "E_delta_chgnet" in runs or not args.smoke:
+        result["chgnet_zero_shot"] = chgnet_zero_shot(WORK / "prior_cache")
+    relax, md = {}, {}
+    for variant, items in runs.items():
+        for r in items:
+            model = r["summary"]["best_model"]
+            if "chgnet" not in variant:  # an external prior gives no stress
+                relax[r["name"]] = relax_cells(model)
+            if variant in args.md_variants:
+                md[r["name"]] = md_stability(model, args, WORK / "md" / r["name"])
+    result["relaxation"] = relax
+    result["crystals"] = sorted(next(iter(relax.values()))) if relax else []
+    result["md"] = {"temperature_K": args.md_temperature, "length_ps": args.md_ps, "runs": md}
+    result["wall_time_s"] = round(time.perf_counter() - start, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out.with_suffix(".json"), result)
+    out.with_suffix(".md").write_text(markdown(result))
+    print(f"wrote {relative(out.with_suffix('.md'))}")
+
+
+if __name__ == "__main__":
+    main()
