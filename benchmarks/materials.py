@@ -1,11 +1,12 @@
 """The materials benchmark: stress, PIWSL, Δ-learning, cell relaxation and MD on the built-in
 GFN1-xTB crystals (``builtin:materials_gfn1_*``, made by ``benchmarks/materials_data.py``).
 
-Every run is ``piwsl train builtin:materials`` (PaiNN with conservative forces, 32 features, 2
-interactions, 5 Å cutoff) under the convergence protocol of the converged rMD17 study
-(``benchmarks/converged_protocol.py``: validation every ~200 steps, lr halved after 5 validations
-gaining < 2 %, stop at lr0/16 or 20 validations without a gain) sized small: a step cap of
-``--cap`` steps, ``--seeds`` seeds. Variants:
+Every run is ``piwsl train builtin:materials`` (SchNet, 32 features, 2 interactions, 16 radial
+functions, 4 Å cutoff: CPU-sized) under the convergence protocol of the converged rMD17 study
+(``benchmarks/converged_protocol.py``: the plateau schedule, lr halved after validations gaining
+< 2 %, stop at lr0/16, early stop, a step cap, EMA model with the best validation score tested)
+sized small: validation every ~100 steps, halving after 3 such validations, early stop after 10,
+a step cap of ``--cap`` steps, ``--seeds`` seeds. Variants:
 
 =================  =============================================================================
 EF                 N frames with energies + forces (no stress term)
@@ -66,6 +67,7 @@ VARIANTS: dict[str, tuple[list[str], bool]] = {
     "EFS_delta_zbl": (["prior.name=zbl"], True),
 }
 METRICS = ("energy_mae_meV_per_atom", "forces_mae_meV_per_A", "stress_mae_meV_per_A3")
+VALIDATE, PATIENCE, EARLY_STOP = 100, 3, 10
 RELAX_STRAIN = np.array([[0.03, 0.01, 0.0], [0.01, 0.03, 0.0], [0.0, 0.0, 0.03]])
 
 
@@ -75,12 +77,18 @@ def overrides_of(variant: str, seed: int, args: argparse.Namespace) -> list[str]
     n_train = args.n_train if sparse else None
     pool = args.pool - args.n_val
     recipe = Recipe(batch_size=args.batch_size, lr=args.lr, cap_steps=args.cap)
+    steps_per_epoch = -(-(n_train or pool) // args.batch_size)
     return [
         f"data.n_train={'null' if n_train is None else n_train}",
         f"data.n_val={args.n_val}",
         f"data.split_seed={seed}",
         f"training.seed={seed}",
         *recipe.overrides(n_train or pool),
+        # the protocol sized small: validation every ~VALIDATE steps, lr halved after PATIENCE
+        # validations gaining < 2 %, early stop after EARLY_STOP validations without a gain
+        f"training.val_every_n_epochs={max(1, round(VALIDATE / steps_per_epoch))}",
+        f"training.plateau_patience={PATIENCE}",
+        f"training.early_stopping_patience={EARLY_STOP}",
         *extra,
     ]
 
@@ -325,9 +333,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n-train", type=int, default=20, help="N of the sparse variants")
     parser.add_argument("--n-val", type=int, default=6)
     parser.add_argument("--pool", type=int, default=60, help="frames of the training file")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--cap", type=int, default=3000, help="step cap of every run")
+    parser.add_argument("--cap", type=int, default=1500, help="step cap of every run")
     parser.add_argument("--md-temperature", type=float, default=600.0)
     parser.add_argument("--md-ps", type=float, default=2.0)
     parser.add_argument("--md-variants", nargs="+", default=["EFS", "EFS_piwsl2", "EF"])
@@ -358,8 +366,10 @@ def main() -> None:
         "threads": args.threads,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "protocol": (
-            f"converged protocol sized small: cap {args.cap} steps, batch {args.batch_size}, "
-            f"lr {args.lr}, validation {args.n_val} frames, seeds {args.seeds}"
+            f"converged protocol sized small: validation ({args.n_val} frames) every ~{VALIDATE} "
+            f"steps, lr × 0.5 after {PATIENCE} validations gaining < 2 %, stop at lr0/16 or "
+            f"after {EARLY_STOP} validations without a gain or at {args.cap} steps; batch "
+            f"{args.batch_size}, lr {args.lr}, seeds {args.seeds}"
         ),
         "n_train": {v: args.n_train if VARIANTS[v][1] else args.pool - args.n_val for v in runs},
         "test": test_table(runs),

@@ -21,8 +21,10 @@ relaxation restarts from its last geometry; the labels go through piwsl's labell
 by frame):
 
 1. ``relax`` — each crystal's supercell relaxed with GFN1-xTB (tblite's ASE calculator,
-   ``ase.filters.FrechetCellFilter`` + BFGS to 0.005 eV/Å): the reference structures and lattice
-   parameters (``builtin:materials_gfn1_relaxed``).
+   ``ase.filters.FrechetCellFilter`` + BFGS to 0.005 eV/Å, within its space group:
+   ``ase.constraints.FixSymmetry``): the reference structures and lattice parameters
+   (``builtin:materials_gfn1_relaxed``). Unconstrained, the rutile cell does not stay rutile
+   under GFN1-xTB (see the README).
 2. ``sample`` — the on-site force constants, then ``--frames`` strained Einstein snapshots per
    crystal and temperature (seeded).
 3. ``label`` — GFN1-xTB through :func:`piwsl.labelling.label_structures` (journal, resumable).
@@ -93,6 +95,7 @@ def relax(name: str, work: Path) -> Any:
     """The GFN1-xTB-relaxed supercell of ``name`` (cached in ``work``)."""
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.constraints import FixSymmetry
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
     from tblite.ase import TBLite
@@ -111,6 +114,9 @@ def relax(name: str, work: Path) -> Any:
         except Exception as err:  # a torn last record: start again
             print(f"relax {name}: cannot read {trajectory.name} ({err}); starting afresh")
     atoms.calc = TBLite(method="GFN1-xTB", verbosity=0)
+    # within the space group: unconstrained, GFN1-xTB's 48-atom rutile cell breaks its symmetry
+    # (BFGS went on lowering the energy by > 0.8 eV past a near-converged rutile cell)
+    atoms.set_constraint(FixSymmetry(atoms, symprec=1e-3))
     start = time.perf_counter()
     opt = BFGS(
         FrechetCellFilter(atoms),
@@ -122,6 +128,7 @@ def relax(name: str, work: Path) -> Any:
     energy, forces = atoms.get_potential_energy(), atoms.get_forces()
     stress = atoms.get_stress(voigt=False)
     out = atoms.copy()
+    out.set_constraint()
     out.calc = SinglePointCalculator(out, energy=energy, forces=forces)
     out.info.update(
         material=name,
