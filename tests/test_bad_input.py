@@ -483,7 +483,7 @@ def test_units_declared_for_an_npz_file_are_an_error(tmp_path):
 
 
 def test_evaluate_checks_the_units_of_its_file(tmp_path, caplog):
-    from piwsl.training import evaluate_checkpoint
+    from piwsl.evaluation import evaluate_checkpoint
 
     model = tmp_path / "m.pt"
     save_model(tiny_model(), model)
@@ -576,7 +576,7 @@ def test_md_refuses_start_structures_it_cannot_run(tmp_path, capsys, symbols, po
 
 
 def test_evaluate_on_unlabelled_frames_writes_predictions(tmp_path, caplog):
-    from piwsl.training import evaluate_checkpoint
+    from piwsl.evaluation import evaluate_checkpoint
 
     model = tmp_path / "m.pt"
     save_model(tiny_model(), model)

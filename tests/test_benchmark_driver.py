@@ -16,11 +16,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "rmd17.py"
-sys.path.insert(0, str(SCRIPT.parent))
 
 
-def test_method_variants_become_overrides():
-    import rmd17
+@pytest.fixture
+def benchmarks(monkeypatch) -> Path:
+    """The benchmarks folder on the import path for this test only (as when a script runs)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    return SCRIPT.parent
+
+
+@pytest.fixture
+def rmd17(benchmarks):
+    """The driver as a module."""
+    import importlib
+
+    return importlib.import_module("rmd17")
+
+
+def test_method_variants_become_overrides(rmd17):
 
     overrides = rmd17.method_overrides("piwsl_2nd[delta=0.01,taylor=12]")
     assert "physics.second_order=true" in overrides
@@ -118,7 +131,7 @@ def test_split_atoms_per_batch_and_run_warnings(tmp_path):
     assert "| 2 | warning: w1 |" in lines
 
 
-def test_delta_learning_summary_defaults_and_honest_target(tmp_path, monkeypatch):
+def test_delta_learning_summary_defaults_and_honest_target(tmp_path, monkeypatch, benchmarks):
     """delta_learning.py on the committed runs: N counts training + validation energies, every
     cell shows its number of seeds, the target column judges Δ alone (PaiNN on ethanol: 3.9×,
     not met, though Δ + PIWSL reaches 4.3×), and existing outputs are never replaced unasked."""

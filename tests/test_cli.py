@@ -155,7 +155,7 @@ def test_run_dir_protection_and_resume_errors(project, monkeypatch, capsys):
     # resuming with a different model is refused before touching the checkpoint
     assert main([*args, "--resume", "model.hparams.features=8"]) == 2
     err = capsys.readouterr().err
-    assert "belongs to another run" in err and "model.hparams.features" in err
+    assert "belongs to another run" in err and "model.hparams.features: 16 there, 8 now" in err
     # a plain --resume says where it continues
     assert main([*args, "--resume", "training.max_epochs=2"]) == 0
     out = capsys.readouterr().out

@@ -218,7 +218,7 @@ def test_resume_from_a_checkpoint_of_another_model(tiny_data, tmp_path):
     train(config_from_dict(tiny_config(tiny_data, run, training={"max_epochs": 1})), evaluate=False)
     (run / "config.yaml").unlink()
     other = tiny_config(tiny_data, run, model={"hparams": {"features": 16, "interactions": 1}})
-    with pytest.raises(ConfigError, match="belongs to another run") as info:
+    with pytest.raises(ConfigError, match=r"belongs to another run: .*model\.hparams\.") as info:
         train(config_from_dict(other), resume=True, evaluate=False)
     assert "last.ckpt" in str(info.value)
     assert "model.hparams.features: 8 there, 16 now" in str(info.value)
@@ -351,13 +351,16 @@ def test_persistent_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 
 def test_checkpoint_with_nan_weights_is_refused(tiny_data, tmp_path):
+    from piwsl.objective import Objective
     from piwsl.training import prepare_data
+    from piwsl.training.builders import build_force_field
     from piwsl.training.module import PiwslModule
-    from piwsl.training.run import build_force_field
 
     cfg = config_from_dict(tiny_config(tiny_data, tmp_path))
     data = prepare_data(cfg.data)
-    module = PiwslModule(build_force_field(cfg, data), cfg.loss, cfg.training)
+    module = PiwslModule(
+        build_force_field(cfg, data), Objective.from_config(cfg.loss, cfg.physics), cfg.training
+    )
     checkpoint: dict = {}
     module.on_save_checkpoint(checkpoint)
     assert "piwsl_model" in checkpoint

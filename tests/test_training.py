@@ -135,7 +135,7 @@ def test_loss_decreases_and_run_dir_is_complete(tiny_data, tmp_path):
         assert column(rows, key), key
     # weighted = weight × raw, logged per term
     raw, weighted = column(rows, "train_forces_raw"), column(rows, "train_forces_weighted")
-    assert weighted[-1] == pytest.approx(cfg.loss.force_weight * raw[-1], rel=1e-5)
+    assert weighted[-1] == pytest.approx(cfg.loss.weight("forces") * raw[-1], rel=1e-5)
     for name in (
         "config.yaml",
         "best_model.pt",
@@ -219,14 +219,16 @@ def test_resume_continues_to_the_same_state(tiny_data, tmp_path):
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 def test_nonfinite_loss_skips_then_raises(tiny_data, tmp_path):
     from piwsl.data import frames_to_batch
-    from piwsl.objective import ObjectiveResult
+    from piwsl.objective import Objective, ObjectiveResult
     from piwsl.training import prepare_data
+    from piwsl.training.builders import build_force_field
     from piwsl.training.module import PiwslModule
-    from piwsl.training.run import build_force_field
 
     cfg = config_from_dict(tiny_config(tiny_data, tmp_path, training={"max_nonfinite_steps": 3}))
     data = prepare_data(cfg.data)
-    module = PiwslModule(build_force_field(cfg, data), cfg.loss, cfg.training)
+    module = PiwslModule(
+        build_force_field(cfg, data), Objective.from_config(cfg.loss, cfg.physics), cfg.training
+    )
     batch = frames_to_batch([f for f in data.train if f.has_forces][:2], cfg.model.cutoff)
     assert module.training_step(batch, 0) is not None  # finite: a loss tensor
 

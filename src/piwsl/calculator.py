@@ -18,9 +18,7 @@ structure, and its numbers there mean nothing (once per calculator; ``n_close_ca
 
 from __future__ import annotations
 
-import copy
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,8 +27,8 @@ from ase.calculators.calculator import Calculator, all_changes
 from piwsl.data.batch import Batch, Graph, collate, edge_vectors
 from piwsl.data.checks import MIN_DISTANCE
 from piwsl.data.frames import Frame
-from piwsl.evaluation import as_force_field, check_elements, model_dtype
-from piwsl.priors.base import Prior, model_prior
+from piwsl.evaluation.predict import check_model_knows, inference_model
+from piwsl.priors.base import Prior
 
 
 class GeometryWarning(UserWarning):
@@ -109,18 +107,16 @@ class PiwslCalculator(Calculator):
         self.min_distance = float(min_distance)
         #: calls on structures with atoms closer than ``min_distance`` (warned about once)
         self.n_close_calls = 0
-        self.device = torch.device(device)
-        force_field = as_force_field(model)
-        if dtype is not None and dtype != model_dtype(force_field):
-            force_field = copy.deepcopy(force_field).to(dtype)
-        self.model = force_field.to(self.device)
-        self.model.eval()
-        self.dtype = model_dtype(self.model)
+        ready = inference_model(model, device, dtype, allow_prior_mismatch, "<atoms>")
+        self.model, self.device, self.dtype, self.source = (
+            ready.model,
+            ready.device,
+            ready.dtype,
+            ready.source,
+        )
         self.skin = float(skin)
-        self.source = str(model) if isinstance(model, (str, Path)) else "<atoms>"
-        what = f"model {self.source!r}" if isinstance(model, (str, Path)) else "this model"
-        #: the prior the model was trained on top of (added to every result), or None
-        self.prior: Prior | None = model_prior(self.model, allow_prior_mismatch, what=what)
+        #: the external prior the model was trained on top of (added to every result), or None
+        self.prior: Prior | None = ready.prior
         self._batch: Batch | None = None
         self._ref_positions: np.ndarray | None = None
         self._ref_key: tuple | None = None
@@ -130,16 +126,6 @@ class PiwslCalculator(Calculator):
     @property
     def cutoff(self) -> float:
         return self.model.cutoff
-
-    def _frame(self, atoms) -> Frame:
-        return Frame(
-            numbers=atoms.numbers,
-            positions=atoms.positions,
-            cell=np.asarray(atoms.cell.array),
-            pbc=atoms.pbc,
-            source="<ase.Atoms>",
-            index=0,
-        )
 
     def _get_batch(self, frame: Frame) -> Batch:
         key = (frame.numbers.tobytes(), frame.cell.tobytes(), frame.pbc.tobytes())
@@ -192,8 +178,8 @@ class PiwslCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
-        frame = self._frame(self.atoms)
-        check_elements(self.model, [frame])
+        frame = Frame.from_atoms(self.atoms)
+        check_model_knows(self.model, [frame])
         batch = self._get_batch(frame)
         self._check_distances(batch)
         # no graph through the parameters (a direct-force head runs ~20 % faster); conservative

@@ -127,7 +127,7 @@ def _train(args: argparse.Namespace, console) -> int:
 
 def _evaluate(args: argparse.Namespace, console) -> int:
     from piwsl.data import LabelKeys
-    from piwsl.training import evaluate_checkpoint
+    from piwsl.evaluation import evaluate_checkpoint
 
     keys = LabelKeys(args.energy_key, args.forces_key, args.energy_unit, args.length_unit)
     evaluate_checkpoint(
@@ -150,9 +150,9 @@ def _predict(args: argparse.Namespace, console) -> int:
     from rich.markup import escape
 
     from piwsl.data import LabelKeys
+    from piwsl.evaluation.report import check_read_units
     from piwsl.predictions import predict_file
     from piwsl.priors import PriorUse
-    from piwsl.training.run import check_read_units
 
     keys = LabelKeys(args.energy_key, args.forces_key, args.energy_unit, args.length_unit)
     check_read_units(keys)

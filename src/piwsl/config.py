@@ -1,7 +1,8 @@
 """The typed run configuration: pydantic models, YAML loading, dotted command-line overrides.
 
-A configuration has seven sections — ``data``, ``model``, ``loss``, ``physics``, ``training``,
-``prior`` and ``output`` — each a pydantic model that forbids unknown keys. :func:`load_config`
+A configuration has seven sections — ``data``, ``model``, ``loss`` (the objective's terms, see
+:mod:`piwsl.objective.config`), ``physics`` (the displaced copies), ``training``, ``prior`` and
+``output`` — each a pydantic model that forbids unknown keys, plus an optional ``plugins`` list. :func:`load_config`
 reads a YAML file (or ``builtin:NAME`` for a packaged config), applies overrides such as
 ``training.max_epochs=5 model.hparams.features=32`` and validates; every problem becomes a
 :class:`~piwsl.errors.ConfigError` naming the full dotted key, with a "did you mean" suggestion for
@@ -22,6 +23,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from piwsl.errors import ConfigError
+from piwsl.objective.config import LossConfig, translate_legacy
 from piwsl.physics.config import PhysicsConfig
 from piwsl.registry import suggest
 from piwsl.units import ENERGY_UNITS, LENGTH_UNITS
@@ -211,30 +213,6 @@ class ModelConfig(_Section):
         return self
 
 
-class LossConfig(_Section):
-    """Weights and units of the supervised terms.
-
-    By default the energy term is the MSE of per-atom energies in eV² and the force term the MSE
-    of force components in (eV/Å)². ``energy_unit: kcal/mol`` with ``per_atom_energy: false``
-    gives the paper's convention (total energies in kcal/mol), the one in which its physics
-    weights (taylor 1.2, spatial 0.01 with ``physics.weight_energy_unit: kcal/mol``) were tuned.
-    """
-
-    energy_weight: float = Field(1.0, ge=0)
-    force_weight: float = Field(10.0, ge=0)
-    energy_unit: str = Field("eV", description="energy unit of the supervised losses")
-    per_atom_energy: bool = Field(True, description="energy loss on E/N_atoms (else total E)")
-
-    @model_validator(mode="after")
-    def _check_unit(self) -> LossConfig:
-        if self.energy_unit not in ENERGY_UNITS:
-            raise ValueError(
-                f"loss.energy_unit: unknown unit {self.energy_unit!r}"
-                f"{suggest(self.energy_unit, ENERGY_UNITS)}"
-            )
-        return self
-
-
 class TrainingConfig(_Section):
     """Optimiser, schedule, EMA, stopping, seeds, devices and precision."""
 
@@ -376,8 +354,18 @@ class OutputConfig(_Section):
 
 
 class Config(_Section):
-    """A whole training run."""
+    """A whole training run.
 
+    ``plugins``: modules (dotted import paths or ``.py`` files) imported before the rest is
+    validated, so that the model backends, priors and loss terms they register can be named
+    (:mod:`piwsl.plugins`). Old loss keys are rewritten into ``loss.terms`` first
+    (:func:`piwsl.objective.config.translate_legacy`).
+    """
+
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules or .py files that register models, priors or loss terms",
+    )
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -385,6 +373,18 @@ class Config(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     prior: PriorConfig = Field(default_factory=PriorConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugins_and_old_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        plugins = data.get("plugins")
+        if plugins:
+            from piwsl.plugins import import_plugins
+
+            import_plugins(list(plugins) if isinstance(plugins, (list, tuple)) else [plugins])
+        return translate_legacy(data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-ready mapping (round-trips through :func:`config_from_dict`)."""
@@ -465,6 +465,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Validate a mapping; any problem becomes a :class:`ConfigError` naming the dotted key."""
+    if isinstance(data, dict):
+        data = translate_legacy(data)  # its ConfigErrors name the keys themselves
     try:
         return Config.model_validate(data)
     except ValidationError as err:
@@ -474,7 +476,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read ``source`` (a YAML path or ``builtin:NAME``; default :data:`DEFAULT_CONFIG`)."""
     path = resolve_config_path(source if source is not None else DEFAULT_CONFIG)
-    data = apply_overrides(read_yaml(path), list(overrides or []))
+    data = translate_legacy(read_yaml(path))
+    for text in overrides or []:  # an old loss key given later wins over the file's new form
+        data = translate_legacy(apply_overrides(data, [text]), later=True)
     return config_from_dict(data)
 
 
@@ -530,14 +534,15 @@ def suggest_key(path: list[str], owner: type[BaseModel]) -> str:
     def dotted(key: str, where: str = prefix) -> str:
         return f"{where}.{key}" if where else key
 
-    if canonical != name and canonical in owner.model_fields:
+    known = [*owner.model_fields, *getattr(owner, "legacy_keys", ())]  # old keys still work
+    if canonical != name and canonical in known:
         return f"; did you mean {dotted(canonical)!r}?"
     if len(path) == 2:  # a key of a section: it may belong to another section
         for section, field in Config.model_fields.items():
             other = _submodel(field.annotation)
             if other is not None and other is not owner and canonical in other.model_fields:
                 return f"; did you mean {dotted(canonical, section)!r}?"
-    return suggest(dotted(name), [dotted(key) for key in owner.model_fields])
+    return suggest(dotted(name), [dotted(key) for key in known])
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:

@@ -179,13 +179,17 @@ def collate(graphs: list[Graph]) -> Batch:
     )
 
 
-def edge_vectors(batch: Batch) -> torch.Tensor:
-    """Edge vectors r_j - r_i (+ periodic shift), [E, 3], differentiable w.r.t. positions."""
+def edge_vectors(batch: Batch, select: torch.Tensor | None = None) -> torch.Tensor:
+    """Edge vectors r_j - r_i (+ periodic shift), [E, 3], differentiable w.r.t. positions;
+    ``select`` (bool [E]) keeps only some edges."""
     i, j = batch.edge_index
+    shift = batch.edge_shift
+    if select is not None:
+        i, j, shift = i[select], j[select], shift[select]
     vec = batch.positions[j] - batch.positions[i]
-    if batch.edge_shift.numel():
+    if shift.numel():
         cell = batch.cell[batch.batch[i]]
-        vec = vec + torch.einsum("ek,ekl->el", batch.edge_shift, cell)
+        vec = vec + torch.einsum("ek,ekl->el", shift, cell)
     return vec
 
 

@@ -49,7 +49,7 @@ _NOBLE = (2, 10, 18, 36, 54, 86)
 _MAX_LISTED = 8
 
 
-def frame_key(frame: Frame) -> bytes:
+def duplicate_key(frame: Frame) -> bytes:
     """A hash key of atomic numbers and positions rounded to 1e-5 Å (labels ignored)."""
     pos = np.round(frame.positions, DUPLICATE_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
     digest = hashlib.blake2b(frame.numbers.astype(np.int64).tobytes(), digest_size=16)
@@ -71,11 +71,11 @@ def find_duplicates(train: list[Frame], others: dict[str, list[Frame]]) -> list[
     numbers and positions (rounded to 1e-5 Å) equal those of a training frame."""
     seen: dict[bytes, Frame] = {}
     for f in train:
-        seen.setdefault(frame_key(f), f)
+        seen.setdefault(duplicate_key(f), f)
     found = []
     for name, frames in others.items():
         for f in frames:
-            twin = seen.get(frame_key(f))
+            twin = seen.get(duplicate_key(f))
             if twin is not None:
                 found.append(f"{name} {where(f)} = train {where(twin)}")
     return found

@@ -65,25 +65,18 @@ __all__ = ["LabelSummary", "journal_path", "label_file", "label_structures", "st
 
 
 def load_structures(source, index: str | int | slice = ":") -> list:
-    """Structures to label as bare ``ase.Atoms`` (input labels dropped), from a path or a list."""
-    from ase import Atoms
+    """Structures to label as bare ``ase.Atoms`` (input labels dropped), from a path or a list
+    of Atoms or Frames."""
+    from piwsl.data.frames import Frame
 
     if isinstance(source, (str, Path)):
         from piwsl.data import read_frames
 
-        frames = select(read_frames(source), index)
-        return [
-            Atoms(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc) for f in frames
-        ]
-    images = list(source)
-    out = []
-    for atoms in images:
-        if not isinstance(atoms, Atoms):
-            atoms = atoms.to_atoms()
-        out.append(
-            Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        )
-    return out
+        return [f.to_atoms(labels=False) for f in select(read_frames(source), index)]
+    return [
+        (item if isinstance(item, Frame) else Frame.from_atoms(item)).to_atoms(labels=False)
+        for item in source
+    ]
 
 
 def select(items: list, index: str | int | slice = ":") -> list:

@@ -299,14 +299,7 @@ def _advance(run: _BatchedRun, saved: dict | None, stamp: dict | None) -> float:
 
 
 def _progress_bar(config: MDConfig, done: int = 0):
-    if not config.progress:
-        return None
-    from piwsl.terminal import progress_bar
+    from piwsl.md.runner import md_progress_bar
 
-    return progress_bar(
-        config.n_steps,
-        desc=f"MD {config.ensemble}, {config.n_trajectories} replicas",
-        unit="step",
-        initial=done,
-        leave=False,
-    )
+    desc = f"MD {config.ensemble}, {config.n_trajectories} replicas"
+    return md_progress_bar(config, desc, initial=done)

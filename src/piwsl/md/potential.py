@@ -11,9 +11,7 @@ spent in the model and in the prior is accumulated separately (s).
 
 from __future__ import annotations
 
-import copy
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,8 +19,8 @@ from ase import Atoms
 
 from piwsl.data.batch import Batch, Graph, collate
 from piwsl.data.frames import Frame
-from piwsl.evaluation import as_force_field, check_elements, model_dtype
-from piwsl.priors.base import Prior, model_prior
+from piwsl.evaluation.predict import check_model_knows, inference_model
+from piwsl.priors.base import Prior
 
 
 class BatchedPotential:
@@ -38,16 +36,10 @@ class BatchedPotential:
     ) -> None:
         if not skin >= 0:
             raise ValueError(f"skin must be ≥ 0 Å, got {skin}")
-        self.device = torch.device(device)
-        force_field = as_force_field(model)
-        if dtype is not None and dtype != model_dtype(force_field):
-            force_field = copy.deepcopy(force_field).to(dtype)
-        self.model = force_field.to(self.device).eval()
-        self.dtype = model_dtype(self.model)
-        self.skin = float(skin)
-        self.source = str(model) if isinstance(model, (str, Path)) else "<model>"
-        what = f"model {self.source!r}" if isinstance(model, (str, Path)) else "this model"
-        self.prior: Prior | None = model_prior(self.model, allow_prior_mismatch, what=what)
+        ready = inference_model(model, device, dtype, allow_prior_mismatch)
+        self.model, self.device, self.dtype = ready.model, ready.device, ready.dtype
+        self.source, self.skin = ready.source, float(skin)
+        self.prior: Prior | None = ready.prior
         self.model_s = 0.0
         self.prior_s = 0.0
         self.n_calls = 0
@@ -65,25 +57,14 @@ class BatchedPotential:
 
     def set_structures(self, templates: list[Atoms]) -> None:
         """The replicas (numbers, cell, pbc) that later calls give positions for."""
-        frames = [self._frame(t, t.positions, k) for k, t in enumerate(templates)]
-        check_elements(self.model, frames)
+        frames = [Frame.from_atoms(t, "<MD replica>", k) for k, t in enumerate(templates)]
+        check_model_knows(self.model, frames)
         self._templates = list(templates)
         self._graphs = [None] * len(templates)
         self._built_at = [None] * len(templates)
         self._batch, self._batch_members = None, ()
         # one prior session per replica: tblite restarts each SCF from the replica's last step
         self._prior_sessions = [self.prior.session() for _ in templates] if self.prior else []
-
-    @staticmethod
-    def _frame(template: Atoms, positions: np.ndarray, k: int) -> Frame:
-        return Frame(
-            numbers=template.numbers,
-            positions=np.asarray(positions, dtype=np.float64),
-            cell=np.asarray(template.cell.array),
-            pbc=template.pbc,
-            source="<MD replica>",
-            index=k,
-        )
 
     def _refresh(self, positions: list[np.ndarray], members: tuple[int, ...]) -> bool:
         """Rebuild the neighbour lists that went stale; True when the batch must be re-collated."""
@@ -93,7 +74,7 @@ class BatchedPotential:
             fresh = ref is not None and self.skin > 0
             if fresh and np.sqrt(((positions[k] - ref) ** 2).sum(1)).max() < 0.5 * self.skin:
                 continue
-            frame = self._frame(self._templates[k], positions[k], k)
+            frame = Frame.from_atoms(self._templates[k], "<MD replica>", k, positions[k])
             self._graphs[k] = Graph.from_frame(frame, self.cutoff, self.skin, dtype=self.dtype)
             self._built_at[k] = positions[k].copy()
             self.n_neighbor_builds += 1
@@ -130,7 +111,9 @@ class BatchedPotential:
         if self.prior is not None:
             start = time.perf_counter()
             for k in members:
-                e, f = self._prior_sessions[k](self._frame(self._templates[k], per[k], k))
+                e, f = self._prior_sessions[k](
+                    Frame.from_atoms(self._templates[k], "<MD replica>", k, per[k])
+                )
                 energies[k] += e
                 forces[ptr[k] : ptr[k + 1]] += f
             self.prior_s += time.perf_counter() - start

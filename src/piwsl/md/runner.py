@@ -237,6 +237,91 @@ class _TrajectoryWriter:
             self._handle.close()
 
 
+def _open_writer(
+    result: TrajectoryResult, config: MDConfig, out_dir: str | Path | None
+) -> _TrajectoryWriter | None:
+    if out_dir is None or not config.write_trajectories:
+        return None
+    suffix = "extxyz" if config.trajectory_format == "extxyz" else "traj"
+    path = Path(out_dir) / f"traj_{result.index:03d}.{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result.files["trajectory"] = str(path)
+    return _TrajectoryWriter(path, config.trajectory_format)
+
+
+class _Observer:
+    """Records, writes and checks the state after a step; ``observe(step)`` is True to stop."""
+
+    def __init__(self, atoms, timed, detector, dyn, config, result, writer, progress) -> None:
+        self.atoms, self.timed, self.detector, self.dyn = atoms, timed, detector, dyn
+        self.config, self.result, self.writer, self.progress = config, result, writer, progress
+        self.rows: list[tuple[float, ...]] = []
+        self.dt_ps = config.timestep_fs / 1000.0
+
+    def state(self) -> tuple[float, np.ndarray]:
+        timed, atoms = self.timed, self.atoms
+        if "forces" in timed.results and not timed.check_state(atoms):
+            # the integrator's last call was at these positions (same test as the calculator's)
+            return float(timed.results["energy"]), timed.results["forces"]
+        return float(atoms.get_potential_energy()), atoms.get_forces(apply_constraint=False)
+
+    def __call__(self, step: int) -> bool:
+        atoms, config, t = self.atoms, self.config, step * self.dt_ps
+        energy, forces = self.state()
+        log_now = step % config.log_interval == 0 or step == config.n_steps
+        check_now = step % config.check_interval == 0 or step == config.n_steps
+        temperature = atoms.get_temperature() if (log_now or check_now) else float("nan")
+        found = None
+        if check_now:
+            found = self.detector.check(
+                atoms.get_positions(), np.asarray(atoms.cell.array), energy, forces, temperature
+            )
+        if log_now or found is not None:  # the failing step is always logged and written
+            ekin = atoms.get_kinetic_energy()
+            etot = energy + ekin
+            conserved = _conserved_energy(self.dyn, etot)
+            self.rows.append((step, t, energy, ekin, etot, temperature, conserved))
+            if self.progress is not None:
+                self.progress.set_postfix_str(f"t={t:.3f} ps, T={temperature:.0f} K", refresh=False)
+        if step % config.traj_interval == 0 or found is not None:
+            self.result.frames.append(atoms.get_positions().copy())
+            if self.writer is not None:
+                info = {"step": step, "time_ps": t, "temperature_K": temperature}
+                if found is not None:
+                    info["failure"] = found[0]
+                self.writer.write(atoms, energy, forces, info)
+        if found is not None:
+            self.result.failure = Failure(found[0], found[1], step, t)
+            return True
+        return False
+
+
+def _integrate(observe: _Observer) -> None:
+    """Step until ``n_steps`` or a failure; run-time errors become the trajectory's failure."""
+    dyn, result, progress = observe.dyn, observe.result, observe.progress
+    begin = time.perf_counter()
+    try:
+        if not observe(0):
+            for _ in range(observe.config.n_steps):
+                dyn.step()
+                dyn.nsteps += 1
+                result.n_steps = dyn.nsteps
+                if progress is not None:
+                    progress.update(1)
+                if observe(dyn.nsteps):
+                    break
+    except RUN_ERRORS as err:
+        step = result.n_steps
+        reason = "non_finite" if not np.all(np.isfinite(observe.atoms.positions)) else "error"
+        result.failure = Failure(reason, f"{type(err).__name__}: {err}", step, step * observe.dt_ps)
+    finally:
+        result.wall_s = time.perf_counter() - begin
+        if progress is not None:
+            progress.close()
+        if observe.writer is not None:
+            observe.writer.close()
+
+
 def run_trajectory(
     calculator: Calculator,
     start: Atoms,
@@ -252,24 +337,16 @@ def run_trajectory(
     timed = TimedCalculator(calculator)
     atoms.calc = timed
     detector = FailureDetector(config.failure, start, config.temperature_K)
-    n_atoms = len(atoms)
     result = TrajectoryResult(
         index=index,
         seed=[int(config.seed), int(index)],
         start_frame=int(start_frame),
-        n_atoms=n_atoms,
+        n_atoms=len(atoms),
         n_steps_planned=config.n_steps,
         n_bonds=0 if detector.bonds is None else len(detector.bonds),
         temperature_bound_K=detector.max_temperature_K,
     )
-    writer = None
-    if out_dir is not None and config.write_trajectories:
-        suffix = "extxyz" if config.trajectory_format == "extxyz" else "traj"
-        path = Path(out_dir) / f"traj_{index:03d}.{suffix}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _TrajectoryWriter(path, config.trajectory_format)
-        result.files["trajectory"] = str(path)
-
+    writer = _open_writer(result, config, out_dir)
     # setup errors (unknown element, bad checkpoint) propagate: evaluate the start outside the loop
     try:
         atoms.get_forces()
@@ -278,77 +355,15 @@ def run_trajectory(
             writer.close()
         raise
     dyn = make_integrator(atoms, config, rng)
-    dt_ps = config.timestep_fs / 1000.0
-    rows: list[tuple[float, ...]] = []
     progress = _progress_bar(config, index)
-
-    def observe(step: int) -> bool:
-        """Record, write and check the state after ``step`` steps; True to stop."""
-        t = step * dt_ps
-        if "forces" in timed.results and not timed.check_state(atoms):
-            # the integrator's last call was at these positions (same test as the calculator's)
-            energy, forces = float(timed.results["energy"]), timed.results["forces"]
-        else:
-            energy = float(atoms.get_potential_energy())
-            forces = atoms.get_forces(apply_constraint=False)
-        log_now = step % config.log_interval == 0 or step == config.n_steps
-        check_now = step % config.check_interval == 0 or step == config.n_steps
-        temperature = atoms.get_temperature() if (log_now or check_now) else float("nan")
-        found = None
-        if check_now:
-            found = detector.check(
-                atoms.get_positions(), np.asarray(atoms.cell.array), energy, forces, temperature
-            )
-        if log_now or found is not None:  # the failing step is always logged and written
-            ekin = atoms.get_kinetic_energy()
-            etot = energy + ekin
-            rows.append((step, t, energy, ekin, etot, temperature, _conserved_energy(dyn, etot)))
-            if progress is not None:
-                progress.set_postfix_str(f"t={t:.3f} ps, T={temperature:.0f} K", refresh=False)
-        if step % config.traj_interval == 0 or found is not None:
-            result.frames.append(atoms.get_positions().copy())
-            if writer is not None:
-                info = {"step": step, "time_ps": t, "temperature_K": temperature}
-                if found is not None:
-                    info["failure"] = found[0]
-                writer.write(atoms, energy, forces, info)
-        if found is not None:
-            result.failure = Failure(found[0], found[1], step, t)
-            return True
-        return False
-
-    begin = time.perf_counter()
-    try:
-        if not observe(0):
-            for _ in range(config.n_steps):
-                dyn.step()
-                dyn.nsteps += 1
-                result.n_steps = dyn.nsteps
-                if progress is not None:
-                    progress.update(1)
-                if observe(dyn.nsteps):
-                    break
-    except RUN_ERRORS as err:
-        step = result.n_steps
-        reason = "non_finite" if not np.all(np.isfinite(atoms.positions)) else "error"
-        result.failure = Failure(reason, f"{type(err).__name__}: {err}", step, step * dt_ps)
-    finally:
-        result.wall_s = time.perf_counter() - begin
-        if progress is not None:
-            progress.close()
-        if writer is not None:
-            writer.close()
+    observe = _Observer(atoms, timed, detector, dyn, config, result, writer, progress)
+    _integrate(observe)
     result.calculator_s = timed.seconds
     result.n_calculator_calls = timed.n_calls
     if result.failure is not None:
-        log.info(
-            "trajectory %d failed at %.4f ps (%s): %s",
-            index,
-            result.failure.time_ps,
-            result.failure.reason,
-            result.failure.message,
-        )
-    return finish_result(result, rows, config, out_dir)
+        f = result.failure
+        log.info("trajectory %d failed at %.4f ps (%s): %s", index, f.time_ps, f.reason, f.message)
+    return finish_result(result, observe.rows, config, out_dir)
 
 
 THERMO_COLUMNS = (
@@ -392,17 +407,17 @@ def finish_result(
     return result
 
 
-def _progress_bar(config: MDConfig, index: int):
+def md_progress_bar(config: MDConfig, desc: str, initial: int = 0):
+    """The steps bar of one MD run (None with ``progress`` off)."""
     if not config.progress:
         return None
     from piwsl.terminal import progress_bar
 
-    return progress_bar(
-        config.n_steps,
-        desc=f"MD {config.ensemble} traj {index + 1}/{config.n_trajectories}",
-        unit="step",
-        leave=False,
-    )
+    return progress_bar(config.n_steps, desc=desc, unit="step", initial=initial, leave=False)
+
+
+def _progress_bar(config: MDConfig, index: int):
+    return md_progress_bar(config, f"MD {config.ensemble} traj {index + 1}/{config.n_trajectories}")
 
 
 def load_structures(source: str | Path | Sequence[Any]) -> list[Atoms]:
@@ -447,7 +462,7 @@ def check_start_structures(
             )
         if config.min_start_distance_A <= 0:
             continue
-        frame = Frame(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+        frame = Frame.from_atoms(atoms, source, k)
         close = min_distance(frame, config.min_start_distance_A)
         if close is not None:
             raise DataError(

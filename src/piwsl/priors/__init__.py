@@ -32,11 +32,13 @@ from piwsl.priors.base import (
     Prior,
     PriorCalculator,
     PriorUse,
+    attach_prior,
     check_prior_name,
     make_prior,
     model_prior,
     prior_from_spec,
     prior_names,
+    register_prior,
     spec_differences,
 )
 from piwsl.priors.cache import PriorValues, cache_path, prior_values, user_cache_dir
@@ -48,6 +50,7 @@ __all__ = [
     "PriorCalculator",
     "PriorUse",
     "PriorValues",
+    "attach_prior",
     "cache_path",
     "check_prior_name",
     "make_prior",
@@ -55,6 +58,7 @@ __all__ = [
     "prior_from_spec",
     "prior_names",
     "prior_values",
+    "register_prior",
     "spec_differences",
     "user_cache_dir",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 
 from piwsl.data.frames import Frame
 from piwsl.errors import ConfigError, PriorError
-from piwsl.priors.base import PRIORS, MissingPriorBackendError, Prior, atoms_of
+from piwsl.priors.base import PRIORS, MissingPriorBackendError, Prior
 
 #: options of the backend a prior may set in ``prior.settings``
 SETTINGS = ("accuracy", "electronic_temperature", "max_iterations")
@@ -82,7 +82,7 @@ class TBLitePrior(Prior):
         from piwsl.labelling.backends import BackendError
 
         try:
-            out = self.backend.compute(atoms_of(frame))
+            out = self.backend.compute(frame.to_atoms(labels=False))
         except BackendError as err:
             raise PriorError(str(err)) from err
         return float(out["energy"]), np.asarray(out["forces"], dtype=np.float64)
@@ -95,7 +95,7 @@ class TBLitePrior(Prior):
 
         def compute(frame: Frame) -> tuple[float, np.ndarray]:
             try:
-                return session(atoms_of(frame))
+                return session(frame.to_atoms(labels=False))
             except BackendError as err:
                 raise PriorError(str(err)) from err
 

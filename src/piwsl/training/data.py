@@ -12,7 +12,9 @@ the training and validation labels become residuals ``E_ref − E_prior``, ``F_r
 (label masks unchanged; label-free frames need no prior, since the physics terms act on the learned
 part alone); E0s, shift and scale are then fitted to the residuals. The test frames keep their
 full labels — the test errors are those of the total prediction — and so does
-``PreparedData.val_reference`` (the validation frames with full labels).
+``PreparedData.val_reference`` (the validation frames with full labels). An analytic prior (ZBL)
+is part of the model instead: every label stays whole and only the E0s and the normalisation are
+fitted to the residuals.
 
 Every file is read in the units ``data`` declares for it (``energy_unit`` / ``length_unit``,
 overridden per split or per file by ``data.units``). It also warns (``logging``, naming the files
@@ -154,6 +156,24 @@ def subtract_prior(frames: list[Frame], values: PriorValues) -> list[Frame]:
     return out
 
 
+def in_model_residuals(prior: Prior, frames: list[Frame]) -> tuple[list[Frame], str]:
+    """An analytic prior lives in the model, so the labels stay whole; the E0s and the
+    normalisation are fitted to these residual frames (labelled ``frames`` minus the prior)."""
+    import time
+
+    labelled = [f for f in frames if f.has_energy or f.has_forces]
+    start = time.perf_counter()
+    energies, forces = prior.compute(labelled)
+    values = PriorValues(energies, forces, n_computed=len(labelled))
+    values.wall_time_s = time.perf_counter() - start
+    line = (
+        f"prior {prior.describe()}: part of the model (the E0s and normalisation fitted to "
+        f"E_ref − E_prior of {len(labelled)} training frames, computed in "
+        f"{values.wall_time_s:.1f} s)"
+    )
+    return subtract_prior(labelled, values), line
+
+
 def apply_prior(
     cfg: PriorConfig, splits: dict[str, list[Frame]], progress: bool = False
 ) -> tuple[Prior, dict[str, list[Frame]], str]:
@@ -164,6 +184,8 @@ def apply_prior(
     from piwsl.priors import make_prior, prior_values
 
     prior = make_prior(cfg.name, cfg.charge, cfg.multiplicity, cfg.settings)
+    if prior.in_model:
+        return prior, splits, ""
     labelled = {
         name: [f for f in frames if f.has_energy or f.has_forces] for name, frames in splits.items()
     }
@@ -188,6 +210,49 @@ def apply_prior(
         residual = iter(subtract_prior(labelled[name], part))
         out[name] = [next(residual) if f.has_energy or f.has_forces else f for f in frames]
     return prior, out, values.summary(prior)
+
+
+def _check_splits(
+    cfg: DataConfig, train: list[Frame], val: list[Frame], test: list[Frame], elements: list[int]
+) -> None:
+    """Errors for splits a run cannot use (no validation frames, no labels, unknown elements)."""
+    if not val:
+        raise ConfigError(
+            "no validation frames: set data.n_val > 0 or data.validation files "
+            "(the best checkpoint is chosen on validation errors)"
+        )
+    if not any(f.has_energy or f.has_forces for f in val):
+        raise DataError(
+            "no validation frame carries an energy or forces; the best checkpoint cannot be chosen",
+            file=", ".join(cfg.validation or cfg.train),
+        )
+    if not any(f.has_energy or f.has_forces for f in train):
+        raise DataError(
+            "no training frame carries an energy or forces",
+            file=", ".join(cfg.train),
+            hint="check data.energy_key / data.forces_key",
+        )
+    for name, frames in (("validation", val), ("test", test)):
+        for f in frames:
+            extra = set(np.unique(f.numbers).tolist()) - set(elements)
+            if extra:
+                raise DataError(
+                    f"{name} frame has atomic numbers {sorted(extra)} absent from training",
+                    file=f.source,
+                    frame=f.index,
+                    hint="add such structures to the training set",
+                )
+
+
+def _coverage(train, unlabelled, val, test) -> list[str]:
+    """One label-coverage line per split."""
+    coverage = [label_coverage(train).summary("train")]
+    if unlabelled:
+        coverage.append(label_coverage(unlabelled).summary("unlabelled (added to train)"))
+    coverage.append(label_coverage(val).summary("validation"))
+    if test:
+        coverage.append(label_coverage(test).summary("test"))
+    return coverage
 
 
 def prepare_data(
@@ -217,34 +282,9 @@ def prepare_data(
     test = read_split(cfg, "test", read_in) if cfg.test else [pool[k] for k in te]
     train, val = _keep_labels(train, cfg.train_labels), _keep_labels(val, cfg.train_labels)
     unlabelled = _strip_labels(read_split(cfg, "unlabelled", read_in))
-    if not val:
-        raise ConfigError(
-            "no validation frames: set data.n_val > 0 or data.validation files "
-            "(the best checkpoint is chosen on validation errors)"
-        )
-    if not any(f.has_energy or f.has_forces for f in val):
-        raise DataError(
-            "no validation frame carries an energy or forces; the best checkpoint cannot be chosen",
-            file=", ".join(cfg.validation or cfg.train),
-        )
-    if not any(f.has_energy or f.has_forces for f in train):
-        raise DataError(
-            "no training frame carries an energy or forces",
-            file=", ".join(cfg.train),
-            hint="check data.energy_key / data.forces_key",
-        )
     train_all = train + unlabelled
     elements = sorted({int(z) for f in train_all for z in np.unique(f.numbers)})
-    for name, frames in (("validation", val), ("test", test)):
-        for f in frames:
-            extra = set(np.unique(f.numbers).tolist()) - set(elements)
-            if extra:
-                raise DataError(
-                    f"{name} frame has atomic numbers {sorted(extra)} absent from training",
-                    file=f.source,
-                    frame=f.index,
-                    hint="add such structures to the training set",
-                )
+    _check_splits(cfg, train, val, test, elements)
     others = {"validation": val, "test": test}
     if report:
 
@@ -253,26 +293,25 @@ def prepare_data(
 
         for message in check_plausibility(train_all, others, units_of, config_fix):
             log.warning(message)
-    the_prior, val_reference, prior_line = None, None, None
+    the_prior, val_reference, prior_line, fit = None, None, None, train
     if prior is not None and prior.name is not None:
         splits = {"train": train, "validation": val, "test": test}
         the_prior, splits, prior_line = apply_prior(prior, splits, progress=progress)
-        val_reference = val
-        train, val = splits["train"], splits["validation"]
-        train_all = train + unlabelled
+        if the_prior.in_model:
+            fit, prior_line = in_model_residuals(the_prior, train)
+        else:
+            val_reference = val
+            train, val = splits["train"], splits["validation"]
+            train_all, fit = train + unlabelled, splits["train"]
     mode = cfg.e0s
     if isinstance(mode, dict):
         mode = dict(mode)
-    e0s = resolve_e0s(mode, train, elements)
-    shift, scale = reference_statistics(train, e0s)
-    coverage = [label_coverage(train).summary("train")]
-    if unlabelled:
-        coverage.append(label_coverage(unlabelled).summary("unlabelled (added to train)"))
-    coverage.append(label_coverage(val).summary("validation"))
-    if test:
-        coverage.append(label_coverage(test).summary("test"))
+    e0s = resolve_e0s(mode, fit, elements)
+    shift, scale = reference_statistics(fit, e0s)
+    coverage = _coverage(train, unlabelled, val, test)
     if prior_line is not None:
-        coverage.append(f"{prior_line}; training labels are residuals to it")
+        residual = "" if the_prior.in_model else "; training labels are residuals to it"
+        coverage.append(f"{prior_line}{residual}")
     return PreparedData(
         train=train_all,
         val=val,
