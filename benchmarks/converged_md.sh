@@ -33,7 +33,7 @@ models() {  # the aspirin EF_100 models seed by seed, then the energy-only Δ mo
 mapfile -t ALL < <(models)
 for protocol in nvt300 nve300; do
   for model in "${ALL[@]}"; do
-    "${MD[@]}" --protocols "$protocol" "$model"
+    "${MD[@]}" "$model" --protocols "$protocol"
   done
 done
-"${MD[@]}" --summary-only --protocols nvt300 nve300 "${ALL[@]}"
+"${MD[@]}" --summary-only "${ALL[@]}" --protocols nvt300 nve300
