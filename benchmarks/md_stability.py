@@ -75,10 +75,18 @@ def expand_checkpoints(patterns: list[str], default_data: str) -> list[tuple[Pat
     return pairs
 
 
+#: file stems that say nothing about the model: such files are named after their run folder
+GENERIC_STEMS = ("best_model", "final_model", "model", "best", "last")
+
+
 def model_labels(paths: list[Path]) -> list[str]:
-    """Short unique names: the file stem, or the run folder's name where stems clash."""
+    """Short unique names: the file stem, or the run folder's name where the stem is generic
+    (``runs/x/best_model.pt`` → ``x``, the same in every invocation) or stems clash."""
     stems = [p.stem for p in paths]
-    return [p.parent.name if stems.count(p.stem) > 1 else p.stem for p in paths]
+    return [
+        p.parent.name if p.stem in GENERIC_STEMS or stems.count(p.stem) > 1 else p.stem
+        for p in paths
+    ]
 
 
 def untrained_schnet(path: Path, seed: int = 0) -> Path:

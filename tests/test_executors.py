@@ -287,7 +287,7 @@ def test_prior_executor_option_reaches_training_and_evaluation(tmp_path, cluster
 
     monkeypatch.setattr(cache, "make_executor", spy)
     frames = read_frames("builtin:ethanol_train")[:4]
-    cfg = PriorConfig(name="zbl", cache_dir=str(tmp_path / "a"), executor="dask", scheduler=cluster)
+    cfg = PriorConfig(name=EMT, cache_dir=str(tmp_path / "a"), executor="dask", scheduler=cluster)
     prior, splits, _ = apply_prior(cfg, {"train": frames[:3], "test": frames[3:]})
     serial, _ = prior.compute(frames[:3])
     got = np.array([f.energy for f in splits["train"]])

@@ -202,6 +202,8 @@ def test_resume_continues_to_the_same_state(tiny_data, tmp_path):
         evaluate=False,
     )
     assert second.epochs == 4
+    # the reported training time includes the first attempt's (saved with the checkpoint)
+    assert second.train_time_s > first.train_time_s
     steps_per_epoch = math.ceil(14 / 4)
     assert second.steps == 4 * steps_per_epoch
     ckpt = torch.load(split / "checkpoints" / "last.ckpt", weights_only=False)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import lightning
@@ -261,6 +262,15 @@ class PiwslModule(lightning.LightningModule):
         progress = min(1.0, step / max(1, self._cosine_total))
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def train_seconds(self) -> float:
+        """Training time of this run so far (s), earlier attempts of a resumed run included."""
+        started = getattr(self, "_fit_started", None)
+        now = 0.0 if started is None else time.perf_counter() - started
+        return getattr(self, "earlier_train_s", 0.0) + now
+
     def on_train_start(self) -> None:
         if self.train_cfg.scheduler == "cosine":
             self._cosine_total = self._total_steps()
@@ -293,6 +303,7 @@ class PiwslModule(lightning.LightningModule):
                 )
         checkpoint["piwsl_model"] = model_state(self.eval_model)
         checkpoint["piwsl_config"] = self.config_dict
+        checkpoint["piwsl_train_time_s"] = self.train_seconds()
         if self.objective.displacements is not None:
             checkpoint["piwsl_physics"] = self.objective.state_dict()
 
@@ -302,3 +313,4 @@ class PiwslModule(lightning.LightningModule):
         state = checkpoint.get("piwsl_physics")
         if state is not None:
             self.objective.load_state_dict(state)
+        self.earlier_train_s = float(checkpoint.get("piwsl_train_time_s", 0.0))

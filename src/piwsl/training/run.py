@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,10 +201,10 @@ def train(
     callbacks = build_callbacks(cfg, data, run_dir, monitor)
     with quiet_lightning():
         trainer = build_trainer(cfg, run_dir, callbacks, next_log_version(run_dir))
-    start = time.perf_counter()
     with quiet_lightning():
         trainer.fit(module, train_loader, val_loader, ckpt_path=_path(resume_from))
-    result = _result(cfg, trainer, callbacks, monitor, time.perf_counter() - start)
+    # earlier attempts of a resumed run included (the time saved with the last checkpoint)
+    result = _result(cfg, trainer, callbacks, monitor, module.train_seconds())
     if trainer.is_global_zero:
         finish_run(cfg, module, data, result, console, evaluate)
     return result
