@@ -124,6 +124,19 @@ BUDGET = (
 )
 
 
+def _log_axes(ax) -> None:
+    """Log-log axes labelled in plain numbers at the decades and a few steps between (minor
+    ticks unlabelled: their labels collide on short ranges)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+
+
 def plot_test_curves(records: list[dict], path) -> None:
     """Test force MAE (meV/Å) against training steps, one panel per (molecule, regime, model),
     every method on a shared axis: the mean over seeds (line) and each seed (faint)."""
@@ -153,8 +166,7 @@ def plot_test_curves(records: list[dict], path) -> None:
             steps = sorted(series)
             means = [sum(series[s]) / len(series[s]) for s in steps]
             ax.plot(steps, means, color=color, marker="o", ms=3, lw=1.5, label=method)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_axes(ax)
         ax.set_xlabel("training step")
         ax.set_ylabel("test force MAE (meV/Å)")
         ax.set_title(" ".join(panel), fontsize=8)
