@@ -1,0 +1,56 @@
+"""The shipped materials data set (benchmarks/materials_data.py): every frame carries what the
+provenance file says, the stress is a symmetric tensor in eV/Å³, and the relaxed reference cells
+are relaxed (forces and stress near zero) — the cell-relaxation check compares against them."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import numpy as np
+import pytest
+
+from piwsl.config import load_config
+from piwsl.data import read_frames
+
+DATASETS = resources.files("piwsl") / "datasets"
+
+
+@pytest.fixture(scope="module")
+def provenance() -> dict:
+    return json.loads((DATASETS / "materials_gfn1.provenance.json").read_text())
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_snapshots_have_energy_forces_and_symmetric_stress(split, provenance):
+    frames = read_frames(f"builtin:materials_gfn1_{split}")
+    assert len(frames) == provenance[f"n_{split}"]
+    for frame in frames:
+        assert frame.pbc.all() and abs(np.linalg.det(frame.cell)) > 100.0  # Å³
+        assert frame.energy is not None and frame.forces.shape == (len(frame.numbers), 3)
+        assert frame.stress.shape == (3, 3)
+        np.testing.assert_allclose(frame.stress, frame.stress.T, atol=1e-12)
+        # eV/Å and eV/Å³, not Hartree/Bohr or GPa: uncorrelated thermal displacements give forces
+        # of a few eV/Å (up to 37 eV/Å on two 900 K rutile frames) and stresses up to ~30 GPa
+        assert 0.1 < np.abs(frame.forces).max() < 50.0
+        assert 1e-4 < np.abs(frame.stress).max() < 0.3
+
+
+def test_relaxed_reference_cells_are_relaxed(provenance):
+    import ase.io
+
+    path = DATASETS / "materials_gfn1_relaxed.extxyz"
+    relaxed = ase.io.read(str(path), ":")
+    assert sorted(a.info["material"] for a in relaxed) == sorted(provenance["materials"])
+    for atoms in relaxed:
+        cellpar = provenance["relaxed_cellpar_A_deg"][atoms.info["material"]]
+        np.testing.assert_allclose(atoms.cell.cellpar(), cellpar, atol=1e-3)
+        assert np.abs(atoms.arrays["REF_forces"]).max() < 0.01  # eV/Å (relaxed to 0.005)
+        assert np.abs(np.asarray(atoms.info["REF_stress"])).max() < 1e-3  # eV/Å³
+
+
+def test_materials_config_reads_the_shipped_data():
+    cfg = load_config("builtin:materials")
+    assert cfg.data.train == ["builtin:materials_gfn1_train"]
+    assert cfg.data.test == ["builtin:materials_gfn1_test"]
+    assert cfg.loss.terms["stress"].weight > 0
