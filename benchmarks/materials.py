@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import ROOT, command_line, git_commit, machine_info, relative
+from common import ROOT, command_line, git_commit, machine_info, portable, relative
 from converged_protocol import Recipe
 from finetune_workflow import train_once, write_json
 
@@ -209,10 +209,13 @@ def reference_crystals() -> list:
     return out
 
 
-def relax_cells(model_path: str, tolerance_percent: float) -> dict[str, Any]:
-    """Each reference crystal strained (+3 %, sheared) and relaxed with the model: its lattice
-    parameters (Å, degrees) against GFN1-xTB's relaxed ones; ``passes`` when BFGS converged and
-    every lattice length is within ``tolerance_percent`` of the reference."""
+def relax_cells(model_path: str, tolerance_percent: float, mode: str = "free") -> dict[str, Any]:
+    """Each reference crystal strained and relaxed with the model: its lattice parameters (Å,
+    degrees) against GFN1-xTB's relaxed ones; ``passes`` when BFGS converged and every lattice
+    length is within ``tolerance_percent`` of the reference. ``free``: strained +3 % and sheared,
+    relaxed without constraints; ``symmetric``: strained +3 % isotropically and relaxed within
+    the space group (``FixSymmetry``), the protocol the GFN1-xTB reference cells were made with."""
+    from ase.constraints import FixSymmetry
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
 
@@ -222,7 +225,10 @@ def relax_cells(model_path: str, tolerance_percent: float) -> dict[str, Any]:
     out = {}
     for reference in reference_crystals():
         atoms = reference.copy()
-        atoms.set_cell(atoms.cell.array @ (np.eye(3) + RELAX_STRAIN), scale_atoms=True)
+        strain = RELAX_STRAIN if mode == "free" else 0.03 * np.eye(3)
+        atoms.set_cell(atoms.cell.array @ (np.eye(3) + strain), scale_atoms=True)
+        if mode == "symmetric":
+            atoms.set_constraint(FixSymmetry(atoms, symprec=1e-3))
         atoms.calc = calc
         opt = BFGS(FrechetCellFilter(atoms), logfile=None)
         converged = bool(opt.run(fmax=0.005, steps=500))
@@ -289,6 +295,43 @@ def fmt(stats: dict[str, Any], digits: int = 1) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
+RELAX_TITLES = {
+    "free": "strained +3 % and sheared, relaxed without constraints",
+    "symmetric": "strained +3 % isotropically, relaxed within the space group (FixSymmetry) "
+    "like the reference",
+}
+
+
+def relaxation_lines(result: dict[str, Any], mode: str, title: str) -> list[str]:
+    """The cell-relaxation table of one mode, with the check's tally."""
+    tol, runs, crystals = (
+        result["tolerance_percent"],
+        result["relaxation"][mode],
+        result["crystals"],
+    )
+    checks = [c["passes"] for relax in runs.values() for c in relax.values()]
+    lines = [
+        "",
+        f"## Cell relaxation ({title}; FrechetCellFilter + BFGS to 0.005 eV/Å)",
+        "",
+        "Largest lattice-length error (%) against GFN1-xTB's relaxed cell, per crystal and model "
+        f"(✓: converged and within {tol:g} %). Check: {sum(checks)} of {len(checks)} "
+        f"relaxations within {tol:g} %.",
+        "",
+        "| model | " + " | ".join(crystals) + " |",
+        "|---|" + "---|" * len(crystals),
+    ]
+    for name, relax in runs.items():
+        cells = [
+            f"{relax[c]['max_length_error_percent']:.2f}"
+            + ("" if relax[c]["converged"] else "*")
+            + (" ✓" if relax[c]["passes"] else " ✗")
+            for c in crystals
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, "", "(* not converged in 500 BFGS steps)", ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Materials benchmark (GFN1-xTB crystals: {', '.join(result['crystals'])})",
@@ -322,26 +365,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"{zero['forces_mae_meV_per_A']:.1f} meV/Å, stress "
             f"{zero['stress_mae_meV_per_A3']:.2f} meV/Å³.",
         ]
-    tol = result["tolerance_percent"]
-    checks = [c["passes"] for relax in result["relaxation"].values() for c in relax.values()]
-    lines += ["", "## Cell relaxation (strained +3 % and sheared, FrechetCellFilter + BFGS)", ""]
-    lines += [
-        "Largest lattice-length error (%) against GFN1-xTB's relaxed cell, per crystal and model "
-        f"(✓: converged and within {tol:g} %). Check: {sum(checks)} of {len(checks)} "
-        f"relaxations within {tol:g} %.",
-        "",
-        "| model | " + " | ".join(result["crystals"]) + " |",
-        "|---|" + "---|" * len(result["crystals"]),
-    ]
-    for name, relax in result["relaxation"].items():
-        cells = [
-            f"{relax[c]['max_length_error_percent']:.2f}"
-            + ("" if relax[c]["converged"] else "*")
-            + (" ✓" if relax[c]["passes"] else " ✗")
-            for c in result["crystals"]
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "(* not converged in 500 BFGS steps)", ""]
+    for mode, title in RELAX_TITLES.items():
+        if result["relaxation"].get(mode):
+            lines += relaxation_lines(result, mode, title)
     lines += [
         f"## NVT MD stability ({result['md']['temperature_K']:.0f} K, "
         f"{result['md']['length_ps']:g} ps, 2 fs, Langevin)",
@@ -376,6 +402,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--patience", type=int, default=2, help="validations before lr × 0.5")
     parser.add_argument("--early-stop", type=int, default=6, help="validations without a gain")
     parser.add_argument("--tolerance", type=float, default=1.0, help="%% of the lattice lengths")
+    parser.add_argument(
+        "--relax-modes", nargs="+", default=["free", "symmetric"], choices=["free", "symmetric"]
+    )
     parser.add_argument("--md-temperature", type=float, default=600.0)
     parser.add_argument("--md-ps", type=float, default=1.0)
     parser.add_argument("--md-variants", nargs="+", default=["EFS", "EFS_piwsl2"])
@@ -403,14 +432,15 @@ def evaluate_runs(
         for r in items:
             model = r["summary"]["best_model"] or r["summary"]["final_model"]
             run_dir = WORK / r["name"]
-            if "chgnet" not in variant:  # an external prior gives no stress
+            for mode in args.relax_modes if "chgnet" not in variant else ():  # prior: no stress
                 key = model_key(model, strain=RELAX_STRAIN.tolist(), tolerance=args.tolerance)
-                relax[r["name"]] = cached(
-                    run_dir / "cell_relaxation.json",
+                suffix = "" if mode == "free" else f"_{mode}"
+                relax.setdefault(mode, {})[r["name"]] = cached(
+                    run_dir / f"cell_relaxation{suffix}.json",
                     key,
-                    lambda m=model: relax_cells(m, args.tolerance),
+                    lambda m=model, mode=mode: relax_cells(m, args.tolerance, mode),
                 )
-                print(f"{r['name']}: cell relaxation {relax[r['name']]}", flush=True)
+                print(f"{r['name']}: cell relaxation ({mode}) {relax[mode][r['name']]}", flush=True)
             if variant in args.md_variants:
                 key = model_key(model, temperature_K=args.md_temperature, ps=args.md_ps)
                 md[r["name"]] = cached(
@@ -459,6 +489,10 @@ def main() -> None:
             v: [
                 {
                     **r,
+                    "timing": {
+                        **r["timing"],
+                        "command": [portable(c) for c in r["timing"]["command"]],
+                    },
                     "summary": {
                         k: r["summary"].get(k)
                         for k in ("steps", "stopped_by", "best_score", "test")
@@ -478,7 +512,7 @@ def main() -> None:
     relax, md = evaluate_runs(runs, args)
     result["relaxation"] = relax
     result["tolerance_percent"] = args.tolerance
-    result["crystals"] = sorted(next(iter(relax.values()))) if relax else []
+    result["crystals"] = sorted(next(iter(relax["free"].values()))) if relax.get("free") else []
     result["md"] = {"temperature_K": args.md_temperature, "length_ps": args.md_ps, "runs": md}
     result["wall_time_s"] = round(time.perf_counter() - start, 1)
     out = Path(args.out)
