@@ -285,7 +285,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "| model | protocol | stable | mean TTF (ps) | median TTF (ps) | failures | "
-        "NVE drift (meV/atom/ps) | NVE fluct. (meV/atom) | h(r) error | steps/s | model share |",
+        "NVE drift (meV/atom/ps) | NVE fluct. (meV/atom) | h(r) error | steps/s per replica | model share |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, model in result["models"].items():
