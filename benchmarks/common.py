@@ -103,3 +103,19 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + (" (+ uncommitted changes)" if dirty else "")
+
+
+#: method → the method it is compared with (the method names of benchmarks/rmd17.py): the
+#: physics terms against plain training, the physics terms on a Δ correction against Δ alone.
+BASELINES = {"piwsl_2nd": "plain", "piwsl": "plain", "delta_piwsl_2nd": "delta"}
+
+
+def baseline_of(method: str, present: set[str] | list[str]) -> str | None:
+    """The method of ``present`` that ``method`` is compared with: its ``BASELINES`` entry (the
+    variant keys in brackets ignored), else plain training (the first ``plain…`` name); None for
+    the baseline itself or when it is absent."""
+    base = BASELINES.get(method.split("[")[0], "plain")
+    name = next((m for m in sorted(present) if m == base or m.startswith(base + "[")), None)
+    if name is None and base != "plain":
+        name = next((m for m in sorted(present) if m.startswith("plain")), None)
+    return None if name == method else name

@@ -42,7 +42,15 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, command_line, git_commit, machine_info, portable, relative
+from common import (
+    BASELINES,
+    ROOT,
+    command_line,
+    git_commit,
+    machine_info,
+    portable,
+    relative,
+)
 
 DATA = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_test_01.npz"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -310,10 +318,6 @@ def markdown(result: dict[str, Any]) -> str:
         for name, s in model["protocols"].items():
             lines.append(f"- {label} / {name}: `{s['run_dir']}`")
     return "\n".join(lines) + "\n"
-
-
-#: method → the method it is compared with (the run names of benchmarks/rmd17.py, seed last)
-BASELINES = {"piwsl_2nd": "plain", "piwsl": "plain", "delta_piwsl_2nd": "delta"}
 
 
 def seed_group(label: str) -> tuple[str, str] | None:
