@@ -215,6 +215,22 @@ class TrainingConfig(_Section):
     strategy: str = "auto"
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads; None: default")
     dtype: Literal["float32", "float64"] = "float32"
+    compile: bool | Literal["inductor", "aot_eager"] = Field(
+        False,
+        description=(
+            "compiled training: energies and forces from one compiled graph per kind of call "
+            "(torch.compile; the first steps wait for the compilation). true = 'inductor'; "
+            "'aot_eager' traces without generating code (checks, debugging). A model that "
+            "cannot be traced trains eagerly, with a warning"
+        ),
+    )
+    flush_denormal: bool = Field(
+        True,
+        description=(
+            "CPU: treat denormal floats as zero while training (denormals, e.g. from SchNet's "
+            "Gaussian basis, make matrix products many times slower)"
+        ),
+    )
     log_every_n_steps: int = Field(50, gt=0)
 
     @model_validator(mode="after")

@@ -36,13 +36,12 @@ def energy_mse(
     Defaults: per-atom energies in eV (eV²/atom²). ``unit`` is the size of the loss's energy unit
     in eV (e.g. :data:`piwsl.units.KCAL_MOL`).
     """
+    # masked by torch.where, not by indexing: nothing is read back from the device
     mask = batch.energy_mask
-    if not bool(mask.any()):
-        return output["energy"].new_zeros(())
-    diff = (output["energy"][mask] - batch.energy[mask]) / unit
+    diff = torch.where(mask, output["energy"] - batch.energy, 0.0) / unit
     if per_atom:
-        diff = diff / batch.n_atoms[mask]
-    return (diff**2).mean()
+        diff = diff / batch.n_atoms
+    return (diff**2).sum() / mask.sum().clamp_min(1)
 
 
 def forces_mse(output: dict[str, torch.Tensor], batch: Batch, unit: float = 1.0) -> torch.Tensor:
@@ -50,10 +49,9 @@ def forces_mse(output: dict[str, torch.Tensor], batch: Batch, unit: float = 1.0)
 
     Default (eV/Å)²; ``unit`` is the energy unit in eV (forces in unit/Å).
     """
-    mask = batch.atom_forces_mask
-    if not bool(mask.any()):
-        return output["forces"].new_zeros(())
-    return (((output["forces"][mask] - batch.forces[mask]) / unit) ** 2).mean()
+    mask = batch.atom_forces_mask.unsqueeze(1)
+    diff = torch.where(mask, output["forces"] - batch.forces, 0.0) / unit
+    return (diff**2).sum() / (3 * mask.sum()).clamp_min(1)
 
 
 class Objective:
@@ -88,7 +86,7 @@ class Objective:
         return forces_mse(output, batch, self.unit)
 
     def needs_forces(self, batch: Batch) -> bool:
-        return self.force_weight > 0 and bool(batch.forces_mask.any())
+        return self.force_weight > 0 and batch.has_forces
 
     def __call__(self, model, batch: Batch) -> ObjectiveResult:
         need_forces = self.needs_forces(batch)

@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from piwsl.data.batch import Batch, scatter_sum
+from piwsl.data.batch import Batch, concat, scatter_sum
 from piwsl.errors import ConfigError
 from piwsl.physics.config import PhysicsConfig
 from piwsl.physics.displacements import check_skin, missing_pairs, sample_displacements
+from piwsl.physics.subset import choose_structures, restrict
 from piwsl.units import energy_factor
 
 
@@ -47,8 +48,13 @@ class CopyOutputs:
     forces: dict[str, torch.Tensor | None]
     d1: torch.Tensor  # C − A actually applied, Å
     d2: torch.Tensor  # B − A actually applied, Å
+    #: with ``physics.fraction`` < 1: the output at A for the whole batch (the dicts above then
+    #: hold the displaced structures only)
+    full_a: dict[str, torch.Tensor] | None = None
 
     def output_a(self) -> dict[str, torch.Tensor]:
+        if self.full_a is not None:
+            return self.full_a
         out = {"energy": self.energy["A"]}
         if self.forces.get("A") is not None:
             out["forces"] = self.forces["A"]
@@ -78,6 +84,8 @@ def evaluate_copies(
     forces_at: tuple[str, ...] = ("A", "B", "C"),
     mode: str = "fused",
     create_graph: bool | None = None,
+    chosen: torch.Tensor | None = None,
+    sub: Batch | None = None,
 ) -> CopyOutputs:
     """Evaluate ``model`` (a ForceField) at A, B = A + d2, C = A + d1.
 
@@ -87,16 +95,21 @@ def evaluate_copies(
     (one fused pass over the copies that need forces, one over those that need only energies;
     the same as fused for direct models) or ``"three_pass"`` (one pass per copy).
     ``create_graph`` defaults to ``torch.is_grad_enabled()`` so that the losses can be
-    differentiated even in eval mode.
+    differentiated even in eval mode. ``chosen``: indices of the structures that get displaced
+    copies (``physics.fraction``); A is evaluated for the whole batch, B and C for these only,
+    ``d1``/``d2`` hold their atoms, and the returned outputs are theirs (whole-batch A in
+    ``full_a``); ``sub`` is ``batch.select(chosen)`` where the caller has built it already.
     """
     if create_graph is None:
         create_graph = torch.is_grad_enabled()
-    pos_a = batch.positions.detach()
-    positions = {"A": pos_a, "B": pos_a + d2, "C": pos_a + d1}
+    if sub is None:
+        sub = batch if chosen is None else batch.select(chosen)
+    pos = sub.positions.detach()
+    bases = {"A": batch, "B": sub, "C": sub}
+    positions = {"A": batch.positions.detach(), "B": pos + d2, "C": pos + d1}
     names = [c for c in ("A", "B", "C") if c == "A" or c in copies]
     energy: dict[str, torch.Tensor] = {}
     forces: dict[str, torch.Tensor | None] = {}
-    S, N = batch.n_structures, pos_a.shape[0]
     if mode == "fused" or (mode == "split" and getattr(model, "direct_forces", False)):
         groups = [names]
     elif mode == "split":
@@ -111,21 +124,29 @@ def evaluate_copies(
         raise ValueError(f"unknown evaluation mode {mode!r}; use 'fused', 'split' or 'three_pass'")
     for group in groups:
         need = any(c in forces_at for c in group)
-        big = (
-            batch.repeat([positions[c] for c in group])
-            if len(group) > 1
-            else (batch.with_positions(positions[group[0]]))
-        )
+        pieces = [bases[c].with_positions(positions[c]) for c in group]
+        big = pieces[0] if len(pieces) == 1 else concat(pieces)
         out = model(big, compute_forces=need, create_graph=create_graph)
         f = out.get("forces")
-        for k, c in enumerate(group):
-            energy[c] = out["energy"][k * S : (k + 1) * S]
-            forces[c] = f[k * N : (k + 1) * N] if f is not None else None
+        s0 = n0 = 0
+        for c, piece in zip(group, pieces, strict=True):
+            S, N = piece.n_structures, piece.positions.shape[0]
+            energy[c] = out["energy"][s0 : s0 + S]
+            forces[c] = f[n0 : n0 + N] if f is not None else None
+            s0, n0 = s0 + S, n0 + N
+    full_a = None
+    if chosen is not None:
+        full_a = {"energy": energy["A"], "forces": forces["A"]}
+        if forces["A"] is None:
+            del full_a["forces"]
+        part = restrict(full_a, batch, chosen)
+        energy["A"], forces["A"] = part["energy"], part.get("forces")
     return CopyOutputs(
         energy=energy,
         forces=forces,
-        d1=positions["C"] - pos_a,
-        d2=positions["B"] - pos_a,
+        d1=positions["C"] - pos,
+        d2=positions["B"] - pos,
+        full_a=full_a,
     )
 
 
@@ -143,15 +164,14 @@ def taylor_residual(
     if second_order:
         f_a = 0.5 * (f_a + f_c)
     target = out.energy["A"] - per_structure_dot(out.d1, f_a, batch)
-    if anchor_to_labels:
+    if anchor_to_labels:  # selected by torch.where: no host read of the masks
         both = batch.energy_mask & batch.forces_mask
-        if bool(both.any()):
-            f_ref = _labelled_forces(batch).to(out.d1.dtype)
-            if second_order:
-                f_ref = 0.5 * (f_ref + f_c)
-            e_ref = torch.where(both, batch.energy, 0.0)
-            anchored = e_ref - per_structure_dot(out.d1, f_ref, batch)
-            target = torch.where(both, anchored, target)
+        f_ref = _labelled_forces(batch).to(out.d1.dtype)
+        if second_order:
+            f_ref = 0.5 * (f_ref + f_c)
+        e_ref = torch.where(both, batch.energy, 0.0)
+        anchored = e_ref - per_structure_dot(out.d1, f_ref, batch)
+        target = torch.where(both, anchored, target)
     return out.energy["C"] - target
 
 
@@ -286,12 +306,17 @@ class PhysicsTerms:
         displacements: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> PhysicsResult:
         c = self.config
-        d1, d2 = displacements if displacements is not None else self.sample(batch, step)
+        at = self.step if step is None else step
         if step is None and displacements is None and getattr(model, "training", False):
             self.step += 1
+            if at % c.every_n_steps:  # physics.every_n_steps: a supervised-only step
+                return PhysicsResult(output=model(batch, compute_forces=need_forces))
+        chosen = choose_structures(batch, c.fraction, c.seed, at) if c.fraction < 1 else None
+        sub = batch if chosen is None else batch.select(chosen)
+        d1, d2 = displacements if displacements is not None else self.sample(sub, at)
         copies, forces_at = self.plan(need_forces)
         if not self.verified:
-            self.verify(model, batch, d1, d2)
+            self.verify(model, sub, d1, d2)
         out = evaluate_copies(
             model,
             batch,
@@ -300,8 +325,10 @@ class PhysicsTerms:
             copies=copies,
             forces_at=forces_at,
             mode=c.evaluation,
+            chosen=chosen,
+            sub=sub,
         )
-        return self.losses(out, batch)
+        return self.losses(out, sub)
 
     def losses(self, out: CopyOutputs, batch: Batch) -> PhysicsResult:
         """The weighted terms from evaluated copies (pure function of ``out`` and ``batch``)."""

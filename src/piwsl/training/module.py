@@ -1,6 +1,7 @@
 """The Lightning module: a force field, its EMA copy, the objective, optimiser and schedule.
 
-Training steps evaluate the :class:`~piwsl.objective.Objective` on the live model and log every
+Training steps evaluate the :class:`~piwsl.objective.Objective` on the live model (with
+``training.compile``, through :class:`~piwsl.models.compiled.CompiledForceField`) and log every
 term raw and weighted (``train_<term>_raw`` / ``train_<term>_weighted``). Validation runs on the EMA
 copy (forces by autograd inside ``torch.enable_grad``, ``create_graph=False``) and logs MAE/RMSE
 with units in the names: ``val_energy_mae_meV``, ``val_energy_mae_meV_per_atom``,
@@ -30,6 +31,7 @@ import torch
 from piwsl.config import LossConfig, TrainingConfig
 from piwsl.data.batch import Batch
 from piwsl.errors import NonFiniteError
+from piwsl.models.base import trusted_species
 from piwsl.models.forces import ForceField
 from piwsl.models.io import model_state
 from piwsl.objective import Objective
@@ -86,8 +88,9 @@ class ExponentialMovingAverage:
         # matched by name: a deep copy need not list shared tensors in the same order (e3nn
         # modules in MACE rebuild some buffers when copied)
         ema_params = dict(ema.named_parameters())
-        for name, p in model.named_parameters():
-            ema_params[name].lerp_(p.detach(), 1.0 - d)
+        pairs = [(ema_params[name], p.detach()) for name, p in model.named_parameters()]
+        if pairs:  # one fused update (few kernel launches on a GPU)
+            torch._foreach_lerp_([a for a, _ in pairs], [b for _, b in pairs], 1.0 - d)
         ema_buffers = dict(ema.named_buffers())
         for name, b in model.named_buffers():
             ema_buffers[name].copy_(b)
@@ -125,6 +128,13 @@ class PiwslModule(lightning.LightningModule):
                 p.requires_grad_(False)
             self.ema = ExponentialMovingAverage(float(training.ema_decay))
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self._ema_count: int | None = None  # host copy of ema_updates (no device read per step)
+        self._compiled = None  # training.compile: a CompiledForceField over self.model
+        if training.compile:
+            from piwsl.models.compiled import CompiledForceField
+
+            backend = "inductor" if training.compile is True else training.compile
+            self._compiled = CompiledForceField(model, backend=backend)
         self._nonfinite_in_row = 0
         self._skipped_step = False
         self._cosine_total = 1
@@ -135,8 +145,17 @@ class PiwslModule(lightning.LightningModule):
     def eval_model(self) -> ForceField:
         return self.ema_model if self.use_ema else self.model
 
+    @property
+    def training_model(self) -> Any:
+        """What the training steps evaluate: the model, or its compiled wrapper."""
+        return self._compiled if self._compiled is not None else self.model
+
+    def compile_stats(self) -> dict[str, Any] | None:
+        """What compiled training did (graphs, compilations, time, eager calls), or None."""
+        return self._compiled.stats.as_dict() if self._compiled is not None else None
+
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int):
-        return batch.to(device=device)
+        return batch.to(device=device, non_blocking=True)
 
     # ---- training ---------------------------------------------------------------------------
     def jitter(self, batch: Batch) -> Batch:
@@ -151,7 +170,8 @@ class PiwslModule(lightning.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int):
         batch = self.jitter(batch)
-        result = self.objective(self.model, batch)
+        with trusted_species():  # the training data's elements were checked when prepared
+            result = self.objective(self.training_model, batch)
         total = result.total
         n = batch.n_structures
         self._skipped_step = False
@@ -238,7 +258,10 @@ class PiwslModule(lightning.LightningModule):
         if self._skipped_step:  # no optimiser update this step: nothing to average
             return
         if self.use_ema:
-            self.ema.update(self.ema_model, self.model, int(self.ema_updates))
+            if self._ema_count is None:  # once per fit: the count read back from the device
+                self._ema_count = int(self.ema_updates)
+            self.ema.update(self.ema_model, self.model, self._ema_count)
+            self._ema_count += 1
             self.ema_updates += 1
 
     def on_train_epoch_start(self) -> None:
@@ -344,6 +367,7 @@ class PiwslModule(lightning.LightningModule):
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def on_train_start(self) -> None:
+        self._ema_count = None  # re-read after a checkpoint was restored
         if self.train_cfg.scheduler == "cosine":
             self._cosine_total = self._total_steps()
 

@@ -439,6 +439,19 @@ def _quiet_lightning():
                 logging.getLogger(n).setLevel(level)
 
 
+@contextlib.contextmanager
+def flush_denormal(enabled: bool):
+    """CPU: denormal floats are read and written as zero inside the block (``torch``'s process
+    flag, reset to the default, off, at the end). Values below 1.2e-38 (float32) become zero."""
+    if not (enabled and torch.set_flush_denormal(True)):
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -638,7 +651,7 @@ def train(
             use_distributed_sampler=False,
         )
     start = time.perf_counter()
-    with _quiet_lightning():
+    with _quiet_lightning(), flush_denormal(tcfg.flush_denormal):
         trainer.fit(
             module,
             train_loader,
@@ -681,6 +694,13 @@ def train(
         f"[bold]trained[/] {result.epochs} epochs / {result.steps} steps in {train_time:.1f} s; "
         f"best {monitor} = {_fmt(result.best_score)}"
     )
+    compiled = module.compile_stats()
+    if compiled is not None:
+        console.print(
+            f"[bold]compiled[/] {compiled['graphs']} graph(s) in {compiled['compile_time_s']:.1f}"
+            f" s, {compiled['recompiles']} recompilation(s); {compiled['compiled_calls']} compiled"
+            f" and {compiled['eager_calls']} eager model calls"
+        )
     if evaluate:
         # with a prior: the test (or full-label validation) frames, scored on the total prediction
         val_full = data.val_reference if data.val_reference is not None else data.val
@@ -715,6 +735,7 @@ def train(
         "steps": result.steps,
         "train_time_s": round(train_time, 2),
         "stopped_by": result.stopped_by,
+        "compile": compiled,
         "test_metrics": str(result.test_metrics_path) if result.test_metrics_path else None,
         "test_parity_plot": str(result.test_plot_path) if result.test_plot_path else None,
         "test": result.test_metrics,
