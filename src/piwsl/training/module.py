@@ -322,7 +322,10 @@ class PiwslModule(lightning.LightningModule):
         cfg = self.train_cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
         cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        optimizer = cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # the fused kernel: one call for all parameters instead of ~10 small ops per tensor (on
+        # one CPU thread the per-tensor loop took as long as a small model's forward pass)
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        optimizer = cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
         if cfg.scheduler == "none":
             return optimizer
         if cfg.scheduler == "plateau":
