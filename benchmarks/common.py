@@ -1,14 +1,55 @@
-"""What every benchmark records beside its numbers: the machine and the git commit."""
+"""What every benchmark records beside its numbers: the machine, the git commit, and paths that
+mean something on another machine (relative to the checkout, never this machine's absolute ones).
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: An absolute path inside a text: starts with "/", not preceded by a word character, a dot, a
+#: colon or a slash (URLs, relative paths), and runs until whitespace, a quote or a bracket.
+_ABSOLUTE = re.compile(r"(?<![\w.:/~-])/[^\s'\"`,;|()\[\]{}<>]+")
+#: Interpreters, written as ``python`` in recorded commands.
+_PYTHON = re.compile(r".*/bin/python(\d+(\.\d+)?)?$")
+
+
+def relative(path: str | Path, root: Path = ROOT) -> str:
+    """``path`` as recorded in results: relative to the checkout ``root`` when it lies in the same
+    top-level folder (``benchmarks/results/x.json``, ``../shared/data/...``; a relative ``path``
+    is taken relative to the working directory first), ``python`` for an interpreter,
+    ``builtin:`` names and anything else (``/tmp/…``, system files) unchanged."""
+    text = str(path)
+    if not text or ":" in text.split("/", 1)[0]:  # builtin:NAME, URLs
+        return text
+    if not text.startswith("/"):  # relative to the working directory
+        text = os.path.abspath(text)
+    if text == sys.executable or _PYTHON.match(text):
+        return "python"
+    top = "/" + root.parts[1] if len(root.parts) > 1 else "/"
+    if text == top or text.startswith(top + "/"):
+        return os.path.relpath(text, root)
+    return text
+
+
+def portable(text: str, root: Path = ROOT) -> str:
+    """``text`` (a command line, a message) with every absolute path in it :func:`relative`."""
+    return _ABSOLUTE.sub(lambda m: relative(m.group(0), root), text)
+
+
+def command_line(argv: list[str] | None = None, script: str | None = None) -> str:
+    """The command that ran this benchmark, as recorded: ``python benchmarks/x.py --opt ...``
+    with paths relative to the checkout."""
+    args = sys.argv[1:] if argv is None else argv
+    script = script or relative(Path(sys.argv[0]).resolve())
+    return portable(" ".join(["python", script, *map(str, args)]))
 
 
 def cpu_model() -> str:

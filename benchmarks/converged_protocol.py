@@ -4,9 +4,11 @@ Every run trains until its validation score stops improving, under a hard step c
 
 - validation (the EMA model on 50 held-out frames of the train file) about every 200 optimisation
   steps (every ``val_every_n_epochs`` epochs, rounded from the regime's steps per epoch);
-- the learning rate halves after ``PLATEAU_PATIENCE`` validations without improvement;
-- the run stops after ``EARLY_STOP`` validations without improvement (``stopped_by: plateau``) or at
-  the regime's step cap (``stopped_by: cap``);
+- the learning rate halves after ``PLATEAU_PATIENCE`` validations in a row that do not improve the
+  best score by ``PLATEAU_THRESHOLD`` (relative): about 1,000 steps that gain less than 2 %;
+- the run stops when the learning rate has been halved ``HALVINGS`` times, or after
+  ``EARLY_STOP`` validations without any improvement (both ``stopped_by: plateau``), or at the
+  regime's step cap (``stopped_by: cap``);
 - the model tested is the EMA checkpoint with the best validation score (force MAE where the
   validation frames carry forces, energy MAE in the energy-only regimes); the test-set learning
   curve (``TEST_CURVE_STEPS``) is recorded for the plots and never read by selection.
@@ -35,11 +37,13 @@ MODELS: dict[str, list[str]] = {
 }
 
 VALIDATE_EVERY_STEPS = 200
-PLATEAU_PATIENCE = 10  # validations
+PLATEAU_PATIENCE = 5  # validations (≈ 1,000 steps)
 PLATEAU_FACTOR = 0.5
-EARLY_STOP = 25  # validations without improvement
+PLATEAU_THRESHOLD = 0.02  # a validation must beat the best by 2 % to count as an improvement
+HALVINGS = 4  # stop at lr0 / 2**4
+EARLY_STOP = 20  # validations without any improvement
 #: Steps at which the EMA model's test errors are recorded (those below the cap).
-TEST_CURVE_STEPS = [250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 64000]
+TEST_CURVE_STEPS = [250, 500, 1000, 2000, 4000, 8000, 12000, 16000, 24000, 32000]
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class Recipe:
             "training.scheduler=plateau",
             f"training.plateau_factor={PLATEAU_FACTOR}",
             f"training.plateau_patience={PLATEAU_PATIENCE}",
+            f"training.plateau_threshold={PLATEAU_THRESHOLD}",
+            f"training.stop_lr={self.lr * PLATEAU_FACTOR**HALVINGS:.6g}",
             f"training.early_stopping_patience={EARLY_STOP}",
             f"training.val_every_n_epochs={val_every}",
             f"training.ema_decay={self.ema_decay}",
@@ -76,37 +82,41 @@ class Recipe:
 #: Per regime; loss weights are the driver's PAPER_UNITS convention (w_E = 1 on total energies
 #: in kcal/mol, w_F = 10 on forces in kcal/mol/Å) for every regime.
 RECIPES: dict[str, Recipe] = {
-    "EF_50": Recipe(batch_size=5, lr=2e-3, cap_steps=40000),
-    "EF_100": Recipe(batch_size=5, lr=2e-3, cap_steps=40000),
-    "EF_1000": Recipe(batch_size=5, lr=2e-3, cap_steps=60000),
+    "EF_50": Recipe(batch_size=5, lr=2e-3, cap_steps=30000),
+    "EF_100": Recipe(batch_size=5, lr=2e-3, cap_steps=30000),
+    "EF_1000": Recipe(batch_size=5, lr=2e-3, cap_steps=40000),
     "E_only_1000": Recipe(batch_size=16, lr=2e-3, cap_steps=30000),
 }
 
 C, D = "painn32_conservative", "painn32_direct"
 
-#: The cells (molecule, regime, model, method), in the order they are trained: the models the
-#: MD study needs first (aspirin EF_100 and the energy-only Δ models), the rest after.
-CELLS: list[tuple[str, str, str, str]] = [
-    *[("aspirin", "EF_100", m, meth) for m in (C, D) for meth in ("plain", "piwsl_2nd")],
-    *[("aspirin", "E_only_1000", C, meth) for meth in ("delta", "delta_piwsl_2nd")],
-    *[("ethanol", "EF_100", m, meth) for m in (C, D) for meth in ("plain", "piwsl_2nd")],
-    *[(mol, "EF_50", m, meth) for mol in ("ethanol", "aspirin") for m in (C, D)
-      for meth in ("plain", "piwsl_2nd")],
-    *[(mol, "EF_100", D, "piwsl") for mol in ("ethanol", "aspirin")],  # the paper's 1st order
-    *[("ethanol", "E_only_1000", C, meth) for meth in ("delta", "delta_piwsl_2nd")],
-    *[(mol, "E_only_1000", C, meth) for mol in ("ethanol", "aspirin")
-      for meth in ("plain", "piwsl_2nd")],
-    *[(mol, "E_only_1000", D, meth) for mol in ("ethanol", "aspirin")
-      for meth in ("plain", "piwsl_2nd")],
-    ("ethanol", "EF_1000", C, "plain"),  # the sanity anchor
+#: The cells (molecule, regime, model, method) in blocks, trained block by block and, within a
+#: block, seed by seed: a block's verdict (3 seeds) is complete before the next block starts. The
+#: models the MD study needs come first (aspirin EF_100, then the aspirin energy-only Δ models),
+#: then the energy-only direct cell, the one where PIWSL paid at 1,000 steps.
+BLOCKS: list[list[tuple[str, str, str, str]]] = [
+    [("aspirin", "EF_100", m, meth) for m in (C, D) for meth in ("plain", "piwsl_2nd")],
+    [("aspirin", "E_only_1000", C, meth) for meth in ("delta", "delta_piwsl_2nd")],
+    [(mol, "E_only_1000", D, meth) for mol in ("ethanol", "aspirin")
+     for meth in ("plain", "piwsl_2nd")],  # where PIWSL paid at 1,000 steps
+    [("ethanol", "EF_100", m, meth) for m in (C, D) for meth in ("plain", "piwsl_2nd")],
+    [(mol, "EF_100", D, "piwsl") for mol in ("ethanol", "aspirin")],  # the paper's 1st order
+    [("ethanol", "E_only_1000", C, meth) for meth in ("delta", "delta_piwsl_2nd")],
+    [(mol, "E_only_1000", C, meth) for mol in ("ethanol", "aspirin")
+     for meth in ("plain", "piwsl_2nd")],
+    [(mol, "EF_50", m, meth) for mol in ("ethanol", "aspirin") for m in (C, D)
+     for meth in ("plain", "piwsl_2nd")],
+    [("ethanol", "EF_1000", C, "plain")],  # the sanity anchor
 ]  # fmt: skip
+CELLS = [cell for block in BLOCKS for cell in block]
 
 SEEDS = [0, 1, 2]
 
 BUDGET = (
     "until validation stops improving: validation about every "
     f"{VALIDATE_EVERY_STEPS} steps, lr × {PLATEAU_FACTOR} after {PLATEAU_PATIENCE} validations "
-    f"without improvement, stop after {EARLY_STOP}; step caps "
+    f"without a {100 * PLATEAU_THRESHOLD:g} % improvement, stop at lr0 × {PLATEAU_FACTOR}^{HALVINGS} "
+    f"or after {EARLY_STOP} validations without any improvement; step caps "
     + ", ".join(f"{k} {r.cap_steps}" for k, r in RECIPES.items())
     + "; recipe per regime (batch, lr): "
     + ", ".join(f"{k} ({r.batch_size}, {r.lr:g})" for k, r in RECIPES.items())

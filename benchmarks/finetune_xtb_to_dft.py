@@ -31,16 +31,29 @@ run continues where it stopped. Runs go one at a time with ``--threads`` torch t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from common import git_commit, machine_info
+from common import portable
+from finetune_workflow import (
+    MODEL,
+    PIWSL_2ND,
+    PLAIN,
+    add_training_arguments,
+    energy_only_overrides,
+    fmt,
+    pick,
+    pretrain_overrides,
+    read_json,
+    run_header,
+    run_logged,
+    train_once,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -49,26 +62,6 @@ STEM = "finetune_xtb_to_dft"
 DFT_TRAIN = "builtin:ethanol_train"
 DFT_TEST = "builtin:ethanol_test"
 
-#: The README main job's model (PaiNN with conservative forces).
-MODEL = [
-    "model.name=painn",
-    "model.cutoff=5.0",
-    "model.hparams={features: 64, interactions: 3, n_rbf: 20, forces: conservative}",
-]
-
-#: The paper's convention (total energies in kcal/mol), the one its physics weights were tuned in.
-PAPER_UNITS = [
-    "loss.energy_unit=kcal/mol",
-    "loss.per_atom_energy=false",
-    "physics.weight_energy_unit=kcal/mol",
-]
-PLAIN = ["physics.taylor_weight=0", "physics.spatial_weight=0"]
-PIWSL_2ND = [
-    "physics.taylor_weight=1.2",
-    "physics.spatial_weight=0.01",
-    "physics.second_order=true",
-]
-ENERGY_ONLY = ["data.train_labels=energy", "loss.energy_weight=1.0", "loss.force_weight=0"]
 
 #: Fine-tuning variants: (start from the pre-trained model?, physics settings).
 VARIANTS: dict[str, tuple[bool, list[str]]] = {
@@ -80,55 +73,6 @@ VARIANTS: dict[str, tuple[bool, list[str]]] = {
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def env(threads: int) -> dict[str, str]:
-    return dict(
-        os.environ,
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        OPENBLAS_NUM_THREADS=str(threads),
-    )
-
-
-def run_logged(cmd: list[str], log: Path, threads: int) -> float:
-    """Run ``cmd`` from the repository root with its output in ``log``; wall time, s."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print("$ " + " ".join(cmd[2:] if cmd[:2] == [sys.executable, "-m"] else cmd), flush=True)
-    start = time.perf_counter()
-    with log.open("w") as handle:
-        proc = subprocess.run(
-            cmd, env=env(threads), stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise SystemExit(f"command failed (exit {proc.returncode}), log {log}:\n{tail}")
-    return wall
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def pick(metrics: dict[str, Any] | None) -> dict[str, Any]:
-    """The headline test numbers (meV, meV/atom, meV/Å) of a metrics dict."""
-    m = metrics or {}
-    keys = (
-        "energy_mae_meV",
-        "energy_mae_meV_per_atom",
-        "energy_rmse_meV",
-        "forces_mae_meV_per_A",
-        "forces_rmse_meV_per_A",
-        "n_frames",
-    )
-    return {k: m.get(k) for k in keys}
 
 
 # ---------------------------------------------------------------------------------- steps
@@ -170,38 +114,6 @@ def label(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return record
 
 
-def train_once(
-    args: argparse.Namespace, work: Path, name: str, overrides: list[str]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``piwsl train`` in ``work/name`` unless it finished before with the same command.
-
-    Returns the run's ``summary.json`` and its timing record (wall time, command).
-    """
-    run_dir = work / name
-    summary_path, timing = run_dir / "summary.json", run_dir / "run_wall_time.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "piwsl.cli",
-        "train",
-        "builtin:ethanol",
-        *overrides,
-        f"training.num_threads={args.threads}",
-        "output.progress_bar=false",
-        "output.overwrite=true",
-        "--run-dir",
-        str(run_dir),
-    ]
-    done = summary_path.exists() and timing.exists()
-    if done and read_json(timing).get("command") != cmd[2:]:
-        print(f"{name}: settings changed since the finished run, training again", flush=True)
-        done = False
-    if args.force or not done:
-        wall = run_logged(cmd, work / "logs" / f"{name}.log", args.threads)
-        write_json(timing, {"wall_time_s": wall, "command": cmd[2:]})
-    return read_json(summary_path), read_json(timing)
-
-
 def train_run(
     args: argparse.Namespace, work: Path, name: str, overrides: list[str]
 ) -> dict[str, Any]:
@@ -217,13 +129,13 @@ def train_run(
         "steps": summary.get("steps"),
         "monitor": summary.get("monitor"),
         "best_score": summary.get("best_score"),
-        "best_model": summary.get("best_model"),
+        "best_model": portable(summary["best_model"]) if summary.get("best_model") else None,
         "train_ms_per_step_incl_validation": round(
             1e3 * summary["train_time_s"] / summary["steps"], 1
         )
         if summary.get("steps") and summary.get("train_time_s")
         else None,
-        "command": "python -m " + " ".join(timing["command"]),
+        "command": portable("python -m " + " ".join(timing["command"])),
         "test": pick(summary.get("test")),
         "test_final_model": final,
     }
@@ -263,28 +175,6 @@ def summary_mtime(run_dir: Path) -> float:
     return (run_dir / "summary.json").stat().st_mtime
 
 
-def pretrain_overrides(
-    args: argparse.Namespace, train: str, test: str, extra: list[str] | None = None
-) -> list[str]:
-    """``piwsl train`` overrides of a pre-training on energies + forces (``extra``: e.g. a prior)."""
-    return [
-        f"data.train={train}",
-        f"data.test={test}",
-        f"data.n_train={args.pretrain_n_train}",
-        f"data.n_val={args.pretrain_n_val}",
-        "data.split_seed=0",
-        *MODEL,
-        *PLAIN,
-        *(extra or []),
-        "loss.energy_weight=1.0",
-        "loss.force_weight=10.0",
-        f"training.max_epochs={args.pretrain_epochs}",
-        f"training.lr={args.pretrain_lr}",
-        "training.scheduler=cosine",
-        "training.seed=0",
-    ]
-
-
 def pretrain(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     overrides = pretrain_overrides(
         args, str(work / "xtb_train.extxyz"), str(work / "xtb_test.extxyz")
@@ -292,29 +182,6 @@ def pretrain(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     record = train_run(args, work, "pretrain_xtb", overrides)
     record["test_set"] = "GFN2-xTB labels of the 1,000 rMD17 test positions"
     return record
-
-
-def energy_only_overrides(
-    args: argparse.Namespace, train: str, test: str, n: int, physics: list[str], seed: int
-) -> list[str]:
-    """``piwsl train`` overrides of an energy-only run on N frames (about ``finetune_steps``
-    optimiser steps, paper loss units; ``physics``: the PIWSL settings and anything else)."""
-    epochs = max(1, round(args.finetune_steps / math.ceil(n / args.batch_size)))
-    return [
-        f"data.train={train}",
-        f"data.test={test}",
-        f"data.n_train={n}",
-        f"data.n_val={args.finetune_n_val}",
-        "data.split_seed=0",
-        *MODEL,
-        *ENERGY_ONLY,
-        *PAPER_UNITS,
-        *physics,
-        f"training.batch_size={args.batch_size}",
-        f"training.max_epochs={epochs}",
-        "training.scheduler=cosine",
-        f"training.seed={seed}",
-    ]
 
 
 def finetune_overrides(
@@ -348,23 +215,15 @@ def zero_shot(args: argparse.Namespace, work: Path, n: int, pretrained: Path) ->
     from piwsl.config import load_config
     from piwsl.data import read_frames
     from piwsl.data.splits import split_indices
-    from piwsl.evaluation import Predictions, compute_metrics, evaluate_model
-    from piwsl.models import load_model
-    from piwsl.training.data import prepare_data
-    from piwsl.training.run import refit_reference
+    from piwsl.evaluation import Predictions, compute_metrics
+    from piwsl.training.finetune import zero_shot as evaluate_zero_shot
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    cfg = load_config(
-        "builtin:ethanol", finetune_overrides(args, n, "ft_plain", pretrained)
-    )  # the very data the fine-tuning runs see
-    data = prepare_data(cfg.data, report=False)
+    # the very data the fine-tuning runs see
+    cfg = load_config("builtin:ethanol", finetune_overrides(args, n, "ft_plain", pretrained))
     test = read_frames(DFT_TEST)
-    model = load_model(pretrained)
-    raw = evaluate_model(model, test, work / "zero_shot", name=f"raw_N{n}", plot=False)
-    refit_reference(model, data, cfg.data.e0s)
-    model.eval()
-    refit = evaluate_model(model, test, work / "zero_shot", name=f"refit_N{n}", plot=False)
+    before = evaluate_zero_shot(cfg, test, work / "zero_shot", name=f"N{n}")
 
     # GFN2-xTB itself against DFT: one constant offset from the N training positions (the xTB
     # files keep the input order, so training frame k of the DFT pool is xTB frame k)
@@ -375,15 +234,12 @@ def zero_shot(args: argparse.Namespace, work: Path, n: int, pretrained: Path) ->
     xtb_vs_dft: dict[str, Any] = {"n_offset_frames": 0}
     if len(xtb_train) == len(dft_pool) and len(xtb_test) == len(test):
         offset = float(np.mean([dft_pool[k].energy - xtb_train[k].energy for k in train_idx]))
-        energy = np.array([f.energy + offset for f in xtb_test])
-        forces = np.concatenate([f.forces for f in xtb_test])
-        ptr = np.cumsum([0] + [f.n_atoms for f in xtb_test])
-        numbers = np.concatenate([f.numbers for f in xtb_test])
-        metrics = compute_metrics(test, Predictions(energy, forces, numbers, ptr))
+        metrics = compute_metrics(test, Predictions.from_frames(xtb_test, energy_offset=offset))
         xtb_vs_dft = {"n_offset_frames": len(train_idx), "offset_eV": offset, **pick(metrics)}
+    raw, refit = before["raw"], before["refit"]
     record = {
         "name": f"zero_shot_N{n}",
-        "n_dft_energies_for_refit": len([f for f in data.train if f.has_energy]),
+        "n_dft_energies_for_refit": before["n_energies"],
         "wall_time_s": round(time.perf_counter() - start, 1),
         "test_raw": pick(raw),
         "test": pick(refit),
@@ -394,10 +250,6 @@ def zero_shot(args: argparse.Namespace, work: Path, n: int, pretrained: Path) ->
 
 
 # ---------------------------------------------------------------------------------- report
-
-
-def fmt(x: float | None, digits: int = 1) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -661,38 +513,6 @@ def summarise(result: dict[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- main
-
-
-def run_header(script: str, args: argparse.Namespace) -> dict[str, Any]:
-    """What both fine-tuning benchmarks record first: command, commit, machine, shared options."""
-    return {
-        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
-        "commit": git_commit(),
-        "machine": machine_info(),
-        "threads": args.threads,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "sizes": args.sizes,
-        "seeds": args.seeds,
-        "variants": args.variants,
-        "finetune_steps": args.finetune_steps,
-        "finetune_n_val": args.finetune_n_val,
-        "finetune_lr": args.finetune_lr,
-        "scratch_lr": args.scratch_lr,
-        "batch_size": args.batch_size,
-    }
-
-
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """The pre-training and energy-only training options both fine-tuning benchmarks share."""
-    parser.add_argument("--pretrain-epochs", type=int, default=60)
-    parser.add_argument("--pretrain-n-train", type=int, default=950)
-    parser.add_argument("--pretrain-n-val", type=int, default=50)
-    parser.add_argument("--pretrain-lr", type=float, default=2e-3)
-    parser.add_argument("--finetune-steps", type=int, default=800, help="≈ optimiser steps")
-    parser.add_argument("--finetune-n-val", type=int, default=50)
-    parser.add_argument("--finetune-lr", type=float, default=5e-4)
-    parser.add_argument("--scratch-lr", type=float, default=2e-3)
-    parser.add_argument("--batch-size", type=int, default=16)
 
 
 def main() -> None:

@@ -8,6 +8,13 @@ commit and load average, plus the projected cost of an MP2/CBS(DZ,TZ) data set.
 
     OMP_NUM_THREADS=1 python benchmarks/label_cost.py                  # all methods
     OMP_NUM_THREADS=1 python benchmarks/label_cost.py --only gfn2-xtb  # one method
+    OMP_NUM_THREADS=1 python benchmarks/label_cost.py --executors      # local pool vs Dask
+
+``--executors`` times whole ``label_structures`` runs (journal and output included) on this
+process / a local pool / a Dask ``LocalCluster`` with 1 and 2 workers, each in a fresh
+subprocess, and writes ``benchmarks/results/label_cost_executors.{json,md}``: speed-up over the
+in-process run, and the fixed cost and overhead per task from two GFN2-xTB runs of different size
+(a straight line through total wall time minus compute time per worker).
 """
 
 from __future__ import annotations
@@ -50,8 +57,9 @@ def measure_one(name: str) -> dict:
     of the backend on H2 so that imports and library start-up are not counted)."""
     from ase import Atoms
 
+    from piwsl.io.executors import limit_threads
     from piwsl.labelling import make_backend
-    from piwsl.labelling.runner import limit_threads, load_structures
+    from piwsl.labelling.runner import load_structures
 
     limit_threads(1)
     spec, options, repeats, _ = METHODS[name]
@@ -91,8 +99,9 @@ def df_hf_check() -> dict:
     frames: the difference matters for relative energies only through its spread."""
     import numpy as np
 
+    from piwsl.io.executors import limit_threads
     from piwsl.labelling import make_backend
-    from piwsl.labelling.runner import limit_threads, load_structures
+    from piwsl.labelling.runner import load_structures
 
     limit_threads(1)
     frames = load_structures("builtin:ethanol_train", index="0:400:100")
@@ -107,6 +116,127 @@ def df_hf_check() -> dict:
         "spread_of_difference_meV": float(diff.max() - diff.min()),
         "spread_of_energies_meV": float((e_conv.max() - e_conv.min()) * 1000),
     }
+
+
+#: executor configurations: name → (executor, workers)
+EXECUTORS: dict[str, tuple[str, int]] = {
+    "local, 1 worker (in this process)": ("local", 1),
+    "local pool, 2 workers": ("local", 2),
+    "dask LocalCluster, 1 worker": ("dask", 1),
+    "dask LocalCluster, 2 workers": ("dask", 2),
+}
+#: workloads: name → (backend, options, ethanol frames)
+WORKLOADS: dict[str, tuple[str, dict, int]] = {
+    "gfn2-xtb x40": ("gfn2-xtb", {}, 40),
+    "gfn2-xtb x400": ("gfn2-xtb", {}, 400),
+    "df-mp2/cc-pvdz x6": ("mp2", {"basis": "cc-pvdz"}, 6),
+}
+
+
+def measure_executor(config: str, workload: str) -> dict:
+    """Run in a subprocess: one ``label_structures`` run of ``workload`` on ``config``, after a
+    warm-up of the backend in this process (imports excluded; workers' start-up included)."""
+    import tempfile
+
+    from ase import Atoms
+
+    from piwsl.io.executors import limit_threads
+    from piwsl.labelling import label_structures, make_backend
+    from piwsl.labelling.runner import load_structures
+
+    limit_threads(1)
+    kind, workers = EXECUTORS[config]
+    spec, options, n_frames = WORKLOADS[workload]
+    frames = load_structures("builtin:ethanol_train", index=f"0:{n_frames}")
+    backend = make_backend(spec, **options)
+    backend.compute(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]]))
+    with tempfile.TemporaryDirectory() as tmp:
+        t0, c0 = time.perf_counter(), time.process_time()
+        summary = label_structures(
+            frames, Path(tmp) / "out.xyz", backend, n_workers=workers, executor=kind, progress=False
+        )
+        wall, client_cpu = time.perf_counter() - t0, time.process_time() - c0
+        out = _read(Path(tmp) / "out.xyz")
+    assert summary.n_ok == n_frames, summary.text()
+    return {
+        "config": config,
+        "workload": workload,
+        "tasks": n_frames,
+        "wall_s": wall,
+        "compute_s": summary.compute_time_s,
+        "compute_cpu_s": sum(a.info["REF_cpu_time_s"] for a in out),
+        "client_cpu_s": client_cpu,
+        "worker_processes_seen": len({a.info["REF_worker"] for a in out}),
+        "load_average_1_5_15": list(os.getloadavg()),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _read(path: Path) -> list:
+    import ase.io
+
+    return ase.io.read(path, ":")
+
+
+def run_executors(rounds: int) -> list[dict]:
+    """Every workload on every configuration, each in a fresh subprocess, interleaved in
+    ``rounds`` rounds so that the load of the shared machine drifts over all cells alike."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    rows = []
+    for repeat in range(rounds):
+        for workload in WORKLOADS:
+            for config in EXECUTORS:
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--one-executor", config, workload],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{config} / {workload}: {proc.stderr[-1500:]}")
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                row["round"] = repeat
+                print(f"{repeat} {workload:>18} | {config:<34} {row['wall_s']:7.2f} s", flush=True)
+                rows.append(row)
+    return rows
+
+
+def executor_cells(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    """Medians over the rounds of every measured quantity, per (configuration, workload)."""
+    cells: dict[tuple[str, str], dict] = {}
+    for config in EXECUTORS:
+        for workload in WORKLOADS:
+            runs = [r for r in rows if (r["config"], r["workload"]) == (config, workload)]
+            keys = ("wall_s", "compute_s", "compute_cpu_s", "client_cpu_s")
+            cell = {k: statistics.median(r[k] for r in runs) for k in keys}
+            cell["wall_all_s"] = [r["wall_s"] for r in runs]
+            cell["tasks"] = runs[0]["tasks"]
+            cells[config, workload] = cell
+    return cells
+
+
+def executor_summary(rows: list[dict]) -> list[dict]:
+    """Per configuration, from the median cells: speed-up on each workload over the in-process
+    run; from the two GFN2-xTB sizes, the fixed cost and the overhead per task, where overhead =
+    wall time − compute time / workers; and the client's CPU time per task."""
+    cells = executor_cells(rows)
+    base = next(iter(EXECUTORS))
+    out = []
+    for config, (_, workers) in EXECUTORS.items():
+        item: dict = {"config": config}
+        for workload in WORKLOADS:
+            item[f"speedup {workload}"] = (
+                cells[base, workload]["wall_s"] / cells[config, workload]["wall_s"]
+            )
+        small, large = cells[config, "gfn2-xtb x40"], cells[config, "gfn2-xtb x400"]
+        extra = [c["wall_s"] - c["compute_s"] / workers for c in (small, large)]
+        per_task = (extra[1] - extra[0]) / (large["tasks"] - small["tasks"])
+        item["overhead_per_task_ms"] = 1000 * per_task
+        item["fixed_cost_s"] = extra[0] - per_task * small["tasks"]
+        item["client_cpu_per_task_ms"] = 1000 * large["client_cpu_s"] / large["tasks"]
+        out.append(item)
+    return out
 
 
 def run_all(names: list[str]) -> list[dict]:
@@ -317,6 +447,87 @@ def write_md(result: dict, path: Path) -> None:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def write_executors_md(result: dict, path: Path) -> None:
+    m = result["machine"]
+    loads = [r["load_average_1_5_15"][0] for r in result["rows"]]
+    lines = [
+        "# Labelling on a local pool vs Dask (rMD17 ethanol frames, 9 atoms)",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Commit: `{m['git_commit']}`{' (working tree modified)' if m['git_dirty'] else ''}, "
+        f"{m['date_utc']}  ",
+        f"Machine: {m['cpu']}, {m['cpus_usable']} usable of {m['cpus_visible']} CPUs — "
+        f"**shared**: other jobs ran on the same 2 cores throughout (1-minute load average "
+        f"{min(loads):.1f}–{max(loads):.1f} during the runs), so no worker had a core to itself "
+        f"and two workers never had two; OMP_NUM_THREADS={m['omp_num_threads']}, one thread per "
+        "worker  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        "",
+        "Each run is one whole `label_structures` call (tasks, journal fsynced per frame, extxyz "
+        "output) in a fresh process, with the backend imported and warmed up first. The "
+        "in-process run is what `--workers 1` does (no pool). Dask runs start a `LocalCluster` "
+        "of single-threaded worker processes for the run and close it after; their start-up "
+        "(spawning processes that import piwsl and the program) is part of the time. All cells "
+        f"ran interleaved in {result['rounds']} rounds; the tables show medians.",
+        "",
+        "Wall time of the run, s (compute: the frames' calculation wall time summed over the "
+        "workers; CPU: their CPU time — the gap is waiting for a core):",
+        "",
+        "| workload | " + " | ".join(EXECUTORS) + " |",
+        "|---|" + "---:|" * len(EXECUTORS),
+    ]
+    cells = executor_cells(result["rows"])
+    for workload in WORKLOADS:
+        row = [
+            f"{c['wall_s']:.2f} (compute {c['compute_s']:.2f}, CPU {c['compute_cpu_s']:.2f})"
+            for c in (cells[config, workload] for config in EXECUTORS)
+        ]
+        lines.append(f"| {workload} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "| executor | "
+        + " | ".join(f"speed-up {w}" for w in WORKLOADS)
+        + " | overhead per task, ms | fixed cost, s | client CPU per task, ms |",
+        "|---|" + "---:|" * (len(WORKLOADS) + 3),
+    ]
+    for item in result["summary"]:
+        speedups = " | ".join(f"{item[f'speedup {w}']:.2f}×" for w in WORKLOADS)
+        lines.append(
+            f"| {item['config']} | {speedups} | {item['overhead_per_task_ms']:.2f} | "
+            f"{item['fixed_cost_s']:.2f} | {item['client_cpu_per_task_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        "Speed-up: the in-process run's median wall time over this one's. Overhead per task and "
+        "fixed cost: a straight line through (tasks, wall time − compute time / workers) of the "
+        "40- and 400-frame GFN2-xTB runs. Client CPU per task: CPU time of the `piwsl label` "
+        "process (for a LocalCluster this includes the scheduler, which runs in it) over the "
+        "400-frame run, per task; for the in-process run it includes the calculations.",
+        "",
+        *result.get("notes", []),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def executors_main(out: Path, rounds: int) -> int:
+    from importlib.metadata import version
+
+    rows = run_executors(rounds)
+    result = {
+        "command": f"OMP_NUM_THREADS=1 python benchmarks/label_cost.py --executors --rounds {rounds}",
+        "machine": machine(),
+        "versions": {p: version(p) for p in ("dask", "distributed", "tblite", "pyscf")},
+        "rounds": rounds,
+        "rows": rows,
+        "summary": executor_summary(rows),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "label_cost_executors.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_executors_md(result, out / "label_cost_executors.md")
+    print((out / "label_cost_executors.md").read_text())
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -327,7 +538,22 @@ def main() -> int:
     parser.add_argument(
         "--skip-df-hf-check", action="store_true", help="keep the earlier DF-HF check result"
     )
+    parser.add_argument("--executors", action="store_true", help="local pool vs Dask")
+    parser.add_argument("--rounds", type=int, default=3, help="--executors: interleaved rounds")
+    parser.add_argument(
+        "--rewrite-executors-md", action="store_true", help="regenerate that md from its JSON"
+    )
+    parser.add_argument("--one-executor", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_executor:
+        print(json.dumps(measure_executor(*args.one_executor)))
+        return 0
+    if args.executors:
+        return executors_main(Path(args.out), args.rounds)
+    if args.rewrite_executors_md:  # e.g. after adding "notes" (interpretation) to the JSON
+        result = json.loads((Path(args.out) / "label_cost_executors.json").read_text())
+        write_executors_md(result, Path(args.out) / "label_cost_executors.md")
+        return 0
     if args.one:
         print(json.dumps(measure_one(args.one)))
         return 0

@@ -43,7 +43,7 @@ from mace.tools.torch_tools import default_dtype
 from piwsl.data import frames_to_batch, read_frames
 from piwsl.models import build_model
 from piwsl.models.mace import to_mace_module
-from piwsl.objective import Objective
+from piwsl.objective import EnergyTerm, ForcesTerm, Objective
 
 ROOT = Path(__file__).resolve().parents[1]
 HPARAMS = {
@@ -104,7 +104,7 @@ def bench(dtype: torch.dtype, args) -> dict:
     m_batch = mace_batch(frames, dtype, AtomicNumberTable(elements), args.batch_size)
     if int(m_batch["edge_index"].shape[1]) != int(p_batch.edge_index.shape[1]):
         raise RuntimeError("mace-torch and piwsl neighbour lists differ in size")
-    objective = Objective(energy_weight=ENERGY_WEIGHT, force_weight=FORCE_WEIGHT)
+    objective = Objective([EnergyTerm(ENERGY_WEIGHT), ForcesTerm(FORCE_WEIGHT)])
     mace_loss = WeightedEnergyForcesLoss(energy_weight=ENERGY_WEIGHT, forces_weight=FORCE_WEIGHT)
     optimizers = {
         "piwsl": torch.optim.Adam(piwsl_model.parameters(), lr=1e-4),

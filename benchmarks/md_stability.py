@@ -33,6 +33,7 @@ import glob
 import json
 import multiprocessing
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -41,9 +42,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from common import git_commit, machine_info
+from common import ROOT, command_line, git_commit, machine_info, portable, relative
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_test_01.npz"
 RESULTS = ROOT / "benchmarks" / "results"
 #: per (model, protocol) run folder: its summary and what it depends on (resume key)
@@ -59,23 +59,34 @@ QUICK_LENGTH_PS = 1.0
 QUICK_TRAJECTORIES = 2
 
 
-def expand_checkpoints(patterns: list[str]) -> list[Path]:
-    paths: list[Path] = []
-    for pattern in patterns:
+def expand_checkpoints(patterns: list[str], default_data: str) -> list[tuple[Path, str]]:
+    """(model file, start/reference data) pairs: ``PATTERN`` or ``PATTERN::DATA`` (a model of
+    another molecule than the default data's)."""
+    pairs: list[tuple[Path, str]] = []
+    for item in patterns:
+        pattern, _, data = item.partition("::")
         matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
         if not matches:
             raise SystemExit(f"no checkpoint matches {pattern!r}")
-        paths.extend(Path(m) for m in matches)
-    for p in paths:
+        pairs.extend((Path(m), data or default_data) for m in matches)
+    for p, _ in pairs:
         if not p.exists():
             raise SystemExit(f"checkpoint {str(p)!r} does not exist")
-    return paths
+    return pairs
+
+
+#: file stems that say nothing about the model: such files are named after their run folder
+GENERIC_STEMS = ("best_model", "final_model", "model", "best", "last")
 
 
 def model_labels(paths: list[Path]) -> list[str]:
-    """Short unique names: the file stem, or parent/stem where stems clash."""
+    """Short unique names: the file stem, or the run folder's name where the stem is generic
+    (``runs/x/best_model.pt`` → ``x``, the same in every invocation) or stems clash."""
     stems = [p.stem for p in paths]
-    return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    return [
+        p.parent.name if p.stem in GENERIC_STEMS or stems.count(p.stem) > 1 else p.stem
+        for p in paths
+    ]
 
 
 def untrained_schnet(path: Path, seed: int = 0) -> Path:
@@ -116,7 +127,7 @@ def protocol_config(name: str, args: argparse.Namespace):
     )
 
 
-def fingerprint(checkpoint: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
+def fingerprint(checkpoint: Path, data: str, name: str, args: argparse.Namespace) -> dict[str, Any]:
     """What a finished (model, protocol) run depends on: reused only when all of it matches."""
     from dataclasses import asdict
 
@@ -124,14 +135,15 @@ def fingerprint(checkpoint: Path, name: str, args: argparse.Namespace) -> dict[s
     config.pop("progress")
     stat = checkpoint.stat()
     return {
-        "checkpoint": str(checkpoint.resolve()),
+        "checkpoint": relative(checkpoint),
         "checkpoint_size": stat.st_size,
         "checkpoint_mtime": stat.st_mtime,
-        "data": str(Path(args.data).resolve()),
+        "data": relative(data),
         "protocol": name,
         "config": config,
         "skin_A": args.skin,
         "device": args.device,
+        "batched": args.batched,
     }
 
 
@@ -139,7 +151,9 @@ def run_dir_of(args: argparse.Namespace, label: str, name: str) -> Path:
     return args.out / "md_stability" / label / name
 
 
-def finished(args: argparse.Namespace, label: str, checkpoint: Path, name: str) -> dict | None:
+def finished(
+    args: argparse.Namespace, label: str, checkpoint: Path, data: str, name: str
+) -> dict | None:
     """The summary of an earlier run of the same (model, protocol, settings), or None."""
     path = run_dir_of(args, label, name) / DONE_NAME
     if not path.exists():
@@ -150,7 +164,7 @@ def finished(args: argparse.Namespace, label: str, checkpoint: Path, name: str) 
         return None
     from piwsl.md.report import jsonable
 
-    if saved.get("fingerprint") != jsonable(fingerprint(checkpoint, name, args)):
+    if saved.get("fingerprint") != jsonable(fingerprint(checkpoint, data, name, args)):
         return None
     return saved["summary"]
 
@@ -163,32 +177,34 @@ def _structures(path: str) -> list:
 
 
 def run_protocol(
-    label: str, checkpoint: Path, name: str, args: argparse.Namespace
+    label: str, checkpoint: Path, data: str, name: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Run one protocol for one model (in this process); write its summary next to its run."""
     import torch
 
-    from piwsl.calculator import PiwslCalculator
     from piwsl.md import run_md
+    from piwsl.md.cli import make_calculator
     from piwsl.md.report import jsonable
 
     torch.set_num_threads(args.threads)
-    structures = _structures(args.data)
+    structures = _structures(data)
     config = protocol_config(name, args)
-    calc = PiwslCalculator(checkpoint, device=args.device, skin=args.skin)
+    calc = make_calculator(checkpoint, device=args.device, skin=args.skin, batched=args.batched)
     run_dir = run_dir_of(args, label, name)
     start = time.perf_counter()
     report = run_md(
         calc, structures, config, out_dir=run_dir, reference=structures, calculator_name=label
     )
     summary = dict(report.summary)
-    summary["run_dir"] = str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir)
+    summary["run_dir"] = relative(run_dir.resolve())
+    report_file = run_dir / "md_report.json"  # the library records the paths it was given
+    report_file.write_text(portable(report_file.read_text()))
     summary["elapsed_s"] = time.perf_counter() - start
     summary["trajectories"] = [
         {k: v for k, v in t.summary(config.timestep_fs).items() if k not in ("files",)}
         for t in report.trajectories
     ]
-    done = {"fingerprint": fingerprint(checkpoint, name, args), "summary": summary}
+    done = {"fingerprint": fingerprint(checkpoint, data, name, args), "summary": summary}
     tmp = run_dir / (DONE_NAME + ".tmp")
     tmp.write_text(json.dumps(jsonable(done), indent=2, default=str))
     os.replace(tmp, run_dir / DONE_NAME)  # atomic: a killed run leaves no half-written summary
@@ -202,31 +218,32 @@ def run_protocol(
 
 
 def run_all(
-    tasks: list[tuple[str, Path, str]], args: argparse.Namespace
+    tasks: list[tuple[str, Path, str, str]], args: argparse.Namespace
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Every (label, checkpoint, protocol) task, reusing finished ones; ``--jobs`` processes."""
+    """Every (label, checkpoint, data, protocol) task, reusing finished ones; ``--jobs``
+    processes."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     todo = []
-    for label, path, name in tasks:
-        summary = None if args.rerun else finished(args, label, path, name)
+    for label, path, data, name in tasks:
+        summary = None if args.rerun else finished(args, label, path, data, name)
         if summary is not None:
             print(f"[{label} {name}] reused the finished run in {summary['run_dir']}", flush=True)
             out[(label, name)] = summary
         else:
-            todo.append((label, path, name))
+            todo.append((label, path, data, name))
     if args.summary_only:
-        for label, _, name in todo:
+        for label, _, _, name in todo:
             print(f"[{label} {name}] not run yet (left out of the summary)", flush=True)
         return out
     if args.jobs <= 1:
-        for label, path, name in todo:
-            out[(label, name)] = run_protocol(label, path, name, args)
+        for label, path, data, name in todo:
+            out[(label, name)] = run_protocol(label, path, data, name, args)
         return out
     context = multiprocessing.get_context("spawn")  # no forked OpenMP/torch state
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
         futures = {
-            pool.submit(run_protocol, label, path, name, args): (label, name)
-            for label, path, name in todo
+            pool.submit(run_protocol, label, path, data, name, args): (label, name)
+            for label, path, data, name in todo
         }
         for future in as_completed(futures):
             out[futures[future]] = future.result()
@@ -284,6 +301,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f" | {fmt(drift)} | {fmt(fluct)} | {fmt(s['hr_error_pooled_stable'], '.4f')}"
                 f" | {fmt(s['steps_per_s'], '.1f')} | {fmt(100 * s['calculator_share'], '.0f')} % |"
             )
+    lines += comparison_lines(result.get("comparisons", []))
     if result.get("not_run"):
         lines += ["", f"Not run yet ({len(result['not_run'])}): " + "; ".join(result["not_run"])]
     lines += ["", "![survival](md_stability_survival.png)"]
@@ -292,6 +310,84 @@ def markdown(result: dict[str, Any]) -> str:
         for name, s in model["protocols"].items():
             lines.append(f"- {label} / {name}: `{s['run_dir']}`")
     return "\n".join(lines) + "\n"
+
+
+#: method → the method it is compared with (the run names of benchmarks/rmd17.py, seed last)
+BASELINES = {"piwsl_2nd": "plain", "piwsl": "plain", "delta_piwsl_2nd": "delta"}
+
+
+def seed_group(label: str) -> tuple[str, str] | None:
+    """``molecule-model-regime-method-sN`` → (``molecule-model-regime``, method), else None."""
+    parts = label.split("-")
+    if len(parts) < 5 or not re.fullmatch(r"s\d+", parts[-1]):
+        return None
+    return "-".join(parts[:-2]), parts[-2]
+
+
+def compare_methods(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Time to failure of each method against its baseline (``BASELINES``), trajectories pooled
+    over seeds: mean and median (censored at the run length) with percentile-bootstrap 95 %
+    intervals, and the difference method − baseline with its interval."""
+    from piwsl.md.metrics import (
+        STATISTICS,
+        bootstrap_difference,
+        bootstrap_interval,
+        censored_times,
+    )
+
+    pooled: dict[tuple[str, str, str], list[float]] = {}
+    for label, model in result["models"].items():
+        key = seed_group(label)
+        for name, s in (model["protocols"] if key else {}).items():
+            times = [t["failure_time_ps"] for t in s.get("trajectories", [])]
+            pooled.setdefault((key[0], key[1], name), []).extend(
+                censored_times(times, s["length_ps"]).tolist()
+            )
+    rows = []
+    for (cell, method, name), times in sorted(pooled.items()):
+        base = pooled.get((cell, BASELINES.get(method, ""), name))
+        if base is None:
+            continue
+        row = {"cell": cell, "protocol": name, "method": method, "baseline": BASELINES[method]}
+        for stat in ("mean", "median"):
+            for who, x in (("baseline", base), ("method", times)):
+                row[f"{who}_{stat}_ps"] = float(STATISTICS[stat](x))
+                row[f"{who}_{stat}_ci_ps"] = bootstrap_interval(x, stat)
+                row[f"n_{who}"] = len(x)
+            row[f"{stat}_difference"] = bootstrap_difference(base, times, stat)
+        rows.append(row)
+    return rows
+
+
+def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Method against its baseline (trajectories pooled over seeds)",
+        "",
+        "Time to failure in ps, censored at the run length; [95 % percentile-bootstrap interval];"
+        " difference = method − baseline.",
+        "",
+        "| cell | protocol | baseline → method | n | mean TTF | median TTF | Δ mean | Δ median |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ci(row, who, stat):
+        lo, hi = row[f"{who}_{stat}_ci_ps"]
+        return f"{row[f'{who}_{stat}_ps']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+    for r in rows:
+        dm, dd = r["mean_difference"], r["median_difference"]
+        lines.append(
+            f"| {r['cell']} | {r['protocol']} | {r['baseline']} → {r['method']} "
+            f"| {r['n_baseline']} / {r['n_method']} "
+            f"| {ci(r, 'baseline', 'mean')} → {ci(r, 'method', 'mean')} "
+            f"| {ci(r, 'baseline', 'median')} → {ci(r, 'method', 'median')} "
+            f"| {dm['difference']:+.2f} [{dm['low']:+.2f}, {dm['high']:+.2f}] "
+            f"| {dd['difference']:+.2f} [{dd['low']:+.2f}, {dd['high']:+.2f}] |"
+        )
+    return lines
 
 
 def survival_figure(result: dict[str, Any], path: Path) -> Path:
@@ -321,7 +417,12 @@ def survival_figure(result: dict[str, Any], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="*", help="aspirin model files or globs")
+    parser.add_argument(
+        "checkpoints",
+        nargs="*",
+        help="model files or globs; PATTERN::DATA gives those models their own start/reference "
+        "frames (default --data)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -357,6 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--batched",
+        action="store_true",
+        help="all trajectories of a (model, protocol) as one batch of replicas (nve, nose-hoover)",
+    )
     parser.add_argument("--skin", type=float, default=1.0, metavar="Å")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -384,23 +490,26 @@ def main(argv: list[str] | None = None) -> int:
         args.trajectories = QUICK_TRAJECTORIES if args.quick else 5
     if args.quick and args.length is None:
         args.length = QUICK_LENGTH_PS
-    paths = expand_checkpoints(args.checkpoints)
+    pairs = expand_checkpoints(args.checkpoints, args.data)
+    paths, datas = [p for p, _ in pairs], [d for _, d in pairs]
     labels = model_labels(paths)
     tmp = None
     if args.untrained_schnet:
         tmp = tempfile.TemporaryDirectory()
         paths.append(untrained_schnet(Path(tmp.name) / "untrained_schnet.pt", args.seed))
+        datas.append(args.data)
         labels.append("untrained_schnet")
     if not paths:
         parser.error("give at least one checkpoint (or --untrained-schnet)")
 
     result: dict[str, Any] = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "command": command_line([shlex.quote(a) for a in sys.argv[1:]]),
         "git_commit": git_commit(),
         "machine": machine_info(),
         "quick": args.quick,
-        "data": args.data,
+        "data": relative(args.data),
+        "batched": args.batched,
         "timestep_fs": args.timestep,
         "trajectories": args.trajectories,
         "thermostat": args.thermostat,
@@ -419,23 +528,31 @@ def main(argv: list[str] | None = None) -> int:
         )
     names = [n for n in PROTOCOLS if not args.protocols or n in args.protocols]
     tasks = [
-        (label, path, name) for label, path in zip(labels, paths, strict=True) for name in names
+        (label, path, data, name)
+        for label, path, data in zip(labels, paths, datas, strict=True)
+        for name in names
     ]
     try:
         summaries = run_all(tasks, args)
     finally:
         if tmp is not None:
             tmp.cleanup()
-    for label, path in zip(labels, paths, strict=True):
+    for label, path, data in zip(labels, paths, datas, strict=True):
         done = {name: summaries[(label, name)] for name in names if (label, name) in summaries}
-        result["models"][label] = {"checkpoint": str(path), "protocols": done}
+        result["models"][label] = {
+            "checkpoint": relative(path),
+            "data": relative(data),
+            "protocols": done,
+        }
     result["not_run"] = [
-        f"{label} / {name}" for label, _, name in tasks if (label, name) not in summaries
+        f"{label} / {name}" for label, _, _, name in tasks if (label, name) not in summaries
     ]
+    result["comparisons"] = compare_methods(result)
     args.out.mkdir(parents=True, exist_ok=True)
     from piwsl.md.report import jsonable
 
-    result["survival_plot"] = str(survival_figure(result, args.out / "md_stability_survival.png"))
+    plot = survival_figure(result, args.out / "md_stability_survival.png")
+    result["survival_plot"] = relative(plot.resolve())
     (args.out / "md_stability.json").write_text(json.dumps(jsonable(result), indent=2, default=str))
     (args.out / "md_stability.md").write_text(markdown(result))
     print(f"wrote {args.out / 'md_stability.json'} and {args.out / 'md_stability.md'}")

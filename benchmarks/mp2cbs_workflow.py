@@ -50,7 +50,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finetune_xtb_to_dft import (
+from common import portable
+from finetune_workflow import (
     PIWSL_2ND,
     PLAIN,
     add_training_arguments,
@@ -186,8 +187,8 @@ def train_run(args: argparse.Namespace, work: Path, name: str, overrides: list[s
         "steps": steps,
         "epochs": summary.get("epochs"),
         "ms_per_step": round(1e3 * train_time / steps, 1) if steps and train_time else None,
-        "best_model": summary.get("best_model"),
-        "command": "piwsl " + " ".join(timing["command"][1:]),
+        "best_model": portable(summary["best_model"]) if summary.get("best_model") else None,
+        "command": portable("piwsl " + " ".join(timing["command"][1:])),
         "test": pick(summary.get("test")),
     }
     t = record["test"]
@@ -224,14 +225,9 @@ def finetune_overrides(
 
 
 def offset_metrics(test, predicted_energy, predicted_forces, offset: float) -> dict[str, Any]:
-    import numpy as np
-
     from piwsl.evaluation import Predictions, compute_metrics
 
-    ptr = np.cumsum([0] + [f.n_atoms for f in test])
-    numbers = np.concatenate([f.numbers for f in test])
-    energy = np.asarray(predicted_energy) + offset
-    prediction = Predictions(energy, np.concatenate(predicted_forces), numbers, ptr)
+    prediction = Predictions.of(test, predicted_energy, predicted_forces, energy_offset=offset)
     return {"offset_eV": offset, **pick(compute_metrics(test, prediction))}
 
 
@@ -243,11 +239,8 @@ def baselines(args: argparse.Namespace, work: Path, labels: dict, n: int, models
     from piwsl.config import load_config
     from piwsl.data import read_frames
     from piwsl.data.splits import split_indices
-    from piwsl.evaluation import evaluate_model
-    from piwsl.models import load_model
     from piwsl.priors import make_prior, prior_values
-    from piwsl.training.data import prepare_data
-    from piwsl.training.run import refit_reference
+    from piwsl.training.finetune import zero_shot
 
     torch.set_num_threads(args.threads)
     pool, test = frames_of(labels, "train"), frames_of(labels, "test")
@@ -271,13 +264,8 @@ def baselines(args: argparse.Namespace, work: Path, labels: dict, n: int, models
         )
 
     cfg = load_config("builtin:ethanol", finetune_overrides(args, labels, n, "ft_plain", 0, models))
-    data = prepare_data(cfg.data, report=False)
-    model = load_model(models["pbe"])
-    refit_reference(model, data, cfg.data.e0s)
-    model.eval()
-    out["pbe_model_zero_shot"] = pick(
-        evaluate_model(model, test, work / "zero_shot", name=f"pbe_N{n}", plot=False)
-    )
+    before = zero_shot(cfg, test, work / "zero_shot", name=f"pbe_N{n}")
+    out["pbe_model_zero_shot"] = pick(before["refit"])
     return out
 
 

@@ -17,22 +17,20 @@ import copy
 import json
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-from common import git_commit, machine_info
+from common import ROOT, command_line, git_commit, machine_info, relative
 
 from piwsl.data import read_frames
 from piwsl.data.batch import collate
 from piwsl.data.dataset import GraphDataset
 from piwsl.models import build_model
-from piwsl.objective import Objective
-from piwsl.physics import PhysicsConfig, build_physics
+from piwsl.objective import LossConfig, Objective
+from piwsl.physics import PhysicsConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data/rmd17")
+DATA = ROOT.parent / "shared" / "data" / "rmd17"
 
 MODELS = {
     "schnet": dict(name="schnet", features=64, interactions=3, n_rbf=32),
@@ -41,30 +39,38 @@ MODELS = {
 }
 
 
-def physics_config(evaluation: str, **kw) -> PhysicsConfig:
-    base = dict(taylor_weight=1.2, spatial_weight=0.01, perturbation_scale=0.05)
-    return PhysicsConfig(**{**base, **kw}, evaluation=evaluation)
+PAPER = {"taylor": 1.2, "spatial": 0.01}
+SECOND = {
+    "taylor": {"weight": 1.2, "second_order": True},
+    "spatial": {"weight": 0.01, "second_order": True},
+}
 
 
-#: name → (force weight, physics config or None)
-VARIANTS: dict[str, tuple[float, PhysicsConfig | None]] = {
-    "plain_EF": (100.0, None),
-    "plain_E": (0.0, None),
-    "physics_fused": (100.0, physics_config("fused")),
-    "physics_three_pass": (100.0, physics_config("three_pass")),
-    "physics_split": (100.0, physics_config("split")),
-    "physics_fused_2nd_order": (100.0, physics_config("fused", second_order=True)),
-    "physics_fused_E_only": (0.0, physics_config("fused")),
-    "physics_split_E_only": (0.0, physics_config("split")),
-    "taylor_only_fused": (100.0, physics_config("fused", spatial_weight=0.0)),
-    "taylor_only_split": (100.0, physics_config("split", spatial_weight=0.0)),
+def make_objective(force_weight: float, evaluation: str | None, terms: dict | None) -> Objective:
+    """Energy (weight 1) and forces, plus ``terms`` evaluated as ``evaluation`` says (δ 0.05 Å)."""
+    loss = LossConfig(terms={"forces": force_weight, **(terms or {})})
+    return Objective.from_config(loss, PhysicsConfig(evaluation=evaluation or "split"))
+
+
+#: name → (force weight, evaluation of the copies, physics terms)
+VARIANTS: dict[str, tuple[float, str | None, dict | None]] = {
+    "plain_EF": (100.0, None, None),
+    "plain_E": (0.0, None, None),
+    "physics_fused": (100.0, "fused", PAPER),
+    "physics_three_pass": (100.0, "three_pass", PAPER),
+    "physics_split": (100.0, "split", PAPER),
+    "physics_fused_2nd_order": (100.0, "fused", SECOND),
+    "physics_fused_E_only": (0.0, "fused", PAPER),
+    "physics_split_E_only": (0.0, "split", PAPER),
+    "taylor_only_fused": (100.0, "fused", {"taylor": 1.2}),
+    "taylor_only_split": (100.0, "split", {"taylor": 1.2}),
 }
 
 
 def load_frames(molecule: str, n: int):
     path = DATA / f"rmd17_{molecule}_train_01.npz"
     if path.exists():
-        return read_frames(str(path))[:n], str(path)
+        return read_frames(str(path))[:n], relative(path)
     if molecule == "ethanol":
         return read_frames("builtin:ethanol_train")[:n], "builtin:ethanol_train"
     raise FileNotFoundError(f"{path} not found")
@@ -88,15 +94,13 @@ def bench_case(model_key: str, molecule: str, args, variants: list[str]) -> dict
     base.energy_model.set_reference({}, shift=mean_e, scale=1.0)
     runs = {}
     for v in variants:
-        force_weight, cfg = VARIANTS[v]
         model = copy.deepcopy(base)
         model.train()
-        physics = build_physics(cfg) if cfg is not None else None
-        if physics is not None:
-            physics.check_skin(skin, cutoff)
+        objective = make_objective(*VARIANTS[v])
+        objective.check_skin(skin, cutoff)
         runs[v] = {
             "model": model,
-            "objective": Objective(energy_weight=1.0, force_weight=force_weight, physics=physics),
+            "objective": objective,
             "optimizer": torch.optim.Adam(model.parameters(), lr=1e-4),
             "times": [],
         }
@@ -295,7 +299,7 @@ def main() -> None:
                 directional.append(case)
                 print(f"directional AD {model_key} {molecule}: {case}", flush=True)
     result = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": command_line(),
         "git_commit": git_commit(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "machine": machine_info(),

@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from piwsl.io.executors import limit_threads
     from piwsl.labelling.backends import package_version
-    from piwsl.labelling.runner import limit_threads
 
     limit_threads(1)
     torch.set_num_threads(1)

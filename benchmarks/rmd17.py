@@ -49,9 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import converged_protocol as converged
-from common import git_commit, machine_info
+from common import ROOT, command_line, git_commit, machine_info, relative
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
 PACKAGED = ROOT / "src" / "piwsl" / "datasets"  # ethanol only, used when DATA is absent
@@ -145,12 +144,6 @@ def method_overrides(method: str) -> list[str]:
     return overrides
 
 
-def relative(path: Path) -> str:
-    """``path`` relative to the checkout where it can be (results never record this machine's
-    absolute paths; the runs execute with the checkout as working directory)."""
-    return os.path.relpath(Path(path).resolve(), ROOT)
-
-
 def safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 
@@ -166,6 +159,7 @@ class Run:
     data_dir: Path
     extra: list[str] = field(default_factory=list)
     suffix: str = ""  # appended to the method in names and tables, e.g. "@time_of_piwsl_2nd"
+    split: str = "01"  # rMD17 split: rmd17_<molecule>_{train,test}_<split>.npz
 
     @property
     def label(self) -> str:
@@ -173,10 +167,11 @@ class Run:
 
     @property
     def name(self) -> str:
-        return safe(f"{self.molecule}-{self.model}-{self.regime}-{self.label}-s{self.seed}")
+        split = "" if self.split == "01" else f"-split{self.split}"  # split 01: the old names
+        return safe(f"{self.molecule}-{self.model}-{self.regime}-{self.label}-s{self.seed}{split}")
 
     def data(self, kind: str) -> Path:
-        return self.data_dir / f"rmd17_{self.molecule}_{kind}_01.npz"
+        return self.data_dir / f"rmd17_{self.molecule}_{kind}_{self.split}.npz"
 
     def command(self, run_dir: Path, threads: int) -> list[str]:
         """The ``piwsl train`` call (run from the checkout: paths relative to it)."""
@@ -208,6 +203,7 @@ class Run:
             "model": self.model,
             "regime": self.regime,
             "n_train": N_TRAIN[self.regime],
+            "split": self.split,
             "method": self.label,
             "seed": self.seed,
             "budget": self.budget,
@@ -225,10 +221,29 @@ def steps_budget(steps: int) -> list[str]:
     return [f"training.max_steps={steps}", "training.max_epochs=null"]
 
 
+def atoms_of(path: Path) -> int:
+    """Atoms per structure of an rMD17 file."""
+    import numpy as np
+
+    with np.load(path) as data:
+        return int(np.asarray(data["nuclear_charges"]).size)
+
+
+def batch_overrides(args: argparse.Namespace, molecule: str, data_dir: Path) -> list[str]:
+    """``training.batch_size`` for ``--atoms-per-batch``: that many atoms per batch whatever the
+    molecule (ethanol, 9 atoms: 144 → 16 structures; aspirin, 21 atoms: 144 → 7)."""
+    if args.atoms_per_batch is None:
+        return []
+    probe = Run(molecule, "", "", "", 0, [], data_dir, split=args.split)
+    return [
+        f"training.batch_size={max(1, round(args.atoms_per_batch / atoms_of(probe.data('train'))))}"
+    ]
+
+
 def grid_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
     runs = []
-    extra = [*PAPER_UNITS, *args.set]
     for molecule in args.molecules:
+        extra = [*PAPER_UNITS, *args.set, *batch_overrides(args, molecule, data_dir)]
         for regime in args.regimes:
             for model in args.models:
                 for method in args.methods:
@@ -243,6 +258,7 @@ def grid_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
                                 steps_budget(args.steps),
                                 data_dir,
                                 extra,
+                                split=args.split,
                             )
                         )
     return runs
@@ -259,7 +275,9 @@ def walltime_runs(args: argparse.Namespace, data_dir: Path, results: Path) -> li
     grid_dir = results / "rmd17" / ("grid" + (f"_{args.time_tag}" if args.time_tag else ""))
 
     def grid_record(run: Run, method: str) -> dict | None:
-        ref = Run(run.molecule, run.model, run.regime, method, run.seed, [], data_dir)
+        ref = Run(
+            run.molecule, run.model, run.regime, method, run.seed, [], data_dir, split=run.split
+        )
         path = grid_dir / f"{ref.name}.json"
         if not path.exists():
             print(f"skip {run.name}: no grid run {path.name}")
@@ -280,26 +298,39 @@ def walltime_runs(args: argparse.Namespace, data_dir: Path, results: Path) -> li
 
 
 def converged_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
-    """The cells of ``converged_protocol.CELLS`` in its order, seed by seed (a partial grid stays
-    balanced), filtered by the slice options that were given. A method given with variant
-    parameters (``plain[lr=0.005]``) replaces the cells' method of that name (recipe tuning)."""
+    """The cells of ``converged_protocol.BLOCKS``: block by block, within a block seed by seed (a
+    block's verdict is complete before the next block starts), filtered by the slice options
+    that were given. A method given with variant parameters (``plain[lr=0.005]``) replaces the
+    cells' method of that name (recipe tuning)."""
     runs = []
     extra = [*PAPER_UNITS, *args.set]
-    for seed in args.seeds:
-        for molecule, regime, model, method in converged.CELLS:
-            if not all(
-                chosen is None or value in chosen
-                for value, chosen in (
-                    (molecule, args.molecules),
-                    (regime, args.regimes),
-                    (model, args.models),
-                )
-            ):
-                continue
-            wanted = args.methods or [method]
-            for variant in (m for m in wanted if m.split("[")[0] == method):
+    for block in converged.BLOCKS:
+        for seed in args.seeds:
+            for molecule, regime, model, method in block:
+                if not all(
+                    chosen is None or value in chosen
+                    for value, chosen in (
+                        (molecule, args.molecules),
+                        (regime, args.regimes),
+                        (model, args.models),
+                    )
+                ):
+                    continue
                 recipe = converged.RECIPES[regime].overrides(N_TRAIN[regime])
-                runs.append(Run(molecule, model, regime, variant, seed, recipe, data_dir, extra))
+                for variant in (m for m in args.methods or [method] if m.split("[")[0] == method):
+                    runs.append(
+                        Run(
+                            molecule,
+                            model,
+                            regime,
+                            variant,
+                            seed,
+                            recipe,
+                            data_dir,
+                            extra,
+                            split=args.split,
+                        )
+                    )
     return runs
 
 
@@ -309,7 +340,9 @@ def legacy_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
     if args.suite == "core":
         for model in args.models:
             budget = [f"training.max_epochs={args.epochs or 100}"]
-            runs.append(Run("ethanol", model, "EF_950", "plain", 0, budget, data_dir))
+            runs.append(
+                Run("ethanol", model, "EF_950", "plain", 0, budget, data_dir, split=args.split)
+            )
         return runs
     for molecule in args.molecules:
         for regime, epochs in (("E_only_1000", 60), ("EF_100", 300)):
@@ -317,9 +350,18 @@ def legacy_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
                 for method in args.methods:
                     for seed in args.seeds:
                         budget = [f"training.max_epochs={args.epochs or epochs}"]
+                        extra = [*PAPER_UNITS, *batch_overrides(args, molecule, data_dir)]
                         runs.append(
                             Run(
-                                molecule, model, regime, method, seed, budget, data_dir, PAPER_UNITS
+                                molecule,
+                                model,
+                                regime,
+                                method,
+                                seed,
+                                budget,
+                                data_dir,
+                                extra,
+                                split=args.split,
                             )
                         )
     return runs
@@ -347,6 +389,19 @@ def validation_curve(run_dir: Path) -> list[dict]:
     return [by_step[k] for k in sorted(by_step)]
 
 
+#: A warning in a run's stderr: piwsl's ``warning: …`` lines and Python's ``…Warning: …``.
+WARNING_LINE = re.compile(r"^(?:warning: |\S*Warning: )|^\S+:\d+: \w*Warning: ")
+
+
+def run_warnings(stderr: str) -> list[str]:
+    """The warnings a run printed, each once, in order (at most 50, each at most 500 chars)."""
+    seen: dict[str, None] = {}
+    for line in (stderr or "").splitlines():
+        if WARNING_LINE.search(line.strip()):
+            seen.setdefault(line.strip()[:500], None)
+    return list(seen)[:50]
+
+
 def execute(
     run: Run, work: Path, out: Path, threads: int, header: dict, resume: bool = True
 ) -> dict:
@@ -371,6 +426,7 @@ def execute(
         "wall_time_s": round(wall, 1),
         "resumed": resumed,
         "returncode": proc.returncode,
+        "warnings": run_warnings(proc.stderr),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     summary = run_dir / "summary.json"
@@ -466,10 +522,14 @@ def ordered(names, reference: list[str]) -> list[str]:
 
 def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> str:
     groups = aggregate(records)
+    commands = header.get("commands") or [header["command"]]
     lines = [
         f"# rMD17 benchmark — suite `{header['suite']}`",
         "",
-        f"Command: `{header['command']}`  ",
+        "Commands that fed this summary (runs and rewrites, oldest first):",
+        "",
+        *[f"- `{c}`" for c in commands],
+        "",
         f"Summary written at commit `{header['commit']}` (each run: its own commit, below)  ",
         f"Machine: {header['machine']['platform']}, {header['machine']['cpu_count']} CPUs, "
         f"torch {header['machine']['torch']}; {header['threads']} thread(s) per run, "
@@ -477,7 +537,7 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
         f"Budget: {header['budget']}  ",
         f"Written: {header['date']}",
         "",
-        "Test set: all frames of the rMD17 split-01 test file (1,000). Errors of the checkpoint "
+        f"Test set: all frames of the rMD17 split-{header.get('split', '01')} test file (1,000). Errors of the checkpoint "
         "with the best validation score (force MAE; energy MAE where training has no forces). "
         "Energy MAE in meV (total energy), force MAE in meV/Å; mean ± standard deviation over "
         "seeds (n). Ratio = plain / method (> 1: the method is better). Training frames and "
@@ -524,12 +584,29 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
             f"| {r['name']} | {fmt(e)} | {fmt(f)} | {r.get('steps')} | {r.get('stopped_by') or '—'} "
             f"| {fmt(r.get('train_time_s'), 0)} | {r['commit'][:8]} |"
         )
+    lines += warnings_section(records)
     if failed:
         lines += ["", "## Failed runs", ""]
         for r in failed:
             last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
             lines.append(f"- {r['name']}: `{last[0]}`")
     return "\n".join(lines) + "\n"
+
+
+def warnings_section(records: list[dict]) -> list[str]:
+    """Markdown lines: each distinct warning the runs printed, with how many runs printed it."""
+    counts: dict[str, list[str]] = {}
+    for r in records:
+        for text in r.get("warnings") or []:
+            counts.setdefault(text, []).append(r["name"])
+    if not counts:
+        recorded = sum("warnings" in r for r in records)
+        return ["", f"Warnings: none in the {recorded} run(s) that record them."]
+    lines = ["", "## Warnings", "", "| runs | warning |", "|---:|---|"]
+    for text, names in sorted(counts.items(), key=lambda kv: -len(kv[1])):
+        example = "" if len(names) > 1 else f" ({names[0]})"
+        lines.append(f"| {len(names)} | {text.replace('|', '/')[:300]}{example} |")
+    return lines
 
 
 def plot(records: list[dict], stem: Path) -> list[Path]:
@@ -672,6 +749,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=None)
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--split", default="01", help="rMD17 split: rmd17_<molecule>_{train,test}_<split>.npz"
+    )
+    parser.add_argument(
+        "--atoms-per-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="batch size per molecule: about N atoms per batch (grid, walltime, legacy suites; "
+        "ethanol 144 → 16, aspirin 144 → 7); default: the batch size of --set or the config",
+    )
     parser.add_argument("--steps", type=int, default=1000, help="step budget of every grid run")
     parser.add_argument("--epochs", type=int, default=None, help="core/method suites: max_epochs")
     parser.add_argument(
@@ -704,6 +792,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 setattr(args, key, list(default))
     for method in args.methods or []:
         method_overrides(method)  # fail early on a typo
+    if args.atoms_per_batch is not None:
+        if args.atoms_per_batch < 1:
+            parser.error("--atoms-per-batch must be ≥ 1")
+        if args.suite == "converged":
+            parser.error("--atoms-per-batch: the converged recipe sets the batch size per regime")
+        if any(o.startswith("training.batch_size=") for o in args.set):
+            parser.error("give --atoms-per-batch or --set training.batch_size=…, not both")
     if args.quick:
         args.suite, args.molecules, args.regimes = "grid", ["ethanol"], ["E_only_100"]
         args.models, args.methods, args.seeds, args.steps = (
@@ -725,10 +820,11 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.suite == "grid":
         runs = grid_runs(args, data_dir)
-        budget = (
-            f"{args.steps} optimisation steps per run (batch {batch_size_of(args.set)}), "
-            "every method alike"
-        )
+        batches = {r.molecule: batch_size_of(r.extra) for r in runs}
+        batch = ", ".join(f"{m} {b}" for m, b in batches.items()) or batch_size_of(args.set)
+        budget = f"{args.steps} optimisation steps per run (batch {batch}), every method alike"
+        if args.atoms_per_batch is not None:
+            budget += f"; about {args.atoms_per_batch} atoms per batch"
         if args.summary_only:
             budget = "equal steps for every method of a row (see the steps × batch column)"
     elif args.suite == "converged":
@@ -747,10 +843,12 @@ def main(argv: list[str] | None = None) -> None:
         for kind in ("train", "test"):
             if not run.data(kind).exists():
                 raise SystemExit(f"missing data file {run.data(kind)} (molecule {run.molecule!r})")
+    command = command_line(argv, script="benchmarks/rmd17.py")
     header = {
         "suite": name,
-        "command": "python benchmarks/rmd17.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
+        "commands": [command],
+        "split": args.split,
         "commit": git_commit(),
         "machine": machine_info(),
         "threads": args.threads,
@@ -760,12 +858,13 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     stem = results / (name if args.suite == "converged" else f"rmd17_{name}")
-    if args.summary_only and stem.with_suffix(".json").exists():
+    if stem.with_suffix(".json").exists():
+        # the summary keeps every command that fed it: earlier slices, resumptions, rewrites
         before = json.loads(stem.with_suffix(".json").read_text())
-        # the command that trained the runs, without earlier "(summary rewritten: …)" notes
-        trained_by = before["command"].split(" (summary rewritten: ")[0]
-        header["command"] = f"{trained_by} (summary rewritten: {header['command']})"
-        header["threads"], header["jobs"] = before["threads"], before["jobs"]
+        earlier = before.get("commands") or [before["command"]]
+        header["commands"] = [*earlier, *([command] if command not in earlier else [])]
+        if args.summary_only:
+            header["threads"], header["jobs"] = before["threads"], before["jobs"]
     todo = [r for r in runs if args.rerun or not (out / f"{r.name}.json").exists()]
     if args.summary_only:
         todo = []

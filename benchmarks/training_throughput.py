@@ -48,8 +48,8 @@ from piwsl.data.batch import Batch, Graph, collate
 from piwsl.models import build_model
 from piwsl.models.base import trusted_species
 from piwsl.models.compiled import CompiledForceField
-from piwsl.objective import Objective
-from piwsl.physics import PhysicsConfig, build_physics
+from piwsl.objective import EnergyTerm, ForcesTerm, Objective, SpatialTerm, TaylorTerm
+from piwsl.physics import PhysicsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
@@ -66,14 +66,14 @@ MODELS = {
 }
 CUTOFF = 5.0  # Å
 ENERGY_WEIGHT, FORCE_WEIGHT = 1.0, 100.0
-PIWSL = {"taylor_weight": 1.2, "spatial_weight": 0.01, "second_order": True}
+PIWSL = {"taylor_weight": 1.2, "spatial_weight": 0.01, "second_order": True}  # loss.terms
 
 
 @dataclass
 class Variant:
     name: str
     compiled: bool = False
-    physics: dict | None = None  # PhysicsConfig keywords; None: no physics terms
+    physics: dict | None = None  # PhysicsConfig keywords of the copies; None: no physics terms
     schnetpack: bool = False
     cpu_defaults: bool = False  # denormals computed and the per-tensor Adam loop (not fused)
     steps_per_round: int = 1
@@ -85,9 +85,9 @@ def variants(model: str, args: argparse.Namespace) -> list[Variant]:
         Variant("eager"),
         Variant("compiled", compiled=True),
         Variant("eager_before", cpu_defaults=True),
-        Variant("piwsl_2nd", physics=PIWSL),
-        Variant("piwsl_2nd_compiled", compiled=True, physics=PIWSL),
-        Variant("piwsl_2nd_three_pass", physics={**PIWSL, "evaluation": "three_pass"}),
+        Variant("piwsl_2nd", physics={}),
+        Variant("piwsl_2nd_compiled", compiled=True, physics={}),
+        Variant("piwsl_2nd_three_pass", physics={"evaluation": "three_pass"}),
     ]
     if has_reference:
         out += [
@@ -95,21 +95,17 @@ def variants(model: str, args: argparse.Namespace) -> list[Variant]:
             Variant("schnetpack_as_shipped", schnetpack=True, cpu_defaults=True),
         ]
     for f in args.fractions:
-        out.append(Variant(f"piwsl_2nd_fraction_{f:g}", physics={**PIWSL, "fraction": f}))
+        out.append(Variant(f"piwsl_2nd_fraction_{f:g}", physics={"fraction": f}))
         if args.compiled_fractions:
             out.append(
                 Variant(
                     f"piwsl_2nd_fraction_{f:g}_compiled",
                     compiled=True,
-                    physics={**PIWSL, "fraction": f},
+                    physics={"fraction": f},
                 )
             )
     for k in args.every:
-        out.append(
-            Variant(
-                f"piwsl_2nd_every_{k}", physics={**PIWSL, "every_n_steps": k}, steps_per_round=k
-            )
-        )
+        out.append(Variant(f"piwsl_2nd_every_{k}", physics={"every_n_steps": k}, steps_per_round=k))
     wanted = set(args.variants or [v.name for v in out]) | {"eager"}
     return [v for v in out if v.name in wanted]
 
@@ -164,11 +160,23 @@ def adam(params, variant: Variant) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-4, fused=None if variant.cpu_defaults else True)
 
 
+def piwsl_objective(copies: dict | None) -> Objective:
+    """The supervised terms, plus PITC and PISC (second order) on copies drawn as ``copies``
+    says (PhysicsConfig keywords) unless that is None."""
+    terms = [EnergyTerm(ENERGY_WEIGHT), ForcesTerm(FORCE_WEIGHT)]
+    if copies is None:
+        return Objective(terms)
+    terms += [
+        TaylorTerm(PIWSL["taylor_weight"], second_order=PIWSL["second_order"]),
+        SpatialTerm(PIWSL["spatial_weight"], second_order=PIWSL["second_order"]),
+    ]
+    return Objective(terms, PhysicsConfig(**copies))
+
+
 def piwsl_runner(variant: Variant, base, batches: list[Batch]) -> Runner:
     model = copy.deepcopy(base)
     net = CompiledForceField(model) if variant.compiled else model
-    physics = build_physics(PhysicsConfig(**variant.physics)) if variant.physics else None
-    objective = Objective(ENERGY_WEIGHT, FORCE_WEIGHT, physics=physics)
+    objective = piwsl_objective(variant.physics)
     optimizer = adam(model.parameters(), variant)
 
     def step(k: int) -> float:
@@ -207,7 +215,7 @@ def schnetpack_runner(variant: Variant, base, batches: list[Batch]) -> Runner:
 def bench_case(model_key: str, molecule: str, args: argparse.Namespace) -> dict:
     frames, source = load_frames(molecule, args.batch_size * args.n_batches, args.data)
     shift = sum(f.energy for f in frames) / sum(f.n_atoms for f in frames)
-    skin = PhysicsConfig(**PIWSL).required_skin * 1.05
+    skin = PhysicsConfig().required_skin * 1.05
     plain = make_batches(frames, args.batch_size, 0.0, shift)
     displaced = make_batches(frames, args.batch_size, skin, shift)
     hp = dict(MODELS[model_key])
@@ -218,7 +226,7 @@ def bench_case(model_key: str, molecule: str, args: argparse.Namespace) -> dict:
         if v.schnetpack:
             runners[v.name] = schnetpack_runner(v, base, plain)
         else:
-            runners[v.name] = piwsl_runner(v, base, displaced if v.physics else plain)
+            runners[v.name] = piwsl_runner(v, base, plain if v.physics is None else displaced)
     rng = random.Random(0)
     order = list(runners)
     for index in range(args.warmup + args.steps):

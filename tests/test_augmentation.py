@@ -16,8 +16,9 @@ from test_training import tiny_config, write_tiny_extxyz
 from piwsl.config import TrainingConfig, config_from_dict
 from piwsl.data.batch import frames_to_batch
 from piwsl.data.readers import read_frames
+from piwsl.training import train
+from piwsl.training.builders import training_skin
 from piwsl.training.module import PiwslModule
-from piwsl.training.run import train, training_skin
 
 torch.set_num_threads(1)
 

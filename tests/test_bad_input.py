@@ -359,3 +359,262 @@ def test_checkpoint_with_mismatched_weights(tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_model(path)
+
+
+# --- units, file by file (issue #18) -------------------------------------------------------------
+
+BOHR = 0.52917721090380  # Å
+
+
+def write_ethanol(path, n: int = 12, energy_unit: float = 1.0, length_unit: float = 1.0):
+    """rMD17 ethanol frames stored in another unit: 1 stored energy unit = ``energy_unit`` eV,
+    1 stored length unit = ``length_unit`` Å."""
+    images = []
+    for f in read_frames("builtin:ethanol_train")[:n]:
+        atoms = f.to_atoms()
+        atoms.calc = None
+        atoms.positions = f.positions / length_unit
+        atoms.info["REF_energy"] = f.energy / energy_unit
+        atoms.arrays["REF_forces"] = f.forces * length_unit / energy_unit
+        images.append(atoms)
+    ase.io.write(path, images, format="extxyz")
+    return str(path)
+
+
+def data_config(train, run_dir, **data):
+    from piwsl.config import config_from_dict
+
+    return config_from_dict(
+        {
+            "data": {"train": train, "n_val": 2, "n_test": 0, **data},
+            "model": {"name": "schnet", "cutoff": 3.0, "hparams": {"features": 8}},
+            "output": {"run_dir": str(run_dir), "progress_bar": False},
+        }
+    )
+
+
+def data_warnings(cfg, caplog) -> list[str]:
+    from piwsl.training import prepare_data
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="piwsl.training.data"):
+        data = prepare_data(cfg.data)
+    return data, [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize(
+    ("stored", "declared", "ratio", "advice"),
+    [(BOHR, "Å", "1.9", "length: Bohr"), (1.0, "Bohr", "0.5", "length: Å")],
+    ids=["bohr-read-as-angstrom", "angstrom-read-as-bohr"],
+)
+def test_wrong_length_unit_is_named_per_file(tmp_path, caplog, stored, declared, ratio, advice):
+    """Bohr read as Å used to train silently (bonds too long, nothing fired); Å declared as Bohr
+    shrinks every bond to 0.53× (mostly above the 0.5 Å close-atom bound)."""
+    path = write_ethanol(tmp_path / "lengths.xyz", length_unit=stored)
+    _, messages = data_warnings(data_config(path, tmp_path, length_unit=declared), caplog)
+    (message,) = [m for m in messages if "bond lengths" in m]
+    assert f"file {path!r}: bond lengths are {ratio}" in message
+    assert advice in message
+
+
+def test_energy_unit_check_runs_per_file_not_pooled(tmp_path, caplog):
+    """A Hartree training file next to an eV test file: pooled, neither unit reaches the 90 %
+    majority and nothing fired; per file, the training file is named."""
+    from piwsl.units import HARTREE
+
+    train = write_ethanol(tmp_path / "train_ha.xyz", n=12, energy_unit=HARTREE)
+    test = write_ethanol(tmp_path / "test_ev.xyz", n=12)
+    _, messages = data_warnings(data_config(train, tmp_path, test=test), caplog)
+    (message,) = [m for m in messages if "energies look like" in m]
+    assert f"file {train!r}: energies look like Hartree, but they were read as 'eV'" in message
+    assert test not in message
+    assert f"data.units: {{{train!r}: {{energy: Hartree}}}}" in message
+
+
+def test_units_declared_per_split_and_per_file(tmp_path, caplog):
+    """Train in Hartree + Bohr, one test file in kcal/mol, one in eV: read right, no warning."""
+    from piwsl.units import HARTREE, KCAL_MOL
+
+    train = write_ethanol(tmp_path / "train.xyz", energy_unit=HARTREE, length_unit=BOHR)
+    kcal = write_ethanol(tmp_path / "kcal.xyz", n=4, energy_unit=KCAL_MOL)
+    ev = write_ethanol(tmp_path / "ev.xyz", n=4)
+    units = {"train": {"energy": "Hartree", "length": "Bohr"}, kcal: {"energy": "kcal/mol"}}
+    cfg = data_config(train, tmp_path, test=[kcal, ev], units=units)
+    data, messages = data_warnings(cfg, caplog)
+    assert not [m for m in messages if "look like" in m or "bond lengths" in m]
+    truth = read_frames("builtin:ethanol_train")
+    for f in data.train + data.val + data.test:
+        assert f.energy == pytest.approx(truth[f.index].energy, abs=1e-6)
+        np.testing.assert_allclose(f.positions, truth[f.index].positions, atol=1e-6)
+        np.testing.assert_allclose(f.forces, truth[f.index].forces, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("units", "extra", "match"),
+    [
+        ({"tset": {"energy": "eV"}}, {}, r"neither a split .* did you mean 'test'"),
+        ({"validation": {"energy": "eV"}}, {}, r"no validation files .* drawn from data.train"),
+        ({"train": {"energy": "Hartre"}}, {}, r"data.units.train: unknown unit 'Hartre'"),
+        ({"train": {"enrgy": "eV"}}, {}, r"'data.units.train.enrgy'; did you mean .*energy'"),
+        (
+            {"train": {"energy": "Hartree"}, "test": {"energy": "eV"}},
+            {"test": "SAME"},
+            r"listed in several splits whose units differ",
+        ),
+    ],
+    ids=["unknown-key", "split-without-files", "unknown-unit", "unknown-field", "conflict"],
+)
+def test_bad_units_sections_are_config_errors(tmp_path, units, extra, match):
+    from piwsl.config import config_from_dict
+
+    path = write_ethanol(tmp_path / "a.xyz", n=4)
+    data = {"train": path, "units": units, **{k: path for k in extra}}
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict({"data": data})
+
+
+def test_units_declared_for_an_npz_file_are_an_error(tmp_path):
+    from piwsl.training import prepare_data
+
+    xyz = write_ethanol(tmp_path / "a.xyz", n=8)
+    cfg = data_config(xyz, tmp_path, test="builtin:ethanol_test", energy_unit="Hartree")
+    with pytest.raises(ConfigError, match=r"'builtin:ethanol_test' \(data.test\) is an rMD17"):
+        prepare_data(cfg.data)
+
+
+def test_evaluate_checks_the_units_of_its_file(tmp_path, caplog):
+    from piwsl.evaluation import evaluate_checkpoint
+
+    model = tmp_path / "m.pt"
+    save_model(tiny_model(), model)
+    path = write_ethanol(tmp_path / "bohr.xyz", n=6, length_unit=BOHR)
+    with caplog.at_level("WARNING", logger="piwsl.training.run"):
+        evaluate_checkpoint(model, path, tmp_path / "eval")
+    (message,) = [r.getMessage() for r in caplog.records if "bond lengths" in r.getMessage()]
+    assert "--length-unit Bohr" in message
+
+
+# --- resume, inference geometry, MD start structures ---------------------------------------------
+
+
+def test_resume_with_another_models_checkpoint_names_the_differences(tmp_path):
+    """Another run's last.ckpt copied into a run directory, config unchanged: no 58 "size
+    mismatch" lines, but the keys in which the runs differ."""
+    import shutil
+
+    from piwsl.training import train
+
+    data = write_ethanol(tmp_path / "d.xyz", n=10)
+
+    def cfg(run, features):
+        from piwsl.config import config_from_dict
+
+        return config_from_dict(
+            {
+                "data": {"train": data, "n_val": 2, "n_test": 0},
+                "model": {"cutoff": 3.0, "hparams": {"features": features, "interactions": 1}},
+                "training": {"max_epochs": 1, "batch_size": 4, "num_threads": 1},
+                "output": {"run_dir": str(tmp_path / run), "progress_bar": False},
+            }
+        )
+
+    train(cfg("b", 16), evaluate=False)
+    # run "a" (its config.yaml as training writes it) holding run "b"'s last checkpoint
+    (tmp_path / "a/checkpoints").mkdir(parents=True)
+    (tmp_path / "a/config.yaml").write_text(cfg("a", 8).to_yaml())
+    shutil.copy(tmp_path / "b/checkpoints/last.ckpt", tmp_path / "a/checkpoints/last.ckpt")
+    with pytest.raises(ConfigError) as info:
+        train(cfg("a", 8), resume=True, evaluate=False)
+    text = str(info.value)
+    assert "last.ckpt' belongs to another run" in text
+    assert "model.hparams.features: 16 there, 8 now" in text
+    assert "size mismatch" not in text
+
+
+def test_calculator_warns_about_atoms_on_top_of_each_other():
+    """Two atoms at one position used to give E = −3,768 eV without a word."""
+    from ase import Atoms
+
+    from piwsl.calculator import GeometryWarning
+
+    atoms = Atoms("OH2", positions=[[0, 0, 0], [0, 0, 0], [0.76, 0.59, 0]])
+    atoms.calc = PiwslCalculator(tiny_model())
+    with pytest.warns(GeometryWarning, match=r"atoms 0 and 1 are 0\.000 Å apart"):
+        atoms.get_forces()
+    atoms.positions[1] = [0.0, 0.3, 0.0]
+    atoms.get_forces()  # counted, not warned again
+    assert atoms.calc.n_close_calls == 2
+    atoms.positions[1] = [0.0, 0.96, 0.0]
+    atoms.get_forces()
+    assert atoms.calc.n_close_calls == 2
+
+
+@pytest.mark.parametrize(
+    ("symbols", "positions", "match"),
+    [
+        ("H", [[0, 0, 0]], "single H atom: MD of one atom"),
+        ("OH2", [[0, 0, 0], [0, 0, 0.3], [0.76, 0.59, 0]], r"0\.300 Å apart"),
+    ],
+    ids=["single-atom", "close-atoms"],
+)
+def test_md_refuses_start_structures_it_cannot_run(tmp_path, capsys, symbols, positions, match):
+    from ase import Atoms
+
+    from piwsl.cli import main
+
+    save_model(tiny_model(), tmp_path / "m.pt")
+    ase.io.write(tmp_path / "start.xyz", Atoms(symbols, positions=positions))
+    rc = main(["md", str(tmp_path / "m.pt"), str(tmp_path / "start.xyz"), "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert match.replace("\\", "") in err or __import__("re").search(match, err)
+    assert "start.xyz" in err and "frame 0" in err
+    assert not (tmp_path / "md_report.json").exists()
+
+
+# --- evaluation of frames without labels -----------------------------------------------------------
+
+
+def test_evaluate_on_unlabelled_frames_writes_predictions(tmp_path, caplog):
+    from piwsl.evaluation import evaluate_checkpoint
+
+    model = tmp_path / "m.pt"
+    save_model(tiny_model(), model)
+    images = [a for a in ase.io.read(write_xyz(tmp_path / "l.xyz"), ":")]
+    for atoms in images:
+        atoms.info.pop("REF_energy")
+        del atoms.arrays["REF_forces"]
+    ase.io.write(tmp_path / "bare.xyz", images)
+    with caplog.at_level("WARNING", logger="piwsl.evaluation"):
+        metrics, _, plot = evaluate_checkpoint(model, tmp_path / "bare.xyz", tmp_path / "ev")
+    assert "nothing to score" in caplog.text
+    assert plot is None and metrics["energy_mae_meV"] is None
+    written = ase.io.read(metrics["predictions"], ":")
+    assert len(written) == 3
+    frames = read_frames(tmp_path / "bare.xyz")
+    expected = predict(tiny_model(), frames)
+    np.testing.assert_allclose([a.info["PRED_energy"] for a in written], expected.energy)
+    # extxyz stores per-atom values with 8 decimals (1e-8 eV/Å)
+    np.testing.assert_allclose(written[2].arrays["PRED_forces"], expected.forces_of(2), atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "training.learning_rate=1e-3"], "did you mean 'training.lr'?"),
+        (["train", "training.epochs=3"], "did you mean 'training.max_epochs'?"),
+        (["predict", "MODEL", "FRAMES", "out.xyz", "--length-unit", "bohr"], "'Bohr'"),
+        (["predict", "MODEL", "missing.xyz", "out.xyz"], "missing.xyz': file does not exist"),
+    ],
+    ids=["learning_rate", "epochs", "predict-unit", "predict-missing-file"],
+)
+def test_cli_bad_input_is_one_clear_line(tmp_path, capsys, argv, message):
+    from piwsl.cli import main
+
+    save_model(tiny_model(), tmp_path / "m.pt")
+    frames = write_xyz(tmp_path / "f.xyz")
+    argv = [{"MODEL": str(tmp_path / "m.pt"), "FRAMES": frames}.get(a, a) for a in argv]
+    argv = [str(tmp_path / a) if a.endswith(".xyz") and "/" not in a else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err

@@ -16,11 +16,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "rmd17.py"
-sys.path.insert(0, str(SCRIPT.parent))
 
 
-def test_method_variants_become_overrides():
-    import rmd17
+@pytest.fixture
+def benchmarks(monkeypatch) -> Path:
+    """The benchmarks folder on the import path for this test only (as when a script runs)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    return SCRIPT.parent
+
+
+@pytest.fixture
+def rmd17(benchmarks):
+    """The driver as a module."""
+    import importlib
+
+    return importlib.import_module("rmd17")
+
+
+def test_method_variants_become_overrides(rmd17):
 
     overrides = rmd17.method_overrides("piwsl_2nd[delta=0.01,taylor=12]")
     assert "physics.second_order=true" in overrides
@@ -64,3 +77,119 @@ def test_quick_run_writes_results_and_resumes(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0
     assert "2 already done, 0 to train" in again.stdout
+    # every run records its warnings and split; the summary keeps every command that fed it
+    for path in runs:
+        record = json.loads(path.read_text())
+        assert isinstance(record["warnings"], list) and record["split"] == "01"
+    rewrite = subprocess.run(
+        [*command, "--summary-only"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert rewrite.returncode == 0
+    header = json.loads((tmp_path / "results" / "rmd17_grid_quick.json").read_text())
+    assert len(header["commands"]) == 2 and header["commands"][1].endswith("--summary-only")
+    assert all(c.startswith("python benchmarks/rmd17.py --quick") for c in header["commands"])
+    summary = (tmp_path / "results" / "rmd17_grid_quick.md").read_text()
+    assert summary.count("- `python benchmarks/rmd17.py --quick") == 2
+
+
+def test_split_atoms_per_batch_and_run_warnings(tmp_path):
+    import numpy as np
+    import rmd17
+
+    packaged = ROOT / "src" / "piwsl" / "datasets"
+    common = ["--regimes", "E_only_100", "--models", "schnet_tiny", "--methods", "plain"]
+    args = rmd17.parse_args([*common, "--molecules", "ethanol", "--atoms-per-batch", "144"])
+    (run,) = rmd17.grid_runs(args, packaged)[:1]
+    assert run.extra[-1] == "training.batch_size=16"  # 144 atoms / 9
+    np.savez(tmp_path / "rmd17_aspirin_train_02.npz", nuclear_charges=np.ones(21))
+    args = rmd17.parse_args(
+        [*common, "--molecules", "aspirin", "--atoms-per-batch", "144", "--split", "02"]
+    )
+    run = rmd17.grid_runs(args, tmp_path)[0]
+    assert run.extra[-1] == "training.batch_size=7"  # 144 atoms / 21
+    assert run.name.endswith("-s0-split02")
+    assert run.data("test").name == "rmd17_aspirin_test_02.npz"
+    assert f"data.test={run.data('test')}" in run.command(tmp_path / "r", 1)
+    split01 = rmd17.Run("ethanol", "schnet", "EF_50", "plain", 0, [], packaged)
+    assert split01.name == "ethanol-schnet-EF_50-plain-s0"  # the committed runs' names
+    with pytest.raises(SystemExit):
+        rmd17.parse_args(["--atoms-per-batch", "144", "--set", "training.batch_size=8"])
+    with pytest.raises(SystemExit):
+        rmd17.parse_args(["--suite", "converged", "--atoms-per-batch", "144"])
+    stderr = (
+        "warning: file 'x.xyz': bond lengths are 1.93× the covalent ones\n"
+        "Epoch 3: something else\n"
+        "/venv/lib/x.py:12: UserWarning: the lr scheduler ...\n"
+        "  warnings.warn(...)\n"
+        "warning: file 'x.xyz': bond lengths are 1.93× the covalent ones\n"
+    )
+    assert rmd17.run_warnings(stderr) == [
+        "warning: file 'x.xyz': bond lengths are 1.93× the covalent ones",
+        "/venv/lib/x.py:12: UserWarning: the lr scheduler ...",
+    ]
+    lines = rmd17.warnings_section(
+        [{"name": "a", "warnings": ["warning: w1"]}, {"name": "b", "warnings": ["warning: w1"]}]
+    )
+    assert "| 2 | warning: w1 |" in lines
+
+
+def test_delta_learning_summary_defaults_and_honest_target(tmp_path, monkeypatch, benchmarks):
+    """delta_learning.py on the committed runs: N counts training + validation energies, every
+    cell shows its number of seeds, the target column judges Δ alone (PaiNN on ethanol: 3.9×,
+    not met, though Δ + PIWSL reaches 4.3×), and existing outputs are never replaced unasked."""
+    pytest.importorskip("tblite")
+    import delta_learning
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert not Path(delta_learning.parse_args([]).out).is_absolute()  # under runs/, not results
+    assert delta_learning.parse_args([]).out.startswith("runs/")
+    out = tmp_path / "dl"
+    args = ["--molecules", "ethanol", "--data", str(ROOT / "src" / "piwsl" / "datasets")]
+    delta_learning.main([*args, "--out", str(out)])
+    text = out.with_suffix(".md").read_text()
+    row = next(
+        x
+        for x in text.splitlines()
+        if x.startswith("| ethanol | 1000 (950 train + 50 val) | painn_conservative")
+    )
+    assert row.endswith("| 3.9× | 4.3× | not met (3.9×) |")
+    assert "63.7 ± 0.0 (3) / 336.3 ± 0.0 (3)" in row  # GFN2-xTB alone, three seeds
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert "--data src/piwsl/datasets" in record["command"]  # relative to the checkout
+    assert str(ROOT) not in json.dumps(record)
+    with pytest.raises(SystemExit, match="--overwrite"):
+        delta_learning.main([*args, "--out", str(out)])
+
+
+def test_converged_suite_resumes_an_unfinished_run(tmp_path):
+    """The converged suite's run resumes from the last checkpoint a killed attempt left (here: a
+    finished short attempt whose result file was removed), records its stop reason, the test
+    curve and checkout-relative paths."""
+    tiny = "model.hparams={features: 8, interactions: 1, n_rbf: 8, forces: conservative}"
+    base = [sys.executable, str(SCRIPT), "--suite", "converged", "--molecules", "ethanol"]
+    base += ["--regimes", "EF_100", "--models", "painn32_conservative", "--methods", "plain"]
+    base += ["--seeds", "0", "--data", str(ROOT / "src" / "piwsl" / "datasets")]
+    base += ["--results", str(tmp_path / "results"), "--work", str(tmp_path / "work")]
+    common = [tiny, "training.val_every_n_epochs=1", "output.test_curve_steps=[10, 30]"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.run(
+        [*base, "--set", *common, "training.max_steps=20"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    (result,) = (tmp_path / "results" / "rmd17" / "converged").glob("*.json")
+    record = json.loads(result.read_text())
+    assert record["steps"] == 20 and record["stopped_by"] == "cap" and not record["resumed"]
+    assert [p["step"] for p in record["test_curve"]] == [10]
+    assert str(ROOT) not in record["command"]  # paths relative to the checkout
+    result.unlink()  # as if the attempt had been killed before writing its result
+    second = subprocess.run(
+        [*base, "--set", *common, "training.max_steps=40"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr[-2000:]
+    record = json.loads(result.read_text())
+    assert record["resumed"] and record["steps"] == 40
+    assert [p["step"] for p in record["test_curve"]] == [10, 30]  # 10 kept, 30 added
+    assert record["validation_curve"][0]["step"] < 20  # the curve spans both attempts
+    assert (tmp_path / "results" / "converged.md").is_file()

@@ -154,7 +154,13 @@ def test_run_dir_protection_and_resume_errors(project, monkeypatch, capsys):
     assert "already holds a run" in capsys.readouterr().err
     # resuming with a different model is refused before touching the checkpoint
     assert main([*args, "--resume", "model.hparams.features=8"]) == 2
-    assert "model section differs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "belongs to another run" in err and "model.hparams.features: 16 there, 8 now" in err
+    # a plain --resume says where it continues
+    assert main([*args, "--resume", "training.max_epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from 'runs/again/checkpoints/last.ckpt': 1 epoch(s) and" in out
+    assert "continuing with epoch 2" in out
 
 
 def test_version_and_entry_point():
@@ -191,3 +197,87 @@ def test_evaluate_rejects_unknown_units(project, monkeypatch, capsys):
     monkeypatch.chdir(project)
     assert main(["evaluate", "any.pt", "test.xyz", "--energy-unit", "kcal"]) == 2
     assert "did you mean 'kcal/mol'" in capsys.readouterr().err
+
+
+# --- output that is not a terminal, predict, README, committed paths (issue #18) -------------
+
+
+def test_off_a_terminal_training_prints_plain_progress_lines(project, monkeypatch, capsys):
+    """No carriage-return bar in a log and no value broken over two lines: plain lines (here
+    with the 30 s interval set to 0, so that a tiny run prints some)."""
+    from piwsl.training import callbacks
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(callbacks, "PLAIN_INTERVAL_S", 0.0)
+    args = ["train", "tiny.yaml", "output.progress_bar=true", "training.max_epochs=2"]
+    assert main([*args, "--run-dir", "runs/plain"]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "\r" not in captured.out
+    lines = [x for x in captured.err.splitlines() if x.startswith("training")]
+    assert any(x.startswith("training: epoch 1/2, step 4, ") for x in lines)
+    assert any("(end of epoch)" in x and "val_forces_mae_meV_per_A" in x for x in lines)
+    assert lines[-1].startswith("training done: 2 epochs, 8 steps")
+    # the console does not wrap: the model line keeps "energy shift … meV/atom" on one line
+    model_line = next(x for x in captured.out.splitlines() if x.startswith("model "))
+    assert "meV/atom, scale" in model_line and len(model_line) > 80
+
+
+def test_plain_progress_writes_occasional_lines():
+    import io
+
+    from piwsl.terminal import NullProgress, PlainProgress, make_console, progress_bar
+
+    stream = io.StringIO()
+    bar = PlainProgress(200, desc="label", unit="frame", interval_s=3600, stream=stream)
+    for _ in range(200):
+        bar.update(1)
+    assert stream.getvalue() == ""  # nothing before the interval
+    bar.set_postfix_str("T=300 K")
+    bar.close()
+    bar.close()
+    (line,) = stream.getvalue().splitlines()
+    assert line.startswith("label: 200/200 frame (100 %), ") and line.endswith("[T=300 K]")
+    fast = PlainProgress(10, desc="x", unit="step", interval_s=0.0, stream=stream)
+    fast.update(4)
+    assert "x: 4/10 step (40 %)" in stream.getvalue() and "left" in stream.getvalue()
+    assert isinstance(progress_bar(5, enabled=False), NullProgress)
+    assert make_console().soft_wrap  # pytest's captured output is not a terminal
+
+
+def test_predict_command(project, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    args = ["train", "tiny.yaml", "training.max_epochs=1", "--run-dir", "runs/pred"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["predict", "runs/pred/best_model.pt", "test.xyz", "out/p.extxyz"]) == 0
+    assert "6 frames" in capsys.readouterr().out
+    written = ase.io.read(project / "out" / "p.extxyz", ":")
+    assert len(written) == 6 and all("PRED_energy" in a.info for a in written)
+    assert all(a.arrays["PRED_forces"].shape == (9, 3) for a in written)
+    assert "PRIOR_energy" not in written[0].info  # no prior
+    # bad input: a clear error, exit 2
+    assert main(["predict", "runs/pred/best_model.pt", "nope.xyz", "p.xyz"]) == 2
+    assert "nope.xyz" in capsys.readouterr().err
+    assert main(["predict", "test.xyz", "test.xyz", "p.xyz"]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_readme_quick_start_names_the_label_extra():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert '".[label]"' in quick
+    for use in ("piwsl sample", "piwsl label", "prior.name=gfn2-xtb"):
+        assert use in quick
+
+
+def test_committed_results_record_no_absolute_paths():
+    """Result files record paths relative to the checkout (or its parent), never this
+    machine's absolute paths."""
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    pattern = re.compile(r"(?<![\w.])/(?:work|home|tmp|root|Users|mnt)/")
+    offenders = [
+        str(p.relative_to(root))
+        for p in sorted(root.rglob("*"))
+        if p.suffix in (".json", ".md", ".csv") and pattern.search(p.read_text(errors="ignore"))
+    ]
+    assert offenders == []

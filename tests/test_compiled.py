@@ -22,8 +22,8 @@ from piwsl.data.frames import Frame
 from piwsl.models import ForceField, build_model
 from piwsl.models.base import EnergyModel
 from piwsl.models.compiled import CompiledForceField
-from piwsl.objective import Objective
-from piwsl.physics import PhysicsConfig, build_physics
+from piwsl.objective import EnergyTerm, ForcesTerm, Objective, SpatialTerm, TaylorTerm
+from piwsl.physics import PhysicsConfig
 from piwsl.testing import random_crystal
 
 torch.set_num_threads(1)
@@ -83,10 +83,12 @@ def tiny_model(key: str, seed: int = 0) -> ForceField:
 
 
 def objective(physics: bool) -> Objective:
-    config = PhysicsConfig(
-        taylor_weight=1.2, spatial_weight=0.01, second_order=True, evaluation="fused"
-    )
-    return Objective(1.0, 10.0, physics=build_physics(config) if physics else None)
+    """Energy 1 and forces 10 (eV), with PITC 1.2 and PISC 0.01 (kcal/mol, second order)."""
+    terms = [EnergyTerm(1.0), ForcesTerm(10.0)]
+    if not physics:
+        return Objective(terms)
+    terms += [TaylorTerm(1.2, second_order=True), SpatialTerm(0.01, second_order=True)]
+    return Objective(terms, PhysicsConfig(evaluation="fused"))
 
 
 def train_steps(model, batches: list[Batch], physics: bool) -> list[float]:

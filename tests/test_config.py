@@ -49,8 +49,8 @@ def test_overrides_of_any_depth_and_type(tmp_path):
     )
     assert cfg.training.max_epochs == 5 and isinstance(cfg.training.max_epochs, int)
     assert cfg.model.hparams == {"features": 32}
-    assert cfg.physics.taylor_weight == pytest.approx(1.2)
-    assert cfg.physics.enabled
+    assert cfg.loss.weight("taylor") == pytest.approx(1.2)
+    assert cfg.loss.displaces
     assert cfg.training.dtype == "float64"
     assert cfg.data.e0s == {"H": -13.6, "C": -1000.0, "O": -2000.0}
     assert cfg.data.validation == ["a.xyz", "b.xyz"]
@@ -166,4 +166,29 @@ def test_override_syntax():
 def test_sections_forbid_extra_keys_everywhere():
     for name, field in Config.model_fields.items():
         cls = field.annotation
+        if name == "plugins":  # a list of import paths, not a section
+            continue
         assert cls.model_config.get("extra") == "forbid", name
+
+
+@pytest.mark.parametrize(
+    ("override", "good"),
+    [
+        ("training.learning_rate=1e-3", "training.lr"),
+        ("training.epochs=5", "training.max_epochs"),
+        ("training.num_epochs=5", "training.max_epochs"),
+        ("training.batch=8", "training.batch_size"),
+        ("training.patience=5", "training.early_stopping_patience"),
+        ("training.cutoff=4.0", "model.cutoff"),  # a key of another section
+        ("data.batch_size=8", "training.batch_size"),
+        ("model.learning_rate=1e-3", "training.lr"),
+        ("model.r_cut=4.0", "model.cutoff"),
+        ("physics.lambda_pitc=1.2", "physics.taylor_weight"),
+    ],
+)
+def test_unknown_key_suggests_the_key_people_mean(tmp_path, override, good):
+    """Synonyms before spelling: learning_rate is lr, not early_stopping_patience."""
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    assert str(info.value).endswith(f"did you mean {good!r}?")

@@ -22,8 +22,8 @@ from piwsl.data import read_frames
 from piwsl.data.batch import Graph, collate
 from piwsl.models import build_model
 from piwsl.models.base import trusted_species
-from piwsl.objective import Objective
-from piwsl.physics import PhysicsConfig, build_physics
+from piwsl.objective import EnergyTerm, ForcesTerm, Objective, SpatialTerm, TaylorTerm
+from piwsl.physics import PhysicsConfig
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
@@ -53,6 +53,21 @@ def training_batch(device: str = "cpu", n: int = 6):
     return collate(graphs).to(device=device)
 
 
+def piwsl_objective(physics: bool = True, anchor_to_labels: bool = False, **copies) -> Objective:
+    """Energy 1, forces 10; PITC 1.2 and PISC 0.01 second order; the skin check marked done
+    (it runs once per run, on the host)."""
+    terms = [EnergyTerm(1.0), ForcesTerm(10.0)]
+    if not physics:
+        return Objective(terms)
+    terms += [
+        TaylorTerm(1.2, second_order=True, anchor_to_labels=anchor_to_labels),
+        SpatialTerm(0.01, second_order=True),
+    ]
+    objective = Objective(terms, PhysicsConfig(**copies))
+    objective.displacements.verified = True
+    return objective
+
+
 def model_on(name: str, device: str, **hparams):
     torch.manual_seed(0)
     model = build_model(name, elements=[1, 6, 8], cutoff=4.0, **hparams)
@@ -71,9 +86,7 @@ def model_on(name: str, device: str, **hparams):
 def test_training_step_reads_nothing_back(name, hparams, physics):
     """Objective + physics terms (second order) + backward: no host synchronisation."""
     model = model_on(name, "cpu", **hparams)
-    config = PhysicsConfig(taylor_weight=1.2, spatial_weight=0.01, second_order=True, **physics)
-    objective = Objective(1.0, 10.0, physics=build_physics(config))
-    objective.physics.verified = True  # the skin check runs once per run, on the host
+    objective = piwsl_objective(**physics)
     batch = training_batch()
     counter = SyncCounter()
     with trusted_species(), counter:
@@ -85,9 +98,7 @@ def test_a_reduced_physics_fraction_reads_the_subset_size_back():
     """The documented exception: the chosen structures' atoms and edges are counted on the host
     (three reads per step)."""
     model = model_on("schnet", "cpu", features=8, interactions=1, n_rbf=6)
-    config = PhysicsConfig(taylor_weight=1.2, fraction=0.5)
-    objective = Objective(1.0, 10.0, physics=build_physics(config))
-    objective.physics.verified = True
+    objective = piwsl_objective(fraction=0.5)
     batch = training_batch()
     counter = SyncCounter()
     with trusted_species(), counter:
@@ -99,10 +110,7 @@ def test_a_reduced_physics_fraction_reads_the_subset_size_back():
 @pytest.mark.parametrize("physics", [False, True])
 def test_cuda_training_step_is_sync_free(physics):
     model = model_on("painn", "cuda", features=8, interactions=1, n_rbf=6)
-    config = PhysicsConfig(taylor_weight=1.2, spatial_weight=0.01, second_order=True)
-    objective = Objective(1.0, 10.0, physics=build_physics(config) if physics else None)
-    if physics:
-        objective.physics.verified = True
+    objective = piwsl_objective(physics)
     batch = training_batch("cuda")
     objective(model, batch).total.backward()  # warm-up (allocator, kernels)
     torch.cuda.synchronize()

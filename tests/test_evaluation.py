@@ -296,3 +296,204 @@ def test_nonconservativeness_vanishes_for_conservative_model(tmp_path):
     m = evaluate_model(model, mixed_frames(3), tmp_path, nonconservative=True, plot=False)
     assert abs(m["nonconservative_force_curl_eV_per_A2"]) < 1e-10
     assert abs(m["nonconservative_circulation_meV"]) < 1e-8
+
+
+# ------------------------------------------------------------------- the one accumulator
+def _streamed(frames, pred, chunks):
+    """ErrorMetrics fed chunk by chunk (the ``chunks`` lists of frame indices)."""
+    from piwsl.evaluation import ErrorMetrics, Labels
+
+    metrics = ErrorMetrics(full=True)
+    for idx in chunks:
+        part = [frames[k] for k in idx]
+        forces = np.concatenate([pred.forces_of(k) for k in idx])
+        metrics.update(
+            torch.as_tensor(pred.energy[idx]), torch.as_tensor(forces), Labels.from_frames(part)
+        )
+    return metrics
+
+
+def test_streaming_and_ranks_give_the_one_pass_metrics():
+    frames = mixed_frames(7)
+    frames[2].energy = None
+    frames[4].forces = None
+    rng = np.random.default_rng(1)
+    n_atoms = sum(f.n_atoms for f in frames)
+    pred = make_predictions(frames, rng.normal(0, 0.01, 7), rng.normal(0, 0.05, (n_atoms, 3)))
+    once = compute_metrics(frames, pred)
+    streamed = _streamed(frames, pred, [[0, 1, 2], [3], [4, 5, 6]]).metrics()
+    # two "ranks" with their own shares, combined with sum/max as torch.distributed would
+    ranks = [_streamed(frames, pred, [[0, 2, 4, 6]]), _streamed(frames, pred, [[1, 3, 5]])]
+
+    other = ranks[1]
+    others = iter([*other.sums.values(), *other.maxima.values(), *other.elements.values()])
+
+    def reducer(value, op):  # what all_reduce does with the other rank's tensor
+        theirs = next(others)
+        return torch.maximum(value, theirs) if op == "max" else value + theirs
+
+    combined = ranks[0]
+    combined.reduce(reducer)
+    for got in (streamed, combined.metrics()):
+        # compute_metrics adds the offset analysis, which needs the per-frame errors
+        assert set(got) == {k for k in once if "offset" not in k and "mean_error" not in k}
+        for key, value in got.items():
+            value = once[key]
+            if isinstance(value, dict):
+                for z, row in value.items():
+                    assert got[key][z] == pytest.approx(row, rel=1e-12), (key, z)
+            else:
+                assert got[key] == pytest.approx(value, rel=1e-12), key
+    # independent numpy check of two numbers
+    e_idx = [k for k, f in enumerate(frames) if f.has_energy]
+    e_err = np.array([pred.energy[k] - frames[k].energy for k in e_idx])
+    assert once["energy_rmse_meV"] == pytest.approx(1e3 * np.sqrt(np.mean(e_err**2)), rel=1e-12)
+    assert once["energy_max_abs_error_meV"] == pytest.approx(1e3 * np.abs(e_err).max(), rel=1e-12)
+
+
+def test_predictions_from_frames_score_another_method():
+    frames = mixed_frames(4)
+    other = [
+        Frame(numbers=f.numbers, positions=f.positions, energy=f.energy + 0.002, forces=f.forces)
+        for f in frames
+    ]
+    m = compute_metrics(frames, Predictions.from_frames(other))
+    assert m["energy_mae_meV"] == pytest.approx(2.0) and m["forces_mae_meV_per_A"] == 0.0
+    other[1].energy = None
+    with pytest.raises(ValueError, match="frame 0 has no energy"):
+        Predictions.from_frames(other)
+
+
+def test_validation_metrics_are_the_evaluation_metrics_of_the_same_model(tmp_path):
+    """The logged val_* errors of the last epoch equal compute_metrics of final_model.pt on the
+    validation frames (same accumulator; validation takes force differences in float32)."""
+    from test_training import read_epoch_rows, tiny_config, write_tiny_extxyz
+
+    from piwsl.config import config_from_dict
+    from piwsl.models import load_model
+    from piwsl.training import prepare_data, train
+
+    data = write_tiny_extxyz(tmp_path / "d.xyz", n=14, unlabelled_every=0)
+    cfg = config_from_dict(tiny_config(data, tmp_path / "run", training={"max_epochs": 1}))
+    train(cfg, evaluate=False)
+    row = [r for r in read_epoch_rows(tmp_path / "run") if r.get("val_energy_mae_meV")][-1]
+    val = prepare_data(cfg.data, report=False).val
+    model = load_model(tmp_path / "run" / "final_model.pt")
+    metrics = compute_metrics(val, predict(model, val))
+    for key in ("energy_mae_meV", "energy_rmse_meV_per_atom", "forces_mae_meV_per_A"):
+        assert float(row[f"val_{key}"]) == pytest.approx(metrics[key], rel=1e-5), key
+
+
+# --- predictions to a file, offsets (issue #18) -----------------------------------------------
+
+
+def test_predict_command_writes_energies_forces_and_the_priors_share(tmp_path, monkeypatch, capsys):
+    """A Δ model on an external prior (ASE's EMT, through the prior cache): PRED_ = prior +
+    learned part, PRIOR_ the prior alone, REF_ the frame's labels; the numbers are those of
+    predict(). (An analytic prior such as ZBL is part of the model: PRED_ alone.)"""
+    import ase.io
+
+    from piwsl.cli import main
+    from piwsl.data import read_frames
+    from piwsl.priors import PriorUse, make_prior
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = tiny_model()
+    prior = make_prior("ase:ase.calculators.emt.EMT")
+    model.prior_spec = prior.spec()
+    save_model(model, tmp_path / "delta.pt")
+    frames = mixed_frames(5)
+    images = []
+    for f in frames:
+        atoms = f.to_atoms()
+        atoms.positions *= 0.9  # pairs inside the ZBL switch: the prior contributes
+        images.append(atoms)
+    ase.io.write(tmp_path / "in.xyz", images)
+    args = [
+        "predict",
+        str(tmp_path / "delta.pt"),
+        str(tmp_path / "in.xyz"),
+        str(tmp_path / "p.xyz"),
+    ]
+    args += ["--prior-cache-dir", str(tmp_path / "prior_cache")]
+    assert main(args) == 0
+    assert "5 frames" in capsys.readouterr().out
+    written = ase.io.read(tmp_path / "p.xyz", ":")
+    inputs = read_frames(tmp_path / "in.xyz")  # positions as stored (8 decimals)
+    learned = predict(model, inputs, prior=PriorUse(enabled=False))
+    for s, atoms in enumerate(written):
+        e_prior, f_prior = prior.compute_one(inputs[s])
+        assert atoms.info["PRIOR_energy"] == pytest.approx(e_prior, abs=1e-9)
+        assert atoms.info["PRED_energy"] == pytest.approx(learned.energy[s] + e_prior, abs=1e-8)
+        np.testing.assert_allclose(atoms.arrays["PRIOR_forces"], f_prior, atol=1e-7)
+        np.testing.assert_allclose(
+            atoms.arrays["PRED_forces"], learned.forces_of(s) + f_prior, atol=1e-7
+        )
+        assert atoms.info["REF_energy"] == pytest.approx(frames[s].energy)
+        assert atoms.info["PRED_prior"] == prior.name and atoms.info["source_frame"] == s
+    assert any(abs(a.info["PRIOR_energy"]) > 1e-3 for a in written)
+
+
+def offset_frames(model, offset_ev: float, noise_ev: float, n: int = 20, per_element=None):
+    """Frames labelled with the model's own prediction − an offset (+ noise): the errors of
+    ``model`` on them are a pure offset plus noise."""
+    frames = mixed_frames(n)
+    energy, _ = model_outputs(model, frames)
+    rng = np.random.default_rng(3)
+    for f, e in zip(frames, energy, strict=True):
+        shift = offset_ev
+        if per_element:
+            shift = sum(per_element[int(z)] for z in f.numbers)
+        f.energy = float(e) - shift + rng.normal(0.0, noise_ev)
+    return frames
+
+
+def test_an_energy_offset_is_recognised_and_reported():
+    from piwsl.evaluation import offset_note
+
+    model = tiny_model()
+    # a constant per structure (mixed compositions: fitted per element, still exact)
+    frames = offset_frames(model, offset_ev=2.0, noise_ev=0.01)
+    metrics = compute_metrics(frames, predict(model, frames))
+    assert metrics["energy_offset_dominated"]
+    assert metrics["energy_mean_error_meV"] == pytest.approx(2000.0, abs=10)
+    assert metrics["energy_offset_meV"] == pytest.approx(2000.0, abs=10)
+    assert metrics["energy_mae_after_offset_meV"] < 15.0 < metrics["energy_mae_meV"]
+    note = offset_note(metrics)
+    assert "dominated by a constant offset" in note
+    assert f"{metrics['energy_offset_meV']:+.1f} meV on average" in note
+    # per-element offsets (another level of theory): recovered element by element
+    per_element = {1: 0.05, 6: -0.3, 8: 0.7}
+    frames = offset_frames(model, 0.0, noise_ev=0.001, per_element=per_element)
+    metrics = compute_metrics(frames, predict(model, frames))
+    assert metrics["energy_offset_dominated"]
+    fitted = metrics["energy_offset_per_element_meV"]
+    for z, symbol in ((1, "H"), (6, "C"), (8, "O")):
+        assert fitted[symbol] == pytest.approx(1000 * per_element[z], abs=5)
+    assert metrics["energy_offset_constant_meV"] == pytest.approx(0.0, abs=10)
+    # noise alone, no offset: not dominated, no note
+    frames = offset_frames(model, 0.0, noise_ev=0.05)
+    metrics = compute_metrics(frames, predict(model, frames))
+    assert not metrics["energy_offset_dominated"]
+    assert offset_note(metrics) is None
+    # too few frames to tell: never claimed
+    frames = offset_frames(model, 2.0, noise_ev=0.01, n=4)
+    assert not compute_metrics(frames, predict(model, frames))["energy_offset_dominated"]
+
+
+def test_evaluate_cli_reports_the_offset(tmp_path, capsys):
+    import ase.io
+
+    from piwsl.cli import main
+
+    model = tiny_model()
+    save_model(model, tmp_path / "m.pt")
+    frames = offset_frames(model, offset_ev=-1.5, noise_ev=0.01)
+    ase.io.write(tmp_path / "other_level.xyz", [f.to_atoms() for f in frames])
+    args = ["evaluate", str(tmp_path / "m.pt"), str(tmp_path / "other_level.xyz")]
+    assert main([*args, "--out", str(tmp_path / "ev"), "--write-predictions"]) == 0
+    out = capsys.readouterr().out
+    assert "dominated by a constant offset" in out
+    # labels = prediction + 1.5 eV: prediction − reference = −1.5 eV
+    assert "prediction − reference is -1500" in out or "prediction − reference is -149" in out
+    assert (tmp_path / "ev" / "other_level_predictions.extxyz").is_file()

@@ -14,7 +14,7 @@ import yaml
 from test_training import read_epoch_rows, tiny_config, write_tiny_extxyz
 
 from piwsl.config import config_from_dict
-from piwsl.data import frames_to_batch, read_frames
+from piwsl.data import Frame, frames_to_batch, read_frames
 from piwsl.errors import CheckpointError, ConfigError, UnknownElementError
 from piwsl.models import load_model
 from piwsl.models.io import model_from_state, model_state
@@ -51,7 +51,8 @@ def finetune_config(data_path, run_dir, init_from, model=None, **sections) -> di
 def built(cfg_dict):
     """(config, prepared data, model) as ``piwsl train`` builds them, without training."""
     from piwsl.training import prepare_data
-    from piwsl.training.run import build_force_field, resolve_init_from
+    from piwsl.training.builders import build_force_field
+    from piwsl.training.finetune import resolve_init_from
 
     cfg, pre = resolve_init_from(config_from_dict(cfg_dict))
     data = prepare_data(cfg.data, report=False)
@@ -145,7 +146,7 @@ def _other_level_of_theory(pretrained_model, path, n: int = 14):
         if drop is not None:
             del atoms[drop]
         images.append(atoms)
-    batch = frames_to_batch([frame_of(a) for a in images], pretrained_model.cutoff)
+    batch = frames_to_batch([Frame.from_atoms(a) for a in images], pretrained_model.cutoff)
     with torch.no_grad():
         energy = pretrained_model.eval()(batch, compute_forces=False)["energy"].tolist()
     for atoms, e in zip(images, energy, strict=True):
@@ -154,19 +155,13 @@ def _other_level_of_theory(pretrained_model, path, n: int = 14):
     return path, images
 
 
-def frame_of(atoms):
-    from piwsl.data import Frame
-
-    return Frame(numbers=atoms.numbers.copy(), positions=atoms.positions.copy())
-
-
 def test_e0s_refit_absorbs_a_per_element_offset_and_keep_keeps_them(pretrained, tmp_path):
     source = pretrained / "best_model.pt"
     before = load_model(source)
     em0 = before.energy_model
     data_path, images = _other_level_of_theory(before, tmp_path / "other.xyz")
     labels = torch.tensor([a.info["REF_energy"] for a in images], dtype=torch.float64)
-    batch = frames_to_batch([frame_of(a) for a in images], before.cutoff)
+    batch = frames_to_batch([Frame.from_atoms(a) for a in images], before.cutoff)
     reference = before.eval()(batch)
 
     common = {"data": {"n_val": 2, "e0s": "fit"}}

@@ -513,7 +513,8 @@ SLOW_CALC = textwrap.dedent(
 RUN = (
     "import sys, ase.io; from piwsl.labelling import label_structures; "
     "label_structures(ase.io.read(sys.argv[1], ':'), sys.argv[2], 'ase:slowcalc.SlowToy', "
-    "options={'delay': 0.1, 'log': sys.argv[3]}, n_workers=2, progress=False)"
+    "options={'delay': 0.1, 'log': sys.argv[3]}, n_workers=2, progress=False, "
+    "executor=sys.argv[4])"
 )
 
 
@@ -524,7 +525,10 @@ def _journaled(path: Path) -> list[int]:
     return [json.loads(line)["index"] for line in lines]
 
 
-def test_killed_run_resumes_without_recomputing_or_losing_frames(tmp_path):
+@pytest.mark.parametrize("executor", ["local", "dask"])
+def test_killed_run_resumes_without_recomputing_or_losing_frames(tmp_path, executor):
+    if executor == "dask":
+        pytest.importorskip("distributed")
     n = 10
     images = frames_of_water(n, seed=3)
     source = tmp_path / "in.xyz"
@@ -537,7 +541,7 @@ def test_killed_run_resumes_without_recomputing_or_losing_frames(tmp_path):
         "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "OMP_NUM_THREADS": "1",
     }
-    args = [sys.executable, "-c", RUN, str(source), str(output), str(log)]
+    args = [sys.executable, "-c", RUN, str(source), str(output), str(log), executor]
 
     first = subprocess.Popen(
         args,
@@ -661,3 +665,64 @@ def test_cli_label_and_sample(tmp_path, capsys):
     )
     assert args.func(args) == 0
     assert len(ase.io.read(sampled, ":")) == 2
+
+
+def test_sampling_keeps_the_xtb_labels_with_provenance(tmp_path):
+    """The GFN2-xTB energies and forces computed during sampling are labels, identical to a
+    fresh calculation at the kept positions, with the provenance `piwsl label` writes;
+    `piwsl train` reads them as they are."""
+    pytest.importorskip("tblite")
+    from piwsl.data import read_frames
+    from piwsl.labelling import SamplingConfig, sample_md, write_samples
+    from piwsl.labelling.sampling import make_sampling_calculator
+
+    cfg = SamplingConfig(temperature_K=400, n_frames=3, every=5, equilibration_steps=10, seed=7)
+    frames = sample_md(water(), "gfn2-xtb", cfg)
+    fresh = make_sampling_calculator("gfn2-xtb")
+    for snap in frames:
+        atoms = snap.copy()
+        atoms.calc = fresh
+        assert snap.info["REF_energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-9)
+        np.testing.assert_allclose(snap.arrays["REF_forces"], atoms.get_forces(), atol=1e-9)
+        assert snap.info["REF_method"] == "GFN2-xTB" and snap.info["REF_program"] == "tblite"
+        assert snap.info["REF_status"] == "ok" and snap.info["REF_program_version"]
+    path = write_samples(frames, tmp_path / "sampled.extxyz")
+    read = read_frames(path)
+    assert all(f.has_energy and f.has_forces for f in read)
+    assert read[1].energy == pytest.approx(frames[1].info["REF_energy"])
+
+
+def test_sampling_with_a_model_labels_nothing(tmp_path):
+    torch = pytest.importorskip("torch")
+    from piwsl.labelling import SamplingConfig, sample_md
+    from piwsl.models import build_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model("schnet", elements=[1, 8], cutoff=3.0, features=8, interactions=1, n_rbf=8)
+    save_model(model, tmp_path / "tiny.pt")
+    cfg = SamplingConfig(temperature_K=300, n_frames=2, every=2, equilibration_steps=2, seed=1)
+    frames = sample_md(water(), str(tmp_path / "tiny.pt"), cfg)
+    assert not any("REF_energy" in f.info or "REF_forces" in f.arrays for f in frames)
+
+
+def test_sample_help_shows_defaults_and_runs_with_a_progress_line(tmp_path, capsys):
+    from piwsl.cli import main
+    from piwsl.labelling.sampling import SamplingConfig
+
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    d = SamplingConfig()
+    for default in (d.temperature_K, d.n_frames, d.every, d.equilibration_steps, d.timestep_fs):
+        assert f"(default: {default})" in text
+    assert "(default: gfn2-xtb)" in text and "label` extra" in text
+    source = tmp_path / "in.xyz"
+    ase.io.write(source, frames_of_water(1))
+    out = tmp_path / "md.xyz"
+    emt = ["--calculator", "ase:ase.calculators.emt.EMT"]
+    args = ["sample", str(source), str(out), *emt, "--frames", "2", "--every", "3"]
+    assert main([*args, "--equilibration", "4"]) == 0
+    captured = capsys.readouterr()
+    assert "sampling MD: 10/10 step (100 %)" in captured.err and "\r" not in captured.err
+    assert "labels: the EMT energies (REF_energy, eV)" in captured.out
+    assert all("REF_energy" in a.info for a in ase.io.read(out, ":"))

@@ -287,7 +287,7 @@ def test_ema_of_a_deep_copied_mace_tracks_the_model(mace):
     """EMA pairs parameters and buffers by name (a deep copy of MACE lists its buffers otherwise)."""
     import copy
 
-    from piwsl.training.module import ExponentialMovingAverage
+    from piwsl.training.ema import ExponentialMovingAverage
 
     # the benchmark's CPU-sized MACE: its deep copy lists 58 buffers where the original lists 57
     hparams = {"num_channels": 16, "max_L": 1, "correlation": 2, "num_interactions": 2}
@@ -309,7 +309,7 @@ def test_ema_of_a_deep_copied_mace_tracks_the_model(mace):
 
 def test_ema_copy_has_the_weights_layout_of_a_fresh_model(mace, tmp_path):
     """The EMA model (what training saves) must load into a freshly built MACE."""
-    from piwsl.training.module import rebuilt_copy
+    from piwsl.training.ema import rebuilt_copy
 
     hparams = {"num_channels": 16, "max_L": 1, "correlation": 2, "num_interactions": 2}
     model = build_model("mace", elements=ELEMENTS, cutoff=4.0, **hparams)

@@ -591,3 +591,63 @@ def test_periodic_crystal_runs_with_bonds_across_the_cell():
     )
     found = detector.check(moved, cu.cell.array, 0.0, np.zeros_like(moved), 300.0)
     assert found is not None and found[0] == "bond"
+
+
+@pytest.mark.parametrize("ensemble", ["langevin", "bussi", "nve"])
+def test_summary_reports_temperature_and_only_meaningful_drifts(cu13, tmp_path, ensemble):
+    """Thermostatted runs: mean ± std of the temperature (here against the raw thermo log), no
+    total-energy drift (not conserved under a thermostat); Bussi keeps its conserved-quantity
+    drift, Langevin says it has none; NVE keeps its drift. The energy plot says what it draws."""
+    from piwsl.md.report import energy_caption
+
+    cfg = MDConfig(
+        ensemble=ensemble,
+        temperature_K=300,
+        timestep_fs=2.0,
+        length_ps=0.1,
+        n_trajectories=2,
+        log_interval=2,
+        traj_interval=25,
+        progress=False,
+        write_trajectories=False,
+    )
+    report = run_md(EMT(), [cu13], cfg, out_dir=tmp_path)
+    s = report.summary
+    temps = np.concatenate([t.thermo["temperature_K"][1:] for t in report.trajectories])
+    assert s["temperature_mean_K"] == pytest.approx(temps.mean())
+    assert s["temperature_std_K"] == pytest.approx(temps.std())
+    assert s["temperature_samples"] == temps.size == 2 * 25
+    text = format_summary(report)
+    drift_keys = [k for k in s if "energy_drift" in k and not k.startswith("conserved")]
+    if ensemble == "nve":
+        assert drift_keys and "NVE energy drift" in text
+    else:
+        assert drift_keys == [] and "total_energy_drift" not in json.dumps(report.to_dict())
+        assert f"temperature {temps.mean():.1f} ± {temps.std():.1f} K" in text
+    if ensemble == "langevin":
+        assert "no energy drift: langevin conserves no energy-like quantity" in text
+        assert "conserved" not in json.dumps(s)
+    if ensemble == "bussi":
+        assert "conserved-quantity drift" in text
+    assert (tmp_path / "energy.png").stat().st_size > 1000
+    dashed = ensemble == "bussi"
+    caption = energy_caption(ensemble, dashed)
+    assert ("dashed" in caption) == dashed
+    assert ("not conserved" in caption) == (ensemble != "nve")
+
+
+def test_bootstrap_intervals_cover_the_statistic_and_detect_a_shift():
+    from piwsl.md.metrics import bootstrap_difference, bootstrap_interval, censored_times
+
+    rng = np.random.default_rng(0)
+    a = rng.exponential(5.0, 40)
+    low, high = bootstrap_interval(a, "mean")
+    assert low < a.mean() < high and high - low < a.mean()
+    lo_m, hi_m = bootstrap_interval(a, "median")
+    assert lo_m <= np.median(a) <= hi_m
+    same = bootstrap_difference(a, a + 0.0, "mean")
+    assert same["difference"] == 0 and same["low"] < 0 < same["high"]
+    shifted = bootstrap_difference(a, a + 20.0, "median")
+    assert shifted["difference"] == pytest.approx(20.0) and shifted["low"] > 0
+    assert shifted["p_positive"] == 1.0
+    np.testing.assert_array_equal(censored_times([1.0, None, 2.5], 50.0), [1.0, 50.0, 2.5])

@@ -11,8 +11,8 @@ from piwsl.data.batch import Batch, Graph, collate, concat
 from piwsl.data.frames import Frame
 from piwsl.errors import ConfigError
 from piwsl.models import build_model
-from piwsl.objective import Objective
-from piwsl.physics import PhysicsConfig, build_physics
+from piwsl.objective import EnergyTerm, ForcesTerm, Objective, SpatialTerm, TaylorTerm
+from piwsl.physics import PhysicsConfig
 from piwsl.physics.subset import choose_structures, subset_size
 
 torch.set_num_threads(1)
@@ -48,9 +48,15 @@ def tiny_schnet():
     return model.double()
 
 
-def physics(**kw) -> PhysicsConfig:
-    base = {"taylor_weight": 1.2, "spatial_weight": 0.01, "second_order": True}
-    return PhysicsConfig(**{**base, **kw})
+def objective(second_order: bool = True, **displacements) -> Objective:
+    """Energy 1, forces 10, PITC 1.2 and PISC 0.01 (kcal/mol), the copies as ``displacements``."""
+    terms = [
+        EnergyTerm(1.0),
+        ForcesTerm(10.0),
+        TaylorTerm(1.2, second_order=second_order),
+        SpatialTerm(0.01, second_order=second_order),
+    ]
+    return Objective(terms, PhysicsConfig(**displacements))
 
 
 def test_select_and_concat_keep_structures_and_neighbour_lists(frames):
@@ -94,8 +100,8 @@ def test_fraction_terms_are_the_full_terms_of_the_chosen_structures(frames):
     the full evaluation, and the supervised output is the whole batch's."""
     batch = make_batch(frames, list(range(8)))
     model = tiny_schnet()
-    full = build_physics(physics())(model, batch, need_forces=True, step=5)
-    part = build_physics(physics(fraction=0.25))(model, batch, need_forces=True, step=5)
+    full = objective()(model, batch, step=5)
+    part = objective(fraction=0.25)(model, batch, step=5)
     chosen = choose_structures(batch, 0.25, seed=0, step=5)
     for name in ("taylor", "spatial"):
         assert part.residuals[name].shape == (2,)
@@ -111,9 +117,9 @@ def test_fraction_terms_are_the_full_terms_of_the_chosen_structures(frames):
 def test_fraction_with_every_evaluation_mode(frames, mode):
     batch = make_batch(frames, list(range(8)))
     model = tiny_schnet()
-    ref = build_physics(physics(fraction=0.5, second_order=False, evaluation="fused"))
-    out = build_physics(physics(fraction=0.5, second_order=False, evaluation=mode))
-    a, b = ref(model, batch, True, step=2), out(model, batch, True, step=2)
+    ref = objective(second_order=False, fraction=0.5, evaluation="fused")
+    out = objective(second_order=False, fraction=0.5, evaluation=mode)
+    a, b = ref(model, batch, step=2), out(model, batch, step=2)
     for name in a.residuals:
         assert torch.allclose(a.residuals[name], b.residuals[name], atol=1e-10)
 
@@ -121,7 +127,7 @@ def test_fraction_with_every_evaluation_mode(frames, mode):
 def test_every_n_steps_evaluates_the_terms_on_every_nth_step(frames):
     batch = make_batch(frames, list(range(4)))
     model = tiny_schnet().train()
-    goal = Objective(1.0, 10.0, physics=build_physics(physics(every_n_steps=3)))
+    goal = objective(every_n_steps=3)
     terms = [sorted(goal(model, batch).raw) for _ in range(7)]
     with_physics = [k for k, t in enumerate(terms) if "taylor" in t]
     assert with_physics == [0, 3, 6]
@@ -130,9 +136,9 @@ def test_every_n_steps_evaluates_the_terms_on_every_nth_step(frames):
 
 def test_fraction_and_every_are_validated():
     with pytest.raises(ValueError, match="fraction"):
-        PhysicsConfig(taylor_weight=1.0, fraction=0.0)
+        PhysicsConfig(fraction=0.0)
     with pytest.raises(ValueError, match="every_n_steps"):
-        PhysicsConfig(taylor_weight=1.0, every_n_steps=0)
+        PhysicsConfig(every_n_steps=0)
     from piwsl.config import config_from_dict
 
     with pytest.raises(ConfigError, match=r"physics\.fraction"):

@@ -79,7 +79,7 @@ def test_train_with_physics_terms(model_key, regime, data_files, tmp_path):
 
 
 def test_default_skin_is_just_enough_for_the_physics_terms(data_files, tmp_path):
-    from piwsl.training.run import training_skin
+    from piwsl.training.builders import training_skin
 
     labelled, _ = data_files
     plain = config_from_dict(tiny_config(labelled, tmp_path / "a", data={"skin": None}))

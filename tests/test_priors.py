@@ -21,7 +21,7 @@ from piwsl.data import Frame, frames_to_batch, read_frames
 from piwsl.errors import ConfigError, PriorError
 from piwsl.models import build_model, load_model, save_model
 from piwsl.priors import make_prior, prior_values
-from piwsl.priors.base import Prior, frame_of
+from piwsl.priors.base import Prior
 from piwsl.priors.cache import CACHE_FOLDER, cache_path
 
 torch.set_num_threads(1)
@@ -66,7 +66,7 @@ def tiny_model(seed: int = 0):
 
 
 def learned_part(model, atoms: Atoms) -> tuple[float, np.ndarray]:
-    batch = frames_to_batch([frame_of(atoms)], model.cutoff, dtype=torch.float64)
+    batch = frames_to_batch([Frame.from_atoms(atoms)], model.cutoff, dtype=torch.float64)
     out = model(batch)
     return float(out["energy"][0]), out["forces"].detach().numpy()
 
@@ -79,7 +79,7 @@ def test_zbl_forces_are_minus_the_energy_gradient(periodic):
         atoms.set_cell([[3.2, 0.0, 0.0], [0.4, 3.0, 0.0], [0.0, 0.3, 3.4]])
         atoms.pbc = True
     prior = make_prior("zbl", settings=WIDE_ZBL)
-    frame = frame_of(atoms)
+    frame = Frame.from_atoms(atoms)
     energy, forces = prior.compute_one(frame)
     assert energy > 0 and np.abs(forces).max() > 0.1  # the test exercises the repulsion
 
@@ -114,7 +114,7 @@ def test_sum_model_forces_match_finite_differences_of_its_energy(tmp_path):
     path = tmp_path / "delta.pt"
     save_model(model, path)
     calc = PiwslCalculator(path)
-    assert calc.prior is not None and calc.prior.name == "zbl"
+    assert calc.prior is None and len(calc.model.priors) == 1  # ZBL runs inside the model
     atoms = compressed_ethanol(squeeze=0.9)
     atoms.calc = calc
     forces = atoms.get_forces()
@@ -129,10 +129,121 @@ def test_sum_model_forces_match_finite_differences_of_its_energy(tmp_path):
     np.testing.assert_allclose(forces, reference, atol=1e-6)
     # and the sum is the sum: prior + learned part
     e_model, f_model = learned_part(model, atoms)
-    e_prior, f_prior = prior.compute_one(frame_of(atoms))
+    e_prior, f_prior = prior.compute_one(Frame.from_atoms(atoms))
     assert atoms.get_potential_energy() == pytest.approx(e_model + e_prior, abs=1e-9)
     np.testing.assert_allclose(atoms.get_forces(), f_model + f_prior, atol=1e-10)
     assert abs(e_prior) > 1e-3  # the prior contributes
+
+
+# ----------------------------------------------------------------- ZBL inside the model
+def zbl_frames() -> list[Frame]:
+    """Compressed molecules of different sizes, one of them periodic."""
+    frames = [
+        Frame.from_atoms(compressed_ethanol(seed=k, squeeze=0.8 + 0.05 * k)) for k in range(3)
+    ]
+    water = molecule("H2O")
+    water.positions *= 0.7
+    frames.append(Frame.from_atoms(water))
+    box = compressed_ethanol(seed=7)
+    box.set_cell([[3.2, 0.0, 0.0], [0.4, 3.0, 0.0], [0.0, 0.3, 3.4]])
+    box.pbc = True
+    frames.append(Frame.from_atoms(box))
+    return frames
+
+
+def test_torch_zbl_gives_the_energies_and_forces_of_the_old_numpy_code():
+    from zbl_numpy_reference import numpy_zbl
+
+    prior = make_prior("zbl", settings=WIDE_ZBL)
+    for frame in zbl_frames():
+        energy, forces = prior.compute_one(frame)
+        old_energy, old_forces = numpy_zbl(frame, **WIDE_ZBL)
+        assert old_energy > 1.0  # the repulsion acts
+        assert energy == pytest.approx(old_energy, rel=1e-12)
+        np.testing.assert_allclose(forces, old_forces, rtol=1e-9, atol=1e-9)
+
+
+def test_zbl_in_a_batch_equals_each_structure_alone_and_forces_are_gradients():
+    from piwsl.models.zbl import ZBLRepulsion
+
+    module = ZBLRepulsion(**WIDE_ZBL)
+    frames = zbl_frames()
+    cutoff = 3.0
+    batch = frames_to_batch(frames, cutoff, dtype=torch.float64)
+    together = module(batch)
+    assert together.dtype == torch.float64 and together.shape == (len(frames),)
+    for k, frame in enumerate(frames):
+        alone = module(frames_to_batch([frame], cutoff, dtype=torch.float64))
+        assert float(alone[0]) == pytest.approx(float(together[k]), rel=1e-13)
+    # inside a force field (here a direct-force PaiNN): the head's forces plus −∂E_ZBL/∂R
+    torch.manual_seed(0)
+    model = build_model("painn", elements=[1, 6, 8], cutoff=cutoff, features=8, forces="direct")
+    model = model.double().eval()
+    plain = model(batch)
+    model.set_priors([module])
+    total = model(batch)
+    torch.testing.assert_close(total["energy"] - plain["energy"], together, rtol=1e-12, atol=0)
+    zbl_forces = (total["forces"] - plain["forces"]).detach().numpy()
+    frame = frames[0]
+    n = frame.n_atoms
+
+    def e_of(pos: np.ndarray) -> float:
+        moved = Frame(numbers=frame.numbers, positions=pos, cell=frame.cell, pbc=frame.pbc)
+        return float(module(frames_to_batch([moved], cutoff, dtype=torch.float64))[0])
+
+    reference = numerical_forces(e_of, frame.positions, h=1e-5)
+    np.testing.assert_allclose(zbl_forces[:n], reference, atol=2e-6 * np.abs(reference).max())
+    # a float32 model keeps the energies float64
+    assert model.float()(batch.to(dtype=torch.float32))["energy"].dtype == torch.float64
+
+
+def test_zbl_must_fit_inside_the_model_cutoff():
+    model = build_model("schnet", elements=[1, 6, 8], cutoff=1.5, features=8)
+    from piwsl.priors import attach_prior
+
+    with pytest.raises(ConfigError, match=r"beyond the model cutoff 1\.5 Å"):
+        attach_prior(model, make_prior("zbl", settings=WIDE_ZBL).spec())
+
+
+def test_delta_zbl_run_keeps_its_labels_and_carries_zbl_in_the_model(tmp_path):
+    """prior.name=zbl: labels stay whole, E0s and normalisation are fitted to E_ref − E_ZBL, the
+    saved model predicts the total, and nothing adds ZBL a second time at inference."""
+    from piwsl.training import prepare_data, train
+    from piwsl.training.data import reference_statistics, subtract_prior
+
+    path = write_tiny_extxyz(tmp_path / "tiny.xyz", n=10, unlabelled_every=0)
+    zbl = {"name": "zbl", "settings": WIDE_ZBL}
+    cfg = config_from_dict(
+        tiny_config(path, tmp_path / "run", data={"n_val": 2, "n_test": 2}, prior=zbl)
+    )
+    plain = prepare_data(cfg.data)
+    data = prepare_data(cfg.data, prior=cfg.prior)
+    assert [f.energy for f in data.train] == [f.energy for f in plain.train]
+    assert data.val_reference is None and data.prior.in_model
+    residual = subtract_prior(data.train, PriorValuesOf(data.prior, data.train))
+    assert (data.shift, data.scale) == pytest.approx(reference_statistics(residual, data.e0s))
+    assert data.scale != pytest.approx(plain.scale)  # the RMS of the residual forces
+    result = train(
+        cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_epochs": 1})})
+    )
+    model = load_model(result.final_model)
+    assert len(model.priors) == 1 and model.prior_spec["name"] == "zbl"
+    frame = data.test[0]
+    atoms = frame.to_atoms()
+    atoms.calc = PiwslCalculator(result.final_model)
+    total = float(model(frames_to_batch([frame], model.cutoff))["energy"][0])
+    assert atoms.get_potential_energy() == pytest.approx(total, rel=1e-6)
+    model.set_priors([])
+    learned = float(model(frames_to_batch([frame], model.cutoff))["energy"][0])
+    e_zbl = make_prior("zbl", settings=WIDE_ZBL).compute_one(frame)[0]
+    assert total - learned == pytest.approx(e_zbl, rel=1e-5) and e_zbl > 0.1
+
+
+def PriorValuesOf(prior, frames):
+    from piwsl.priors import PriorValues
+
+    energies, forces = prior.compute(frames)
+    return PriorValues(energies, forces)
 
 
 def test_gfn2_sum_model_forces_match_finite_differences():
@@ -179,8 +290,8 @@ def test_xtb_prior_records_charge_and_spin():
     spec = prior.spec()
     assert (spec["charge"], spec["multiplicity"], spec["uhf"]) == (1, 2, 1)
     assert spec["program"] == "tblite" and spec["program_version"] not in ("", "unknown")
-    cation = prior.compute([frame_of(molecule("H2O"))])[0][0]
-    neutral = make_prior("gfn2-xtb").compute([frame_of(molecule("H2O"))])[0][0]
+    cation = prior.compute([Frame.from_atoms(molecule("H2O"))])[0][0]
+    neutral = make_prior("gfn2-xtb").compute([Frame.from_atoms(molecule("H2O"))])[0][0]
     assert cation - neutral > 5.0  # ionisation costs several eV
     with pytest.raises(ConfigError, match=r"prior\.multiplicity"):
         make_prior("gfn2-xtb", settings={"spin": 1})
@@ -305,7 +416,7 @@ def test_missing_prior_backend_is_a_clear_error(tmp_path, monkeypatch):
     from piwsl.evaluation import predict
 
     with pytest.raises(PriorError, match=pattern):
-        predict(load_model(path), [frame_of(molecule("H2O"))])
+        predict(load_model(path), [Frame.from_atoms(molecule("H2O"))])
 
 
 def test_mismatched_prior_spec_is_refused_unless_allowed(tmp_path, caplog):
@@ -317,7 +428,7 @@ def test_mismatched_prior_spec_is_refused_unless_allowed(tmp_path, caplog):
     assert "allow_prior_mismatch" in str(info.value)
     with caplog.at_level(logging.WARNING, logger="piwsl.priors.base"):
         calc = PiwslCalculator(path, allow_prior_mismatch=True)
-    assert calc.prior is not None and "running anyway" in caplog.text
+    assert len(calc.model.priors) == 1 and "running anyway" in caplog.text
     # a setting the recorded spec lacks (added later with a default) is a difference too
     lacking = delta_model_file(tmp_path, {**spec, "settings": {"outer": 1.2}})
     with pytest.raises(PriorError, match=r"settings.inner: recorded None, now 0.5"):
@@ -328,7 +439,7 @@ def test_mismatched_prior_spec_is_refused_unless_allowed(tmp_path, caplog):
 
 
 def test_evaluate_refuses_a_mismatched_prior_and_scores_the_total(tmp_path, caplog):
-    from piwsl.training import evaluate_checkpoint
+    from piwsl.evaluation import evaluate_checkpoint
 
     spec = make_prior("zbl", settings=WIDE_ZBL).spec()
     path = delta_model_file(tmp_path, spec)
@@ -455,7 +566,9 @@ def test_resume_refuses_another_prior(tmp_path):
     train(cfg, evaluate=False)
     longer = {"max_epochs": 2}
     changed = tiny_config(path, run, data={"n_val": 2}, training=longer)
-    with pytest.raises(ConfigError, match=r"prior\.name differs.*'zbl' there, None now"):
+    with pytest.raises(
+        ConfigError, match=r"belongs to another run: .*prior\.name: 'zbl' there, None now"
+    ):
         train(config_from_dict(changed), resume=True)
     # a checkpoint written with another version of the prior's program
     last = run / "checkpoints" / "last.ckpt"

@@ -135,7 +135,7 @@ def test_loss_decreases_and_run_dir_is_complete(tiny_data, tmp_path):
         assert column(rows, key), key
     # weighted = weight × raw, logged per term
     raw, weighted = column(rows, "train_forces_raw"), column(rows, "train_forces_weighted")
-    assert weighted[-1] == pytest.approx(cfg.loss.force_weight * raw[-1], rel=1e-5)
+    assert weighted[-1] == pytest.approx(cfg.loss.weight("forces") * raw[-1], rel=1e-5)
     for name in (
         "config.yaml",
         "best_model.pt",
@@ -202,6 +202,8 @@ def test_resume_continues_to_the_same_state(tiny_data, tmp_path):
         evaluate=False,
     )
     assert second.epochs == 4
+    # the reported training time includes the first attempt's (saved with the checkpoint)
+    assert second.train_time_s > first.train_time_s
     steps_per_epoch = math.ceil(14 / 4)
     assert second.steps == 4 * steps_per_epoch
     ckpt = torch.load(split / "checkpoints" / "last.ckpt", weights_only=False)
@@ -219,14 +221,16 @@ def test_resume_continues_to_the_same_state(tiny_data, tmp_path):
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 def test_nonfinite_loss_skips_then_raises(tiny_data, tmp_path):
     from piwsl.data import frames_to_batch
-    from piwsl.objective import ObjectiveResult
+    from piwsl.objective import Objective, ObjectiveResult
     from piwsl.training import prepare_data
+    from piwsl.training.builders import build_force_field
     from piwsl.training.module import PiwslModule
-    from piwsl.training.run import build_force_field
 
     cfg = config_from_dict(tiny_config(tiny_data, tmp_path, training={"max_nonfinite_steps": 3}))
     data = prepare_data(cfg.data)
-    module = PiwslModule(build_force_field(cfg, data), cfg.loss, cfg.training)
+    module = PiwslModule(
+        build_force_field(cfg, data), Objective.from_config(cfg.loss, cfg.physics), cfg.training
+    )
     batch = frames_to_batch([f for f in data.train if f.has_forces][:2], cfg.model.cutoff)
     assert module.training_step(batch, 0) is not None  # finite: a loss tensor
 
@@ -339,8 +343,6 @@ def test_validation_every_n_epochs_drives_plateau_early_stop_and_test_curve(tmp_
     # the first validation sets the best score; 3 more without improvement stop the run
     assert result.stopped_by == "plateau" and len(val_epochs) == 4
     assert result.steps == result.epochs * steps_per_epoch == 8 * steps_per_epoch
-    lrs = column(rows, "lr")
-    assert lrs[0] == pytest.approx(1e-9) and min(lrs) < 1e-9  # cut after validations only
     curve = json.loads((tmp_path / "run" / "test_curve.json").read_text())
     assert [p["step"] for p in curve] == [3, 6, 7]
     assert all(p["forces_mae_meV_per_A"] > 0 and p["energy_mae_meV"] > 0 for p in curve)
@@ -364,3 +366,64 @@ def test_step_cap_is_reported_as_cap(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, tmp_path / "run", training={"max_epochs": None, "max_steps": 5})
     result = train(config_from_dict(cfg), evaluate=False)
     assert result.steps == 5 and result.stopped_by == "cap"
+
+
+def test_the_run_stops_when_the_plateau_schedule_reaches_stop_lr(tiny_data, tmp_path):
+    from piwsl.training import train
+
+    lr = 1e-3
+    training = {
+        "max_epochs": 50,
+        "lr": lr,
+        "val_every_n_epochs": 2,
+        "plateau_patience": 0,
+        "plateau_threshold": 0.99,  # no validation improves by 99 %: each one after the first cuts
+        "stop_lr": lr / 4,
+    }
+    result = train(
+        config_from_dict(tiny_config(tiny_data, tmp_path / "run", training=training)),
+        evaluate=False,
+    )
+    # validations after epochs 1, 3, 5: the first sets the best score, the next two halve the
+    # lr (only when they ran: the schedule steps on validations); epoch 6 trains no step
+    assert result.steps == 6 * math.ceil(14 / 4) and result.stopped_by == "plateau"
+    lrs = column(read_epoch_rows(tmp_path / "run"), "lr")
+    assert lrs == pytest.approx([lr] * 4 + [lr / 2] * 2 + [lr / 4])  # the last: epoch 6
+    with pytest.raises(ConfigError, match="never stop"):
+        config_from_dict(tiny_config(tiny_data, tmp_path, training={"stop_lr": 1e-7}))
+
+
+def test_resume_with_early_stopping_and_validation_every_epoch(tiny_data, tmp_path):
+    """Early stopping is checked after validations: a resumed run (no score yet) used to raise."""
+    from piwsl.training import train
+
+    run = tmp_path / "run"
+    training = {"early_stopping_patience": 5}
+    train(config_from_dict(tiny_config(tiny_data, run, training=training)), evaluate=False)
+    resumed = train(
+        config_from_dict(tiny_config(tiny_data, run, training={**training, "max_epochs": 4})),
+        resume=True,
+        evaluate=False,
+    )
+    assert resumed.epochs == 4 and resumed.stopped_by == "cap"
+
+
+def test_changed_plateau_settings_take_effect_on_resume(tiny_data, tmp_path):
+    """A checkpoint restores the scheduler's and early stopping's saved settings; the configured
+    ones must win (their counters and best score are kept)."""
+    from piwsl.training import train
+    from piwsl.training.callbacks import ConfiguredEarlyStopping
+
+    run, lr = tmp_path / "run", 1e-3
+    first = {"max_epochs": 2, "lr": lr, "plateau_patience": 50, "early_stopping_patience": 50}
+    train(config_from_dict(tiny_config(tiny_data, run, training=first)), evaluate=False)
+    strict = {"plateau_patience": 0, "plateau_threshold": 0.99, "stop_lr": lr / 4}
+    second = {**first, "max_epochs": 50, **strict}
+    result = train(
+        config_from_dict(tiny_config(tiny_data, run, training=second)), resume=True, evaluate=False
+    )
+    # with the saved patience (50) nothing would be cut; with 0 each validation halves the lr
+    assert result.stopped_by == "plateau" and result.epochs < 10
+    stop = ConfiguredEarlyStopping("val_loss", patience=3)
+    stop.load_state_dict({"wait_count": 2, "stopped_epoch": 0, "best_score": 1.0, "patience": 50})
+    assert stop.patience == 3 and stop.wait_count == 2

@@ -9,21 +9,31 @@ A model trained on top of a prior (Δ-learning, :mod:`piwsl.priors`) is run as t
 ``E = E_prior + E_θ``, ``F = F_prior + F_θ``: the calculator rebuilds the recorded prior and
 refuses to start when its program is missing or differs from the recorded version/settings
 (``allow_prior_mismatch=True`` runs it anyway, with a warning).
+
+Geometry sanity: a structure with two atoms closer than ``min_distance`` (default
+:data:`~piwsl.data.checks.MIN_DISTANCE`, 0.5 Å) is evaluated, but with a
+:class:`GeometryWarning` naming the atoms and their distance — the model never saw such a
+structure, and its numbers there mean nothing (once per calculator; ``n_close_calls`` counts).
 """
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
+import warnings
 
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from piwsl.data.batch import Batch, Graph, collate
+from piwsl.data.batch import Batch, Graph, collate, edge_vectors
+from piwsl.data.checks import MIN_DISTANCE
 from piwsl.data.frames import Frame
-from piwsl.evaluation import as_force_field, check_elements, model_dtype
-from piwsl.priors.base import Prior, model_prior
+from piwsl.evaluation.predict import check_model_knows, inference_model
+from piwsl.priors.base import Prior
+
+
+class GeometryWarning(UserWarning):
+    """A structure outside anything a model can have been trained on (atoms nearly on top of
+    each other)."""
 
 
 def state_changes(old, atoms, tol: float = 1e-15) -> list[str]:
@@ -73,6 +83,8 @@ class PiwslCalculator(Calculator):
     allow_prior_mismatch:
         Run a model whose recorded prior differs from the installed one (program version,
         settings) instead of raising :class:`~piwsl.errors.PriorError`.
+    min_distance:
+        Warn (:class:`GeometryWarning`) when two atoms are closer than this (Å); 0 disables it.
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]  # noqa: RUF012 (ASE API)
@@ -84,23 +96,27 @@ class PiwslCalculator(Calculator):
         skin: float = 0.0,
         dtype: torch.dtype | None = None,
         allow_prior_mismatch: bool = False,
+        min_distance: float = MIN_DISTANCE,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if not skin >= 0:
             raise ValueError(f"skin must be ≥ 0 Å, got {skin}")
-        self.device = torch.device(device)
-        force_field = as_force_field(model)
-        if dtype is not None and dtype != model_dtype(force_field):
-            force_field = copy.deepcopy(force_field).to(dtype)
-        self.model = force_field.to(self.device)
-        self.model.eval()
-        self.dtype = model_dtype(self.model)
+        if not min_distance >= 0:
+            raise ValueError(f"min_distance must be ≥ 0 Å, got {min_distance}")
+        self.min_distance = float(min_distance)
+        #: calls on structures with atoms closer than ``min_distance`` (warned about once)
+        self.n_close_calls = 0
+        ready = inference_model(model, device, dtype, allow_prior_mismatch, "<atoms>")
+        self.model, self.device, self.dtype, self.source = (
+            ready.model,
+            ready.device,
+            ready.dtype,
+            ready.source,
+        )
         self.skin = float(skin)
-        self.source = str(model) if isinstance(model, (str, Path)) else "<atoms>"
-        what = f"model {self.source!r}" if isinstance(model, (str, Path)) else "this model"
-        #: the prior the model was trained on top of (added to every result), or None
-        self.prior: Prior | None = model_prior(self.model, allow_prior_mismatch, what=what)
+        #: the external prior the model was trained on top of (added to every result), or None
+        self.prior: Prior | None = ready.prior
         self._batch: Batch | None = None
         self._ref_positions: np.ndarray | None = None
         self._ref_key: tuple | None = None
@@ -110,16 +126,6 @@ class PiwslCalculator(Calculator):
     @property
     def cutoff(self) -> float:
         return self.model.cutoff
-
-    def _frame(self, atoms) -> Frame:
-        return Frame(
-            numbers=atoms.numbers,
-            positions=atoms.positions,
-            cell=np.asarray(atoms.cell.array),
-            pbc=atoms.pbc,
-            source="<ase.Atoms>",
-            index=0,
-        )
 
     def _get_batch(self, frame: Frame) -> Batch:
         key = (frame.numbers.tobytes(), frame.cell.tobytes(), frame.pbc.tobytes())
@@ -143,15 +149,39 @@ class PiwslCalculator(Calculator):
             self._ref_key = key
         return batch
 
+    def _check_distances(self, batch: Batch) -> None:
+        """Warn once when two atoms are closer than ``min_distance`` (edges cover every pair
+        within the cutoff, so every such pair is among them)."""
+        if self.min_distance <= 0 or batch.edge_index.shape[1] == 0:
+            return
+        with torch.no_grad():
+            lengths = torch.linalg.vector_norm(edge_vectors(batch), dim=1)
+            k = int(torch.argmin(lengths))
+        shortest = float(lengths[k])
+        if shortest >= self.min_distance:
+            return
+        self.n_close_calls += 1
+        if self.n_close_calls == 1:
+            i, j = (int(x) for x in batch.edge_index[:, k])
+            warnings.warn(
+                f"atoms {i} and {j} are {shortest:.3f} Å apart (closer than {self.min_distance} "
+                "Å): no model is trained on such structures, and its energy and forces there "
+                "are meaningless. Check the structure (or its length unit); further such calls "
+                "of this calculator are counted in n_close_calls, not warned about",
+                GeometryWarning,
+                stacklevel=4,
+            )
+
     def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
         """ASE's state check on positions, numbers, cell and pbc, faster (:func:`state_changes`)."""
         return state_changes(self.atoms, atoms, tol)
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
-        frame = self._frame(self.atoms)
-        check_elements(self.model, [frame])
+        frame = Frame.from_atoms(self.atoms)
+        check_model_knows(self.model, [frame])
         batch = self._get_batch(frame)
+        self._check_distances(batch)
         # no graph through the parameters (a direct-force head runs ~20 % faster); conservative
         # forces still come from autograd: the ForceField re-enables grad for them
         with torch.no_grad():

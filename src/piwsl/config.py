@@ -1,7 +1,8 @@
 """The typed run configuration: pydantic models, YAML loading, dotted command-line overrides.
 
-A configuration has seven sections — ``data``, ``model``, ``loss``, ``physics``, ``training``,
-``prior`` and ``output`` — each a pydantic model that forbids unknown keys. :func:`load_config`
+A configuration has seven sections — ``data``, ``model``, ``loss`` (the objective's terms, see
+:mod:`piwsl.objective.config`), ``physics`` (the displaced copies), ``training``, ``prior`` and
+``output`` — each a pydantic model that forbids unknown keys, plus an optional ``plugins`` list. :func:`load_config`
 reads a YAML file (or ``builtin:NAME`` for a packaged config), applies overrides such as
 ``training.max_epochs=5 model.hparams.features=32`` and validates; every problem becomes a
 :class:`~piwsl.errors.ConfigError` naming the full dotted key, with a "did you mean" suggestion for
@@ -22,6 +23,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from piwsl.errors import ConfigError
+from piwsl.objective.config import LossConfig, translate_legacy
 from piwsl.physics.config import PhysicsConfig
 from piwsl.registry import suggest
 from piwsl.units import ENERGY_UNITS, LENGTH_UNITS
@@ -47,8 +49,30 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: The splits ``data.units`` may name (each file of a split is read in that split's units).
+UNIT_SPLITS = ("train", "validation", "test", "unlabelled")
+
+
+def _check_unit(where: str, value: str | None, known: dict[str, float]) -> None:
+    if value is not None and value not in known:
+        raise ValueError(f"{where}: unknown unit {value!r}{suggest(value, known)}")
+
+
+class FileUnits(_Section):
+    """The units a split or a file stores (``data.units``); None: the data section's default."""
+
+    energy: str | None = Field(None, description="energy unit, e.g. eV, Hartree, kcal/mol")
+    length: str | None = Field(None, description="length unit: Å or Bohr")
+
+
 class DataConfig(_Section):
-    """Where the frames come from, how labels are read, how they are split and referenced."""
+    """Where the frames come from, how labels are read, how they are split and referenced.
+
+    Units: every file is read in ``energy_unit`` / ``length_unit`` unless ``units`` says
+    otherwise for its split or for the file itself, e.g.
+    ``units: {train: {energy: Hartree, length: Bohr}, test.xyz: {energy: kcal/mol}}`` (a file's
+    own entry wins over its split's). rMD17 ``.npz`` files always hold kcal/mol and Å.
+    """
 
     train: PathList = Field(description="training file(s); `builtin:NAME` for packaged data")
     validation: PathList | None = Field(None, description="validation file(s); else a split")
@@ -58,8 +82,15 @@ class DataConfig(_Section):
     )
     energy_key: str | None = None
     forces_key: str | None = None
-    energy_unit: str = "eV"
-    length_unit: str = "Å"
+    energy_unit: str = Field("eV", description="unit of the energies in the files")
+    length_unit: str = Field("Å", description="unit of positions and cells in the files")
+    units: dict[str, FileUnits] = Field(
+        default_factory=dict,
+        description=(
+            "units per split (train, validation, test, unlabelled) or per file, e.g. "
+            "{train: {energy: Hartree, length: Bohr}}; override energy_unit / length_unit"
+        ),
+    )
     n_train: Count = Field(None, description="count or fraction of the pool; None: all the rest")
     n_val: Count = Field(None, description="count or fraction; None: 5 % unless files are given")
     n_test: Count = Field(None, description="count or fraction of the pool held out as test set")
@@ -83,18 +114,51 @@ class DataConfig(_Section):
         ),
     )
 
+    def files_of(self, split: str) -> list[str]:
+        """The files configured for ``split`` (one of :data:`UNIT_SPLITS`)."""
+        return list(getattr(self, split) or [])
+
+    def units_for(self, split: str, path: str) -> tuple[str, str]:
+        """(energy unit, length unit) of ``path`` read as part of ``split``."""
+        energy, length = self.energy_unit, self.length_unit
+        for key in (split, path):
+            entry = self.units.get(key)
+            if entry is not None:
+                energy, length = entry.energy or energy, entry.length or length
+        return energy, length
+
     @model_validator(mode="after")
     def _check_units(self) -> DataConfig:
-        if self.energy_unit not in ENERGY_UNITS:
-            raise ValueError(
-                f"data.energy_unit: unknown unit {self.energy_unit!r}"
-                f"{suggest(self.energy_unit, ENERGY_UNITS)}"
-            )
-        if self.length_unit not in LENGTH_UNITS:
-            raise ValueError(
-                f"data.length_unit: unknown unit {self.length_unit!r}"
-                f"{suggest(self.length_unit, LENGTH_UNITS)}"
-            )
+        _check_unit("data.energy_unit", self.energy_unit, ENERGY_UNITS)
+        _check_unit("data.length_unit", self.length_unit, LENGTH_UNITS)
+        files = {p: s for s in reversed(UNIT_SPLITS) for p in self.files_of(s)}
+        for key, entry in self.units.items():
+            where = f"data.units.{key}"
+            _check_unit(where, entry.energy, ENERGY_UNITS)
+            _check_unit(where, entry.length, LENGTH_UNITS)
+            if key in UNIT_SPLITS and not self.files_of(key):
+                raise ValueError(
+                    f"{where}: no {key} files are configured (data.{key}); "
+                    + (
+                        f"{key} frames are drawn from data.train and read in its units"
+                        if key in ("validation", "test")
+                        else "drop the entry"
+                    )
+                )
+            if key not in UNIT_SPLITS and key not in files:
+                raise ValueError(
+                    f"data.units: {key!r} is neither a split ({', '.join(UNIT_SPLITS)}) nor a "
+                    f"file of data.train/validation/test/unlabelled"
+                    f"{suggest(key, [*UNIT_SPLITS, *files])}"
+                )
+        for path in files:
+            read_as = {s: self.units_for(s, path) for s in UNIT_SPLITS if path in self.files_of(s)}
+            if len(set(read_as.values())) > 1:
+                listing = "; ".join(f"data.{s}: {e}, {le}" for s, (e, le) in read_as.items())
+                raise ValueError(
+                    f"data.units: file {path!r} is listed in several splits whose units differ "
+                    f"({listing}); give the file its own entry data.units[{path!r}]"
+                )
         return self
 
 
@@ -149,30 +213,6 @@ class ModelConfig(_Section):
         return self
 
 
-class LossConfig(_Section):
-    """Weights and units of the supervised terms.
-
-    By default the energy term is the MSE of per-atom energies in eV² and the force term the MSE
-    of force components in (eV/Å)². ``energy_unit: kcal/mol`` with ``per_atom_energy: false``
-    gives the paper's convention (total energies in kcal/mol), the one in which its physics
-    weights (taylor 1.2, spatial 0.01 with ``physics.weight_energy_unit: kcal/mol``) were tuned.
-    """
-
-    energy_weight: float = Field(1.0, ge=0)
-    force_weight: float = Field(10.0, ge=0)
-    energy_unit: str = Field("eV", description="energy unit of the supervised losses")
-    per_atom_energy: bool = Field(True, description="energy loss on E/N_atoms (else total E)")
-
-    @model_validator(mode="after")
-    def _check_unit(self) -> LossConfig:
-        if self.energy_unit not in ENERGY_UNITS:
-            raise ValueError(
-                f"loss.energy_unit: unknown unit {self.energy_unit!r}"
-                f"{suggest(self.energy_unit, ENERGY_UNITS)}"
-            )
-        return self
-
-
 class TrainingConfig(_Section):
     """Optimiser, schedule, EMA, stopping, seeds, devices and precision."""
 
@@ -189,7 +229,13 @@ class TrainingConfig(_Section):
     plateau_patience: int = Field(
         10, ge=0, description="validations without improvement before the lr is cut"
     )
+    plateau_threshold: float = Field(
+        1e-4, ge=0, lt=1, description="relative improvement a validation must make to count"
+    )
     min_lr: float = Field(1e-6, ge=0)
+    stop_lr: float | None = Field(
+        None, gt=0, description="stop once the plateau schedule has cut the lr to this or below"
+    )
     ema_decay: float | None = Field(0.99, ge=0, lt=1, description="None or 0: no EMA")
     gradient_clip: float | None = Field(10.0, gt=0)
     early_stopping_patience: int | None = Field(
@@ -231,6 +277,14 @@ class TrainingConfig(_Section):
             "Gaussian basis, make matrix products many times slower)"
         ),
     )
+    fused_optimizer: bool = Field(
+        True,
+        description=(
+            "Adam/AdamW as one fused kernel over all parameters (on one CPU thread torch's "
+            "per-tensor loop cost as much as a small model's forward pass); false: that loop, "
+            "the optimiser of runs before issue 16 (same update to float rounding)"
+        ),
+    )
     log_every_n_steps: int = Field(50, gt=0)
 
     @model_validator(mode="after")
@@ -238,6 +292,11 @@ class TrainingConfig(_Section):
         if self.max_epochs is None and self.max_steps is None and self.max_time_minutes is None:
             raise ValueError(
                 "training: set max_epochs, max_steps or max_time_minutes, or training never stops"
+            )
+        if self.stop_lr is not None and self.stop_lr < self.min_lr:
+            raise ValueError(
+                f"training.stop_lr ({self.stop_lr:g}) is below training.min_lr ({self.min_lr:g}): "
+                "the schedule never cuts the learning rate that far, so it would never stop"
             )
         if self.scheduler == "cosine" and self.max_epochs is None and self.max_steps is None:
             raise ValueError("training.scheduler: cosine needs max_epochs or max_steps as horizon")
@@ -271,10 +330,28 @@ class PriorConfig(_Section):
             "writable, else ~/.cache/piwsl/priors"
         ),
     )
-    workers: int = Field(1, ge=1, description="processes computing the prior (one thread each)")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="processes computing the prior (one thread each); with executor dask and no "
+        "scheduler: the workers of a local Dask cluster",
+    )
+    executor: Literal["local", "dask"] = Field(
+        "local",
+        description="where the prior is computed: local processes, or a Dask cluster "
+        "(pip install 'piwsl[dask]')",
+    )
+    scheduler: str | None = Field(
+        None, description="Dask scheduler address (tcp://host:port); null: a local Dask cluster"
+    )
 
     @model_validator(mode="after")
     def _check_name(self) -> PriorConfig:
+        if self.scheduler is not None and self.executor != "dask":
+            raise ValueError(
+                f"prior.scheduler={self.scheduler!r} needs prior.executor=dask "
+                f"(prior.executor is {self.executor!r})"
+            )
         if self.name is not None:
             from piwsl.priors import check_prior_name
 
@@ -301,8 +378,18 @@ class OutputConfig(_Section):
 
 
 class Config(_Section):
-    """A whole training run."""
+    """A whole training run.
 
+    ``plugins``: modules (dotted import paths or ``.py`` files) imported before the rest is
+    validated, so that the model backends, priors and loss terms they register can be named
+    (:mod:`piwsl.plugins`). Old loss keys are rewritten into ``loss.terms`` first
+    (:func:`piwsl.objective.config.translate_legacy`).
+    """
+
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules or .py files that register models, priors or loss terms",
+    )
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -310,6 +397,18 @@ class Config(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     prior: PriorConfig = Field(default_factory=PriorConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugins_and_old_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        plugins = data.get("plugins")
+        if plugins:
+            from piwsl.plugins import import_plugins
+
+            import_plugins(list(plugins) if isinstance(plugins, (list, tuple)) else [plugins])
+        return translate_legacy(data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-ready mapping (round-trips through :func:`config_from_dict`)."""
@@ -390,6 +489,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Validate a mapping; any problem becomes a :class:`ConfigError` naming the dotted key."""
+    if isinstance(data, dict):
+        data = translate_legacy(data)  # its ConfigErrors name the keys themselves
     try:
         return Config.model_validate(data)
     except ValidationError as err:
@@ -399,12 +500,73 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read ``source`` (a YAML path or ``builtin:NAME``; default :data:`DEFAULT_CONFIG`)."""
     path = resolve_config_path(source if source is not None else DEFAULT_CONFIG)
-    data = apply_overrides(read_yaml(path), list(overrides or []))
+    data = translate_legacy(read_yaml(path))
+    for text in overrides or []:  # an old loss key given later wins over the file's new form
+        data = translate_legacy(apply_overrides(data, [text]), later=True)
     return config_from_dict(data)
 
 
 # --------------------------------------------------------------------------------------------
 # error messages
+
+#: Names people write for piwsl's keys (other codes' spellings); matched case-insensitively,
+#: before the spelling-based suggestion (which would offer ``early_stopping_patience`` for
+#: ``learning_rate``).
+KEY_SYNONYMS = {
+    **dict.fromkeys(("learning_rate", "learningrate", "lr_rate", "eta"), "lr"),
+    **dict.fromkeys(("epochs", "num_epochs", "n_epochs", "epoch", "nepochs"), "max_epochs"),
+    **dict.fromkeys(("steps", "num_steps", "n_steps", "max_iter", "iterations"), "max_steps"),
+    **dict.fromkeys(("batch", "batchsize", "bs", "batch_sz", "train_batch_size"), "batch_size"),
+    **dict.fromkeys(("valid_batch_size", "eval_batch_size"), "val_batch_size"),
+    **dict.fromkeys(("cutoff_radius", "r_cut", "rcut", "r_max", "rmax", "cut_off"), "cutoff"),
+    **dict.fromkeys(("patience", "early_stopping", "es_patience"), "early_stopping_patience"),
+    **dict.fromkeys(("optimiser", "optim"), "optimizer"),
+    **dict.fromkeys(("lr_scheduler", "schedule", "scheduler_name"), "scheduler"),
+    **dict.fromkeys(("clip", "grad_clip", "gradient_clipping", "clip_grad_norm"), "gradient_clip"),
+    **dict.fromkeys(("ema", "ema_weight"), "ema_decay"),
+    **dict.fromkeys(("wd", "l2"), "weight_decay"),
+    **dict.fromkeys(("threads", "n_threads", "nthreads"), "num_threads"),
+    **dict.fromkeys(("precision", "default_dtype"), "dtype"),
+    **dict.fromkeys(("gpus", "device"), "devices"),
+    **dict.fromkeys(("forces_weight", "f_weight", "force_loss_weight"), "force_weight"),
+    **dict.fromkeys(("e_weight", "energy_loss_weight"), "energy_weight"),
+    **dict.fromkeys(("train_size", "n_training", "num_train", "ntrain"), "n_train"),
+    **dict.fromkeys(("val_size", "valid_size", "n_valid", "n_validation", "num_val"), "n_val"),
+    **dict.fromkeys(("test_size", "num_test", "ntest"), "n_test"),
+    **dict.fromkeys(("val", "valid", "val_file", "valid_file", "validation_file"), "validation"),
+    **dict.fromkeys(("train_file", "train_files", "training", "training_file"), "train"),
+    **dict.fromkeys(("test_file", "test_files"), "test"),
+    **dict.fromkeys(("energy_units", "e_unit"), "energy_unit"),
+    **dict.fromkeys(("length_units", "distance_unit", "position_unit"), "length_unit"),
+    **dict.fromkeys(("model_name", "architecture", "arch", "model_type"), "name"),
+    **dict.fromkeys(("output_dir", "out_dir", "outdir", "dir", "directory"), "run_dir"),
+    **dict.fromkeys(("progress", "show_progress"), "progress_bar"),
+    **dict.fromkeys(("taylor", "pitc", "pitc_weight", "lambda_pitc"), "taylor_weight"),
+    **dict.fromkeys(("spatial", "pisc", "pisc_weight", "lambda_pisc"), "spatial_weight"),
+    **dict.fromkeys(("delta", "perturbation", "displacement", "sigma"), "perturbation_scale"),
+}
+
+
+def suggest_key(path: list[str], owner: type[BaseModel]) -> str:
+    """``"; did you mean 'training.lr'?"`` for the unknown key ``path`` of section ``owner``:
+    a known synonym first (also in another section: ``training.cutoff`` → ``model.cutoff``),
+    then the closest spelling."""
+    prefix = ".".join(path[:-1])
+    name = path[-1]
+    canonical = KEY_SYNONYMS.get(name.lower().replace("-", "_"), name)
+
+    def dotted(key: str, where: str = prefix) -> str:
+        return f"{where}.{key}" if where else key
+
+    known = [*owner.model_fields, *getattr(owner, "legacy_keys", ())]  # old keys still work
+    if canonical != name and canonical in known:
+        return f"; did you mean {dotted(canonical)!r}?"
+    if len(path) == 2:  # a key of a section: it may belong to another section
+        for section, field in Config.model_fields.items():
+            other = _submodel(field.annotation)
+            if other is not None and other is not owner and canonical in other.model_fields:
+                return f"; did you mean {dotted(canonical, section)!r}?"
+    return suggest(dotted(name), [dotted(key) for key in known])
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:
@@ -424,7 +586,8 @@ def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None, Any]
     path: list[str] = []
     owner: type[BaseModel] | None = Config
     field = None
-    for part in loc:
+    parts = iter(loc)
+    for part in parts:
         if cls is None or not isinstance(part, str):
             break
         if part not in cls.model_fields:
@@ -434,6 +597,8 @@ def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None, Any]
         owner, field = cls, cls.model_fields[part]
         path.append(part)
         cls = _submodel(field.annotation)
+        if cls is not None and typing.get_origin(field.annotation) is dict:
+            path.append(str(next(parts, "")))  # a mapping of sections (data.units): its key
         if cls is None:
             # inside a free-form mapping (model.hparams, data.e0s): keep string keys as given
             rest = [p for p in loc[len(path) :] if isinstance(p, str)]
@@ -476,9 +641,7 @@ def format_validation_error(err: ValidationError) -> str:
         seen.add(key)
         kind = item["type"]
         if kind == "extra_forbidden" and owner is not None:
-            prefix = ".".join(path[:-1])
-            choices = [f"{prefix}.{name}" if prefix else name for name in owner.model_fields]
-            lines.append(f"unknown config key {key!r}{suggest(key, choices)}")
+            lines.append(f"unknown config key {key!r}{suggest_key(path, owner)}")
         elif kind == "missing":
             lines.append(f"{key}: required key is missing")
         elif kind == "value_error":

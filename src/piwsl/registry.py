@@ -49,3 +49,7 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def ordered(self) -> list[str]:
+        """Names in registration order."""
+        return list(self._entries)

@@ -96,6 +96,9 @@ class Batch:
     #: can decide what to compute without reading the masks back from the device
     any_energy: bool | None = None
     any_forces: bool | None = None
+    #: long [M]: the atoms whose structure carries force labels, built on the host by
+    #: :func:`collate` (None: derived from ``forces_mask`` when needed, a device read)
+    force_atoms: torch.Tensor | None = None
 
     @property
     def n_structures(self) -> int:
@@ -116,6 +119,13 @@ class Batch:
     def n_atoms(self) -> torch.Tensor:
         """Atoms per structure, long [S]."""
         return self.ptr[1:] - self.ptr[:-1]
+
+    @property
+    def labelled_force_atoms(self) -> torch.Tensor:
+        """long [M]: indices of the atoms whose structure carries force labels."""
+        if self.force_atoms is not None:
+            return self.force_atoms
+        return self.atom_forces_mask.nonzero().squeeze(1)
 
     @property
     def atom_forces_mask(self) -> torch.Tensor:
@@ -209,10 +219,14 @@ def concat(batches: list[Batch]) -> Batch:
     def cat(name: str, dim: int = 0) -> torch.Tensor:
         return torch.cat([getattr(b, name) for b in batches], dim=dim)
 
-    flags = {}
+    flags: dict = {}
     for name in ("any_energy", "any_forces"):
         values = [getattr(b, name) for b in batches]
         flags[name] = None if None in values else any(values)
+    if all(b.force_atoms is not None for b in batches):
+        flags["force_atoms"] = torch.cat(
+            [b.force_atoms + o for b, o in zip(batches, atom_offsets, strict=True)]
+        )
     return Batch(
         positions=cat("positions"),
         numbers=cat("numbers"),
@@ -262,16 +276,28 @@ def collate(graphs: list[Graph]) -> Batch:
         frame_id=torch.tensor([g.frame_id for g in graphs], dtype=torch.long),
         any_energy=any(g.has_energy for g in graphs),
         any_forces=any(g.has_forces for g in graphs),
+        force_atoms=torch.cat(
+            [
+                torch.arange(int(ptr[s]), int(ptr[s + 1]), dtype=torch.long)
+                for s, g in enumerate(graphs)
+                if g.has_forces
+            ]
+            or [torch.zeros(0, dtype=torch.long)]
+        ),
     )
 
 
-def edge_vectors(batch: Batch) -> torch.Tensor:
-    """Edge vectors r_j - r_i (+ periodic shift), [E, 3], differentiable w.r.t. positions."""
+def edge_vectors(batch: Batch, select: torch.Tensor | None = None) -> torch.Tensor:
+    """Edge vectors r_j - r_i (+ periodic shift), [E, 3], differentiable w.r.t. positions;
+    ``select`` (bool [E]) keeps only some edges."""
     i, j = batch.edge_index
+    shift = batch.edge_shift
+    if select is not None:
+        i, j, shift = i[select], j[select], shift[select]
     vec = batch.positions[j] - batch.positions[i]
-    if batch.edge_shift.numel():
+    if shift.numel():
         cell = batch.cell[batch.batch[i]]
-        vec = vec + torch.einsum("ek,ekl->el", batch.edge_shift, cell)
+        vec = vec + torch.einsum("ek,ekl->el", shift, cell)
     return vec
 
 

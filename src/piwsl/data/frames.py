@@ -1,12 +1,14 @@
 """Frames: one structure with its partial labels, validated on construction.
 
 A frame may carry an energy, forces, both or neither. Missing labels are ``None``; piwsl never
-invents zeros for them. All quantities are in eV and Å.
+invents zeros for them. All quantities are in eV and Å. :meth:`Frame.from_atoms` and
+:meth:`Frame.to_atoms` are the one conversion between frames and ``ase.Atoms``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -97,13 +99,36 @@ class Frame:
         if self.fixed is not None and self.fixed.shape != (n,):
             raise self._error(f"fixed mask has shape {self.fixed.shape}, expected ({n},)")
 
-    def to_atoms(self):  # -> ase.Atoms
-        """Convert to :class:`ase.Atoms` (labels attached through a single-point calculator)."""
+    @classmethod
+    def from_atoms(
+        cls,
+        atoms: Any,
+        source: str = "<ase.Atoms>",
+        index: int = 0,
+        positions: np.ndarray | None = None,
+    ) -> Frame:
+        """A label-free frame of an ``ase.Atoms`` (numbers, positions or ``positions`` given
+        instead, cell, pbc) — the one Atoms → Frame conversion of inference, priors and MD."""
+        return cls(
+            numbers=atoms.numbers,
+            positions=atoms.positions if positions is None else np.asarray(positions, np.float64),
+            cell=np.asarray(atoms.cell.array),
+            pbc=atoms.pbc,
+            source=source,
+            index=index,
+        )
+
+    def to_atoms(self, labels: bool = True):  # -> ase.Atoms
+        """Convert to :class:`ase.Atoms`; with ``labels`` the energy and forces are attached
+        through a single-point calculator and fixed atoms as a constraint, without them the
+        atoms are bare (what a calculator is run on)."""
         from ase import Atoms
         from ase.calculators.singlepoint import SinglePointCalculator
         from ase.constraints import FixAtoms
 
         atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
+        if not labels:
+            return atoms
         if self.fixed is not None and self.fixed.any():
             atoms.set_constraint(FixAtoms(mask=self.fixed))
         results = {}

@@ -3,7 +3,8 @@
 - :mod:`piwsl.labelling.backends` — the backend registry (GFN-xTB via tblite; HF, DFT, MP2,
   CCSD(T) via PySCF; any ASE calculator) and unit conversions
 - :mod:`piwsl.labelling.cbs` — two-point HF + X⁻³ correlation CBS extrapolation (energies, forces)
-- :mod:`piwsl.labelling.runner` — parallel, journaled, resumable labelling to extxyz
+- :mod:`piwsl.labelling.runner` — journaled, resumable labelling to extxyz, in parallel on local
+  processes or Dask (:mod:`piwsl.io.executors`)
 - :mod:`piwsl.labelling.sampling` — seeded Langevin MD sampling of structures to label
 - :mod:`piwsl.labelling.cli` — the ``piwsl label`` / ``piwsl sample`` sub-commands
 """

@@ -15,26 +15,31 @@ with ``retry_failed``), a torn last line is dropped, and a frame whose hash diff
 Output (written atomically once every frame has a journal entry): extxyz with, per frame,
 ``REF_energy`` (eV) in ``atoms.info`` and ``REF_forces`` (eV/Å) in ``atoms.arrays`` for successful
 frames, and provenance keys ``REF_method``, ``REF_basis``, ``REF_program``,
-``REF_program_version``, ``REF_wall_time_s``, ``REF_status`` ("ok" / "failed"), ``REF_error``
-(failed frames), ``REF_frame`` (input index) plus backend-specific details. Failed frames are kept,
-with ``REF_status="failed"`` and no ``REF_`` labels, and listed in ``OUTPUT.summary.json``.
+``REF_program_version``, ``REF_wall_time_s`` and ``REF_cpu_time_s`` (the frame's calculation
+time and the CPU time of its worker process, summed over its tasks: less CPU than wall time means
+a worker waited for a core), ``REF_worker`` (``host:pid`` of the worker(s) that computed it), ``REF_status`` ("ok" /
+"failed"), ``REF_error`` (failed frames), ``REF_frame`` (input index) plus backend-specific
+details. Failed frames are kept, with ``REF_status="failed"`` and no ``REF_`` labels, and listed in
+``OUTPUT.summary.json``.
 
-Parallelism: ``n_workers`` processes (``concurrent.futures.ProcessPoolExecutor``); each worker is
-pinned to ``threads_per_worker`` BLAS/OpenMP threads (default 1) and dies with its parent.
+Parallelism (:mod:`piwsl.io.executors`): one task per frame — per energy for finite-difference
+forces (6N + 1 tasks, combined into the frame's record once all are done) — on this process,
+``n_workers`` local processes, or a Dask cluster (``executor="dask"``, ``scheduler``); each
+worker is pinned to ``threads_per_worker`` BLAS/OpenMP threads (default 1). Results are journaled
+as they complete, whichever executor ran them, so a killed run resumes the same way. A worker
+that dies has its tasks retried; a frame whose task killed its workers too often is recorded as
+failed (``--retry-failed`` runs it again).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
-import sys
 import time
-from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,61 +47,36 @@ from typing import Any
 import numpy as np
 
 from piwsl.errors import ConfigError, DataError
+from piwsl.io.executors import ExecutorSpec, TaskLost, make_executor, worker_name
+from piwsl.io.hashing import atoms_hash, structure_hash
+from piwsl.io.journal import JsonLines
 from piwsl.labelling.backends import Backend, make_backend
+from piwsl.terminal import progress_bar
 
 log = logging.getLogger(__name__)
 
 JOURNAL_VERSION = 1
-THREAD_ENV_VARS = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
+__all__ = ["LabelSummary", "journal_path", "label_file", "label_structures", "structure_hash"]
 
 
 # ----------------------------------------------------------------------------------------------
-# frames and hashes
+# structures
 # ----------------------------------------------------------------------------------------------
-
-
-def structure_hash(numbers, positions, cell=None, pbc=None) -> str:
-    """SHA-256 (hex, 16 characters) of atomic numbers, positions (Å), cell and pbc."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(numbers, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(positions, dtype=np.float64).tobytes())
-    h.update(
-        np.ascontiguousarray(np.zeros((3, 3)) if cell is None else cell, dtype=np.float64).tobytes()
-    )
-    h.update(np.ascontiguousarray(np.zeros(3) if pbc is None else pbc, dtype=bool).tobytes())
-    return h.hexdigest()[:16]
-
-
-def atoms_hash(atoms) -> str:
-    return structure_hash(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
 
 
 def load_structures(source, index: str | int | slice = ":") -> list:
-    """Structures to label as bare ``ase.Atoms`` (input labels dropped), from a path or a list."""
-    from ase import Atoms
+    """Structures to label as bare ``ase.Atoms`` (input labels dropped), from a path or a list
+    of Atoms or Frames."""
+    from piwsl.data.frames import Frame
 
     if isinstance(source, (str, Path)):
         from piwsl.data import read_frames
 
-        frames = select(read_frames(source), index)
-        return [
-            Atoms(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc) for f in frames
-        ]
-    images = list(source)
-    out = []
-    for atoms in images:
-        if not isinstance(atoms, Atoms):
-            atoms = atoms.to_atoms()
-        out.append(
-            Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        )
-    return out
+        return [f.to_atoms(labels=False) for f in select(read_frames(source), index)]
+    return [
+        (item if isinstance(item, Frame) else Frame.from_atoms(item)).to_atoms(labels=False)
+        for item in source
+    ]
 
 
 def select(items: list, index: str | int | slice = ":") -> list:
@@ -118,79 +98,113 @@ def select(items: list, index: str | int | slice = ":") -> list:
 
 
 # ----------------------------------------------------------------------------------------------
-# worker side
+# tasks: one per frame, or per calculation of a frame (finite differences)
 # ----------------------------------------------------------------------------------------------
 
-_WORKER_BACKEND: Backend | None = None
+
+def _error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".replace("\n", " ").strip()[:2000]
 
 
-def limit_threads(n_threads: int = 1) -> None:
-    """Pin BLAS/OpenMP to ``n_threads`` in this process (env for later loads, PySCF if loaded)."""
-    for var in THREAD_ENV_VARS:
-        os.environ[var] = str(n_threads)
-    if "pyscf" in sys.modules:
-        with contextlib.suppress(AttributeError, OSError):
-            sys.modules["pyscf"].lib.num_threads(n_threads)
-    if "torch" in sys.modules:
-        with contextlib.suppress(RuntimeError):
-            sys.modules["torch"].set_num_threads(n_threads)
-
-
-def _die_with_parent() -> None:
-    """Linux: ask the kernel to SIGKILL this worker when the parent dies (a killed run)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _init_worker(backend: Backend, n_threads: int) -> None:
-    global _WORKER_BACKEND
-    _die_with_parent()
-    limit_threads(n_threads)
-    _WORKER_BACKEND = backend
-
-
-def compute_frame(backend: Backend, index: int, atoms) -> dict[str, Any]:
-    """Label one frame; any exception becomes a ``status="failed"`` record (never raised)."""
-    key = atoms_hash(atoms)
-    atoms = atoms.copy()
-    atoms.info["label_index"] = index
-    t0 = time.perf_counter()
-    record: dict[str, Any] = {"index": index, "hash": key}
+def run_subtask(backend: Backend, atoms) -> dict[str, Any]:
+    """One calculation (on a worker): its output or its error, wall and CPU time (s), worker."""
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
-        out = backend.compute(atoms)
-        energy = float(out["energy"])
-        if not math.isfinite(energy):
-            raise FloatingPointError(f"non-finite energy {energy}")
-        forces = out.get("forces")
-        if forces is not None:
-            forces = np.asarray(forces, dtype=np.float64)
-            if forces.shape != (len(atoms), 3):
-                raise ValueError(f"forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
-            if not np.all(np.isfinite(forces)):
-                raise FloatingPointError("non-finite forces")
-            forces = forces.tolist()
-        record.update(
-            status="ok",
-            energy=energy,
-            forces=forces,
-            provenance={**backend.base_provenance(), **dict(out.get("provenance", {}))},
-        )
+        result: dict[str, Any] = {"ok": True, "out": backend.compute_subtask(atoms)}
     except Exception as err:  # every backend failure is recorded per frame, never dropped
-        message = f"{type(err).__name__}: {err}".replace("\n", " ").strip()
-        record.update(status="failed", error=message[:2000], provenance=backend.base_provenance())
-    record["wall_time_s"] = time.perf_counter() - t0
+        result = {"ok": False, "error": _error_text(err)}
+    result["wall_time_s"] = time.perf_counter() - t0
+    result["cpu_time_s"] = time.process_time() - c0
+    result["worker"] = worker_name()
+    return result
+
+
+def _checked(out: dict[str, Any], n_atoms: int) -> tuple[float, list | None]:
+    """Energy and forces (as lists) of a backend output, or an error for absurd values."""
+    energy = float(out["energy"])
+    if not math.isfinite(energy):
+        raise FloatingPointError(f"non-finite energy {energy}")
+    forces = out.get("forces")
+    if forces is None:
+        return energy, None
+    forces = np.asarray(forces, dtype=np.float64)
+    if forces.shape != (n_atoms, 3):
+        raise ValueError(f"forces have shape {forces.shape}, expected ({n_atoms}, 3)")
+    if not np.all(np.isfinite(forces)):
+        raise FloatingPointError("non-finite forces")
+    return energy, forces.tolist()
+
+
+def frame_record(backend: Backend, index: int, atoms, key: str, parts: list[Any]) -> dict[str, Any]:
+    """The journal record of frame ``index`` (structure hash ``key``) from the results of its
+    subtasks, in order.
+
+    A failed or lost subtask makes the frame ``status="failed"`` (its first error recorded);
+    ``wall_time_s`` and ``cpu_time_s`` are sums over the subtasks, ``worker`` the workers that ran
+    them.
+    """
+    record: dict[str, Any] = {"index": index, "hash": key}
+    done = [p for p in parts if not isinstance(p, TaskLost)]
+    failed = [p.message for p in parts if isinstance(p, TaskLost)]
+    failed += [p["error"] for p in done if not p["ok"]]
+    if failed:
+        message = failed[0]
+        if len(parts) > 1:
+            message = f"{len(failed)} of {len(parts)} calculations failed, first: {message}"
+        record.update(status="failed", error=message, provenance=backend.base_provenance())
+    else:
+        try:
+            out = backend.combine(atoms, [p["out"] for p in done])
+            energy, forces = _checked(out, len(atoms))
+            provenance = {**backend.base_provenance(), **dict(out.get("provenance", {}))}
+            record.update(status="ok", energy=energy, forces=forces, provenance=provenance)
+        except Exception as err:  # absurd values or a failing combination: this frame only
+            record.update(
+                status="failed", error=_error_text(err), provenance=backend.base_provenance()
+            )
+    record["wall_time_s"] = float(sum(p["wall_time_s"] for p in done))
+    record["cpu_time_s"] = float(sum(p["cpu_time_s"] for p in done))
+    record["worker"] = ",".join(sorted({p["worker"] for p in done})) or "unknown"
     return record
 
 
-def _worker_compute(index: int, atoms) -> dict[str, Any]:
-    assert _WORKER_BACKEND is not None, "worker not initialised"
-    return compute_frame(_WORKER_BACKEND, index, atoms)
+class FrameTasks:
+    """Turns frames into tasks and collects the tasks' results into frame records."""
+
+    def __init__(self, backend: Backend, images: list) -> None:
+        self.backend = backend
+        self.images = images
+        self._atoms: dict[int, Any] = {}
+        self._hash: dict[int, str] = {}
+        self._parts: dict[int, list[Any]] = {}
+        self._left: dict[int, int] = {}
+
+    def tasks(self, todo: Iterable[int]) -> Iterator[tuple[tuple[int, int], tuple]]:
+        """``((frame, k), (backend subtask structure,))`` for every subtask of every frame."""
+        for i in todo:
+            atoms = self.images[i].copy()
+            atoms.info["label_index"] = i
+            self._hash[i] = atoms_hash(atoms)
+            subtasks = self.backend.subtasks(atoms)
+            self._atoms[i] = atoms
+            self._parts[i] = [None] * len(subtasks)
+            self._left[i] = len(subtasks)
+            for k, sub in enumerate(subtasks):
+                yield (i, k), (sub,)
+
+    def add(self, key: Any, outcome: Any) -> dict[str, Any] | None:
+        """Record one task's outcome; the frame's record once all its tasks are in."""
+        i, k = key
+        if i not in self._left or self._parts[i][k] is not None:
+            log.warning("ignoring a second result of frame %d, task %d", i, k)
+            return None
+        self._parts[i][k] = outcome
+        self._left[i] -= 1
+        if self._left[i]:
+            return None
+        del self._left[i]
+        parts = self._parts.pop(i)
+        return frame_record(self.backend, i, self._atoms.pop(i), self._hash.pop(i), parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,55 +218,27 @@ def journal_path(output: str | Path) -> Path:
 
 
 class Journal:
-    """Append-only JSONL record of finished frames (fsynced line by line)."""
+    """The labelling journal: records of finished frames by index, fsynced line by line, on
+    :class:`piwsl.io.journal.JsonLines` (one run at a time; a torn last line is cut at open)."""
 
     def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
         self.path = Path(path)
         self.header = header
         self.records: dict[int, dict[str, Any]] = {}
-        self.n_torn = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
-        self._lock()
+        self._file = JsonLines(
+            self.path, {"journal": header}, hold_lock=True, owner="`piwsl label`"
+        )
         try:
-            if self.path.stat().st_size > 0:
-                self._load()
+            self._file.cut_torn_tail()
+            self._load()
+            self._file.write_header_if_empty()
         except Exception:
-            self._handle.close()
+            self._file.close()
             raise
-        if self.path.stat().st_size == 0:  # a new journal (or one with only a torn header)
-            self._handle.write(json.dumps({"journal": header}) + "\n")
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-
-    def _lock(self) -> None:
-        """Refuse a second concurrent run on the same journal (POSIX advisory lock)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return
-        try:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            self._handle.close()
-            raise ConfigError(
-                f"journal {str(self.path)!r} is in use by another running `piwsl label`; "
-                "wait for it or write to another output"
-            ) from err
 
     def _load(self) -> None:
-        raw = self.path.read_bytes()
-        if not raw.endswith(b"\n"):  # torn last line of a killed run: cut it off
-            keep = raw.rfind(b"\n") + 1
-            log.warning(
-                "journal %s: dropping a torn last line (%d bytes)", self.path, len(raw) - keep
-            )
-            self.n_torn += 1
-            with open(self.path, "r+b") as handle:
-                handle.truncate(keep)
-            raw = raw[:keep]
-        lines = raw.decode("utf-8").splitlines()
-        if not lines:  # only a torn header: start the journal afresh
+        lines = self._file.lines()
+        if not lines:  # a new journal (or one with only a torn header)
             return
         try:
             header = json.loads(lines[0])["journal"]
@@ -280,13 +266,11 @@ class Journal:
             self.records[index] = record  # a later line (a retry) supersedes an earlier one
 
     def append(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        self._file.append(record)
         self.records[int(record["index"])] = record
 
     def close(self) -> None:
-        self._handle.close()
+        self._file.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,20 +308,6 @@ class LabelSummary:
         return "\n".join(lines)
 
 
-def _progress(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        disable=not enabled,
-        desc=desc,
-        unit="frame",
-        smoothing=0.1,
-        dynamic_ncols=True,
-    )
-
-
 def label_structures(
     structures,
     output: str | Path,
@@ -349,58 +319,35 @@ def label_structures(
     progress: bool = True,
     index: str | int | slice = ":",
     max_frames: int | None = None,
+    executor: str = "local",
+    scheduler: str | None = None,
+    connect_timeout_s: float = 10.0,
 ) -> LabelSummary:
     """Label ``structures`` (a file or a list of Atoms/Frames) and write ``output`` (extxyz).
 
     ``backend`` is a name for :func:`~piwsl.labelling.backends.make_backend` (with ``options``)
     or a ready :class:`Backend`. ``max_frames`` stops after that many newly computed frames
     (the journal keeps them; the output is written only when all frames are done).
+    ``executor``: ``"local"`` (``n_workers`` processes of this machine) or ``"dask"`` (the Dask
+    scheduler at ``scheduler``, or a ``LocalCluster`` of ``n_workers`` processes), see
+    :mod:`piwsl.io.executors`; journal, resume and output are the same either way. A scheduler
+    not reached within ``connect_timeout_s`` is a :class:`~piwsl.errors.ConfigError`.
     """
     t_start = time.perf_counter()
-    if n_workers < 1:
-        raise ConfigError(f"n_workers must be ≥ 1, got {n_workers}")
+    spec = ExecutorSpec(executor, n_workers, threads_per_worker, scheduler, connect_timeout_s)
     if isinstance(backend, str):
         backend = make_backend(backend, **(options or {}))
     images = load_structures(structures, index=index)
-    hashes = [atoms_hash(a) for a in images]
     output = Path(output)
     header = {**backend.describe(), "n_frames": len(images), "version": JOURNAL_VERSION}
     journal = Journal(journal_path(output), header)
     summary = LabelSummary(str(output), str(journal.path), backend.name, len(images))
     try:
-        for idx, record in journal.records.items():
-            if idx >= len(images) or record.get("hash") != hashes[idx]:
-                raise DataError(
-                    f"journal entry for frame {idx} does not match the input structure "
-                    "(different positions/numbers): the input changed since the journal was "
-                    "written",
-                    file=str(journal.path),
-                    frame=idx,
-                    hint="delete the journal to start over, or write to another output",
-                )
-        todo = [
-            i
-            for i in range(len(images))
-            if i not in journal.records
-            or (retry_failed and journal.records[i].get("status") != "ok")
-        ]
+        todo = _frames_to_do(images, journal, retry_failed)
         summary.n_from_journal = len(images) - len(todo)
         if max_frames is not None:
             todo = todo[: max(0, int(max_frames))]
-        bar = _progress(len(images), summary.n_from_journal, progress, backend.name)
-        try:
-            if n_workers == 1 or len(todo) <= 1:
-                limit_threads(threads_per_worker)
-                for i in todo:
-                    journal.append(compute_frame(backend, i, images[i]))
-                    summary.n_computed_now += 1
-                    bar.update(1)
-            else:
-                _run_pool(
-                    backend, images, todo, journal, n_workers, threads_per_worker, bar, summary
-                )
-        finally:
-            bar.close()
+        _run(backend, images, todo, journal, spec, summary, progress)
     finally:
         journal.close()
     missing = [i for i in range(len(images)) if i not in journal.records]
@@ -414,32 +361,58 @@ def label_structures(
     return summary
 
 
-def _run_pool(backend, images, todo, journal, n_workers, threads, bar, summary) -> None:
-    import multiprocessing as mp
+def _frames_to_do(images: list, journal: Journal, retry_failed: bool) -> list[int]:
+    """Frames without a journal record (and failed ones with ``retry_failed``); a record of a
+    structure that is not the input's is an error."""
+    hashes = [atoms_hash(a) for a in images]
+    for idx, record in journal.records.items():
+        if idx >= len(images) or record.get("hash") != hashes[idx]:
+            raise DataError(
+                f"journal entry for frame {idx} does not match the input structure "
+                "(different positions/numbers): the input changed since the journal was "
+                "written",
+                file=str(journal.path),
+                frame=idx,
+                hint="delete the journal to start over, or write to another output",
+            )
+    return [
+        i
+        for i in range(len(images))
+        if i not in journal.records or (retry_failed and journal.records[i].get("status") != "ok")
+    ]
 
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    context = mp.get_context(method)
-    pending: set[Future] = set()
-    queue = list(reversed(todo))
-    executor = ProcessPoolExecutor(
-        max_workers=n_workers,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(backend, threads),
+
+def _run(
+    backend: Backend,
+    images: list,
+    todo: list[int],
+    journal: Journal,
+    spec: ExecutorSpec,
+    summary: LabelSummary,
+    progress: bool,
+) -> None:
+    """Compute the frames ``todo`` on the executor of ``spec``, journaling each when done."""
+    sizes = [backend.n_subtasks(a) for a in images]
+    per_frame = all(n == 1 for n in sizes)
+    todo_set = set(todo)
+    bar = progress_bar(
+        total=sum(sizes),
+        initial=sum(n for i, n in enumerate(sizes) if i not in todo_set),
+        desc=f"{backend.name} [{spec.describe()}]",
+        unit="frame" if per_frame else "task",
+        enabled=progress,
     )
-    try:
-        # keep at most 2 tasks per worker in flight so a stop loses little work
-        while queue or pending:
-            while queue and len(pending) < 2 * n_workers:
-                i = queue.pop()
-                pending.add(executor.submit(_worker_compute, i, images[i]))
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                journal.append(future.result())
-                summary.n_computed_now += 1
+    with contextlib.closing(bar):
+        if not todo:
+            return
+        frames = FrameTasks(backend, images)
+        with make_executor(spec, n_tasks=sum(sizes[i] for i in todo)) as pool:
+            for key, outcome in pool.map_unordered(run_subtask, backend, frames.tasks(todo)):
                 bar.update(1)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+                record = frames.add(key, outcome)
+                if record is not None:
+                    journal.append(record)
+                    summary.n_computed_now += 1
 
 
 def _flat(value: Any) -> Any:
@@ -471,7 +444,11 @@ def write_output(
             info[f"REF_{key}"] = _flat(value)
         info["REF_status"] = record["status"]
         info["REF_wall_time_s"] = float(record.get("wall_time_s", float("nan")))
+        if "cpu_time_s" in record:
+            info["REF_cpu_time_s"] = float(record["cpu_time_s"])
         info["REF_frame"] = i
+        if "worker" in record:
+            info["REF_worker"] = str(record["worker"])
         summary.compute_time_s += info["REF_wall_time_s"]
         if record["status"] == "ok":
             summary.n_ok += 1

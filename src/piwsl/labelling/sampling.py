@@ -8,6 +8,13 @@ motion and rotation removed), ``equilibration_steps`` steps discarded, then one 
 ``every`` steps until ``n_frames`` frames are collected (split evenly over the start structures).
 The centre of mass is held fixed with :class:`ase.constraints.FixCom`. Everything is seeded:
 the same seed gives the same frames.
+
+With a reference backend (GFN2-xTB, any ``ase:`` calculator) the energy and forces it computed
+at each kept frame are kept as labels, in the format ``piwsl label`` writes: ``REF_energy`` (eV),
+``REF_forces`` (eV/Å, the raw forces, before the FixCom constraint), ``REF_status="ok"`` and the
+provenance ``REF_method``, ``REF_basis``, ``REF_program``, ``REF_program_version`` (+ method
+details); ``piwsl train`` can use the file as it is. A piwsl model as calculator labels nothing
+(its predictions are no reference).
 """
 
 from __future__ import annotations
@@ -54,14 +61,19 @@ def make_sampling_calculator(spec: str = "gfn2-xtb", options: dict[str, Any] | N
     return BackendCalculator(make_backend(spec, **(options or {})))
 
 
-def sample_md(start, calculator, config: SamplingConfig | None = None) -> list:
-    """Langevin frames from ``start`` (Atoms, a list of Atoms, or a file readable by piwsl)."""
+def sample_md(
+    start, calculator, config: SamplingConfig | None = None, progress: bool = False
+) -> list:
+    """Langevin frames from ``start`` (Atoms, a list of Atoms, or a file readable by piwsl),
+    labelled where the calculator is a reference backend (module docstring); ``progress``
+    shows a progress bar over the MD steps."""
     from ase import units
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import Stationary, ZeroRotation
 
     from piwsl.labelling.runner import load_structures
+    from piwsl.terminal import progress_bar
 
     config = config or SamplingConfig()
     config.validate()
@@ -71,40 +83,66 @@ def sample_md(start, calculator, config: SamplingConfig | None = None) -> list:
     rng = np.random.default_rng(config.seed)
     per_start = np.full(len(starts), config.n_frames // len(starts))
     per_start[: config.n_frames % len(starts)] += 1
+    steps = int(sum(config.equilibration_steps + n * config.every for n in per_start if n))
+    bar = progress_bar(steps, desc="sampling MD", unit="step", enabled=progress)
     frames = []
-    for k, (atoms0, n_keep) in enumerate(zip(starts, per_start, strict=True)):
-        if n_keep == 0:
-            continue
-        atoms = atoms0.copy()
-        atoms.calc = calculator
-        atoms.set_constraint(FixCom())
-        _thermalize(atoms, config.temperature_K, rng)
-        Stationary(atoms)
-        if len(atoms) > 2 and not atoms.pbc.any():
-            ZeroRotation(atoms)
-        dyn = Langevin(
-            atoms,
-            timestep=config.timestep_fs * units.fs,
-            temperature_K=config.temperature_K,
-            friction=config.friction_per_fs / units.fs,
-            fixcm=False,
-            rng=rng,
-        )
-        if config.equilibration_steps:
-            dyn.run(config.equilibration_steps)
-        for j in range(int(n_keep)):
-            dyn.run(config.every)
-            snap = atoms.copy()
-            snap.set_constraint()
-            snap.calc = None
-            snap.info = {
-                "sample_start": k,
-                "sample_step": config.equilibration_steps + (j + 1) * config.every,
-                "sample_temperature_K": config.temperature_K,
-                "sample_seed": config.seed,
-            }
-            frames.append(snap)
+    try:
+        for k, (atoms0, n_keep) in enumerate(zip(starts, per_start, strict=True)):
+            if n_keep == 0:
+                continue
+            atoms = atoms0.copy()
+            atoms.calc = calculator
+            atoms.set_constraint(FixCom())
+            _thermalize(atoms, config.temperature_K, rng)
+            Stationary(atoms)
+            if len(atoms) > 2 and not atoms.pbc.any():
+                ZeroRotation(atoms)
+            dyn = Langevin(
+                atoms,
+                timestep=config.timestep_fs * units.fs,
+                temperature_K=config.temperature_K,
+                friction=config.friction_per_fs / units.fs,
+                fixcm=False,
+                rng=rng,
+            )
+            if config.equilibration_steps:
+                dyn.run(config.equilibration_steps)
+                bar.update(config.equilibration_steps)
+            for j in range(int(n_keep)):
+                dyn.run(config.every)
+                bar.update(config.every)
+                step = config.equilibration_steps + (j + 1) * config.every
+                frames.append(_snapshot(atoms, calculator, k, step, config))
+    finally:
+        bar.close()
     return frames
+
+
+def _snapshot(atoms, calculator, start: int, step: int, config: SamplingConfig):
+    """A copy of the current MD frame with its sampling record, and, for a reference backend,
+    its energy and forces as labels with provenance."""
+    from piwsl.labelling.backends import BackendCalculator
+    from piwsl.labelling.runner import _flat
+
+    snap = atoms.copy()
+    snap.set_constraint()
+    snap.calc = None
+    snap.info = {
+        "sample_start": start,
+        "sample_step": step,
+        "sample_temperature_K": config.temperature_K,
+        "sample_seed": config.seed,
+    }
+    if isinstance(calculator, BackendCalculator):
+        # the integrator's last call: these positions (cached, nothing is recomputed)
+        energy = float(atoms.get_potential_energy())
+        forces = np.array(atoms.get_forces(apply_constraint=False), dtype=np.float64)
+        for key, value in calculator.provenance.items():
+            snap.info[f"REF_{key}"] = _flat(value)
+        snap.info["REF_status"] = "ok"
+        snap.info["REF_energy"] = energy
+        snap.arrays["REF_forces"] = forces
+    return snap
 
 
 def _thermalize(atoms, temperature_K: float, rng) -> None:

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from piwsl.errors import ConfigError
 from piwsl.md.config import ENSEMBLES, MDConfig
 from piwsl.md.failure import FailureCriteria
 
@@ -32,16 +33,28 @@ def make_calculator(
     device: str = "cpu",
     skin: float = 1.0,
     allow_prior_mismatch: bool = False,
+    batched: bool = False,
 ):
-    """A piwsl calculator for ``checkpoint``, or ASE's EMT for ``"ase:emt"`` (smoke tests).
+    """A piwsl calculator for ``checkpoint``, or ASE's EMT for ``"ase:emt"`` (smoke tests);
+    ``batched``: a :class:`~piwsl.md.potential.BatchedPotential` (all trajectories at once).
 
     A model trained on top of a prior runs with it (prior + learned part, see
     :class:`~piwsl.calculator.PiwslCalculator`).
     """
     if str(checkpoint).lower() == "ase:emt":
+        if batched:
+            raise ConfigError(
+                "--batched runs piwsl models; 'ase:emt' runs one trajectory at a time"
+            )
         from ase.calculators.emt import EMT
 
         return EMT()
+    if batched:
+        from piwsl.md.potential import BatchedPotential
+
+        return BatchedPotential(
+            checkpoint, device=device, skin=skin, allow_prior_mismatch=allow_prior_mismatch
+        )
     from piwsl.calculator import PiwslCalculator
 
     return PiwslCalculator(
@@ -49,14 +62,14 @@ def make_calculator(
     )
 
 
-def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``md`` arguments to ``parser`` (an ``ArgumentParser`` or a sub-parser)."""
-    d = MDConfig()
-    f = FailureCriteria()
-    parser.add_argument("checkpoint", help="model file from `piwsl train` (or 'ase:emt' to test)")
-    parser.add_argument(
-        "start_structures", help="file of start frames (extxyz, ASE formats, rMD17 .npz, builtin:…)"
+def _number(group: Any, flag: str, default: float, metavar: str, text: str, kind=float) -> None:
+    """A numeric option whose help ends with its default."""
+    group.add_argument(
+        flag, type=kind, default=default, metavar=metavar, help=f"{text}, default {default:g}"
     )
+
+
+def _dynamics_arguments(parser: argparse.ArgumentParser, d: MDConfig) -> None:
     g = parser.add_argument_group("dynamics")
     g.add_argument(
         "--ensemble",
@@ -64,34 +77,12 @@ def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"one of {', '.join(ENSEMBLES)} (aliases: nvt=langevin, nhc=nose-hoover); "
         f"default {d.ensemble}",
     )
-    g.add_argument(
-        "--temperature",
-        type=float,
-        default=d.temperature_K,
-        metavar="K",
-        help=f"Maxwell–Boltzmann and thermostat temperature (K), default {d.temperature_K:g}",
+    _number(
+        g, "--temperature", d.temperature_K, "K", "Maxwell–Boltzmann and thermostat temperature (K)"
     )
-    g.add_argument(
-        "--timestep",
-        type=float,
-        default=d.timestep_fs,
-        metavar="FS",
-        help=f"time step (fs), default {d.timestep_fs:g}",
-    )
-    g.add_argument(
-        "--length",
-        type=float,
-        default=d.length_ps,
-        metavar="PS",
-        help=f"length of each trajectory (ps), default {d.length_ps:g}",
-    )
-    g.add_argument(
-        "--trajectories",
-        type=int,
-        default=d.n_trajectories,
-        metavar="N",
-        help=f"number of independent trajectories (seeds), default {d.n_trajectories}",
-    )
+    _number(g, "--timestep", d.timestep_fs, "FS", "time step (fs)")
+    _number(g, "--length", d.length_ps, "PS", "length of each trajectory (ps)")
+    _number(g, "--trajectories", d.n_trajectories, "N", "independent trajectories (seeds)", int)
     g.add_argument("--seed", type=int, default=d.seed, help=f"base seed, default {d.seed}")
     g.add_argument(
         "--frame-selection",
@@ -99,29 +90,16 @@ def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=d.frame_selection,
         help="start frames: seeded random draws (default) or frames 0, 1, 2, …",
     )
-    g.add_argument(
-        "--friction",
-        type=float,
-        default=d.friction_per_ps,
-        metavar="PER_PS",
-        help=f"Langevin friction (1/ps), default {d.friction_per_ps:g}",
+    _number(g, "--friction", d.friction_per_ps, "PER_PS", "Langevin friction (1/ps)")
+    _number(
+        g, "--thermostat-time", d.thermostat_time_fs, "FS", "Bussi / Nosé–Hoover time constant (fs)"
     )
-    g.add_argument(
-        "--thermostat-time",
-        type=float,
-        default=d.thermostat_time_fs,
-        metavar="FS",
-        help=f"Bussi / Nosé–Hoover time constant (fs), default {d.thermostat_time_fs:g}",
-    )
+
+
+def _failure_arguments(parser: argparse.ArgumentParser, d: MDConfig, f: FailureCriteria) -> None:
     g = parser.add_argument_group("failure criteria (all on by default)")
-    g.add_argument(
-        "--bond-deviation",
-        type=float,
-        default=f.bond_deviation_A,
-        metavar="Å",
-        help=f"fail when a bond deviates more than this from its start length (Å), "
-        f"default {f.bond_deviation_A:g}",
-    )
+    text = "fail when a bond deviates more than this from its start length (Å)"
+    _number(g, "--bond-deviation", f.bond_deviation_A, "Å", text)
     g.add_argument("--no-bond-check", action="store_true", help="disable the bond criterion")
     g.add_argument(
         "--max-temperature",
@@ -134,32 +112,21 @@ def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--no-temperature-check", action="store_true", help="disable the temperature bound"
     )
     g.add_argument("--no-finite-check", action="store_true", help="disable the NaN/inf check")
-    g.add_argument(
-        "--check-interval",
-        type=int,
-        default=d.check_interval,
-        metavar="STEPS",
-        help=f"run the checks every … steps, default {d.check_interval}",
-    )
+    text = "refuse start structures with two atoms closer than this (Å); 0 disables the check"
+    _number(g, "--min-distance", d.min_start_distance_A, "Å", text)
+    _number(g, "--check-interval", d.check_interval, "STEPS", "run the checks every … steps", int)
+
+
+def _output_arguments(parser: argparse.ArgumentParser, d: MDConfig) -> None:
     g = parser.add_argument_group("output")
     g.add_argument("-o", "--output-dir", default="md", help="output folder, default ./md")
     g.add_argument(
         "--reference", default=None, help="structures for the reference h(r), e.g. the test split"
     )
-    g.add_argument(
-        "--output-interval",
-        type=int,
-        default=d.traj_interval,
-        metavar="STEPS",
-        help=f"trajectory frame (and h(r) sample) every … steps, default {d.traj_interval}",
-    )
-    g.add_argument(
-        "--log-interval",
-        type=int,
-        default=d.log_interval,
-        metavar="STEPS",
-        help=f"energy/temperature record every … steps, default {d.log_interval}",
-    )
+    text = "trajectory frame (and h(r) sample) every … steps"
+    _number(g, "--output-interval", d.traj_interval, "STEPS", text, int)
+    text = "energy/temperature record every … steps"
+    _number(g, "--log-interval", d.log_interval, "STEPS", text, int)
     g.add_argument(
         "--format",
         choices=("extxyz", "traj"),
@@ -169,8 +136,17 @@ def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--no-trajectories", action="store_true", help="do not write trajectory files")
     g.add_argument("--no-plots", action="store_true", help="do not write plots")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--device", default="cpu", help="torch device, default cpu")
+    g.add_argument(
+        "--batched",
+        action="store_true",
+        help="run all trajectories at once as replicas of one batch (one model call per step; "
+        "nve and nose-hoover only; much faster for small molecules)",
+    )
+    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda), default cpu")
     g.add_argument(
         "--skin",
         type=float,
@@ -184,6 +160,19 @@ def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="run a Δ-learning model even if the installed prior differs from the recorded one",
     )
+
+
+def build_md_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``md`` arguments to ``parser`` (an ``ArgumentParser`` or a sub-parser)."""
+    d = MDConfig()
+    parser.add_argument("checkpoint", help="model file from `piwsl train` (or 'ase:emt' to test)")
+    parser.add_argument(
+        "start_structures", help="file of start frames (extxyz, ASE formats, rMD17 .npz, builtin:…)"
+    )
+    _dynamics_arguments(parser, d)
+    _failure_arguments(parser, d, FailureCriteria())
+    _output_arguments(parser, d)
+    _model_arguments(parser)
     return parser
 
 
@@ -222,6 +211,7 @@ def config_from_args(args: argparse.Namespace) -> MDConfig:
         log_interval=args.log_interval,
         traj_interval=args.output_interval,
         check_interval=args.check_interval,
+        min_start_distance_A=args.min_distance,
         failure=failure,
         write_trajectories=not args.no_trajectories,
         trajectory_format=args.format,
@@ -254,11 +244,19 @@ def format_summary(report: MDReport) -> str:
             f"(max |drift| {num('energy_drift_meV_per_atom_per_ps_max_abs')}), fluctuation "
             f"{num('energy_fluctuation_meV_per_atom_mean')} meV/atom"
         )
-    elif "conserved_energy_drift_meV_per_atom_per_ps_mean" in s:
+    else:
         lines.append(
-            f"  conserved-quantity drift {num('conserved_energy_drift_meV_per_atom_per_ps_mean')} "
-            "meV/atom/ps"
+            f"  temperature {num('temperature_mean_K', '.1f')} ± {num('temperature_std_K', '.1f')}"
+            f" K (mean ± std over {s.get('temperature_samples', 0)} samples; target "
+            f"{cfg.temperature_K:g} K)"
         )
+        if "conserved_energy_drift_meV_per_atom_per_ps_mean" in s:
+            lines.append(
+                "  conserved-quantity drift "
+                f"{num('conserved_energy_drift_meV_per_atom_per_ps_mean')} meV/atom/ps"
+            )
+        else:
+            lines.append(f"  no energy drift: {cfg.ensemble} conserves no energy-like quantity")
     if s.get("hr_error_pooled_stable") is not None:
         lines.append(
             f"  h(r) error (stable runs vs reference): {num('hr_error_pooled_stable', '.4f')}"
@@ -286,6 +284,7 @@ def run_md_cli(args: argparse.Namespace) -> int:
         device=args.device,
         skin=args.skin,
         allow_prior_mismatch=getattr(args, "allow_prior_mismatch", False),
+        batched=getattr(args, "batched", False),
     )
     report = run_md(
         calculator,

@@ -47,6 +47,7 @@ class MDConfig:
     traj_interval: int = 100  # trajectory frame (and h(r) sample) every … steps
     check_interval: int = 1  # failure checks every … steps
     failure: FailureCriteria = field(default_factory=FailureCriteria)
+    min_start_distance_A: float = 0.5  # noqa: N815 (start structures: atoms closer are an error)
     hr_r_max_A: float = 10.0  # noqa: N815
     hr_dr_A: float = 0.02  # noqa: N815
     fix_com: bool = True
@@ -55,6 +56,7 @@ class MDConfig:
     trajectory_format: str = "extxyz"  # "extxyz" or "traj"
     plots: bool = True
     progress: bool = True
+    state_interval: int = 2000  # batched runs: save a resumable state every … steps (0: never)
 
     def __post_init__(self) -> None:
         self.ensemble = resolve_ensemble(self.ensemble)
@@ -67,6 +69,10 @@ class MDConfig:
             raise ConfigError(f"{self.ensemble} needs a temperature > 0 K")
         if self.n_trajectories < 1:
             raise ConfigError(f"n_trajectories must be ≥ 1, got {self.n_trajectories}")
+        if not self.min_start_distance_A >= 0:
+            raise ConfigError(
+                f"min_start_distance_A must be ≥ 0 Å, got {self.min_start_distance_A}"
+            )
         for name in ("log_interval", "traj_interval", "check_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1 step, got {getattr(self, name)}")

@@ -19,6 +19,7 @@ Definitions (units in every name):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -75,7 +76,7 @@ def time_to_failure_stats(
 ) -> dict[str, float | int | None]:
     """Stable fraction and mean/median time to failure (ps), censored at ``length_ps``."""
     n = len(failure_times_ps)
-    censored = np.array([length_ps if x is None else float(x) for x in failure_times_ps])
+    censored = censored_times(failure_times_ps, length_ps)
     failed = [float(x) for x in failure_times_ps if x is not None]
     return {
         "n_trajectories": n,
@@ -84,6 +85,60 @@ def time_to_failure_stats(
         "mean_time_to_failure_ps_censored": float(censored.mean()) if n else None,
         "median_time_to_failure_ps_censored": float(np.median(censored)) if n else None,
         "mean_time_to_failure_ps_failed_only": float(np.mean(failed)) if failed else None,
+    }
+
+
+def censored_times(failure_times_ps: Sequence[float | None], length_ps: float) -> np.ndarray:
+    """Times to failure (ps) with stable trajectories counted at the run length."""
+    return np.array([length_ps if x is None else float(x) for x in failure_times_ps], dtype=float)
+
+
+STATISTICS = {"mean": np.mean, "median": np.median}
+
+
+def bootstrap_interval(
+    values: Sequence[float],
+    statistic: str = "mean",
+    level: float = 0.95,
+    n_resamples: int = 10000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``statistic`` (mean or median) of ``values``."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    draws = STATISTICS[statistic](x[rng.integers(0, x.size, (n_resamples, x.size))], axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_difference(
+    a: Sequence[float],
+    b: Sequence[float],
+    statistic: str = "mean",
+    level: float = 0.95,
+    n_resamples: int = 10000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``statistic(b) − statistic(a)`` with a percentile bootstrap interval (each sample resampled
+    on its own) and the fraction of resamples in which the difference is > 0."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.size == 0 or y.size == 0:
+        return {"difference": math.nan, "low": math.nan, "high": math.nan, "p_positive": math.nan}
+    rng = np.random.default_rng(seed)
+    stat = STATISTICS[statistic]
+    draws = stat(y[rng.integers(0, y.size, (n_resamples, y.size))], axis=1) - stat(
+        x[rng.integers(0, x.size, (n_resamples, x.size))], axis=1
+    )
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return {
+        "difference": float(stat(y) - stat(x)),
+        "low": float(low),
+        "high": float(high),
+        "p_positive": float(np.mean(draws > 0)),
     }
 
 

@@ -1,9 +1,10 @@
 """The stability run as a whole: :func:`run_md`, its :class:`MDReport` (JSON) and the plots.
 
 Files written to ``out_dir``: ``traj_KKK.extxyz`` (or ``.traj``) and ``thermo_KKK.csv`` per
-trajectory, ``md_report.json``, and the plots ``energy.png`` (total-energy change, meV/atom, vs
-time, ps), ``temperature.png`` (K vs ps), ``survival.png`` (fraction of stable trajectories vs ps)
-and ``hr.png`` (h(r), 1/Å, vs r, Å, simulated against the reference).
+trajectory, ``md_report.json``, and the plots ``energy.png`` (total- and potential-energy change,
+meV/atom, vs time, ps; thermostatted runs also their conserved quantity where one exists),
+``temperature.png`` (K vs ps), ``survival.png`` (fraction of stable trajectories vs ps) and
+``hr.png`` (h(r), 1/Å, vs r, Å, simulated against the reference).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from piwsl.md.metrics import (
 from piwsl.md.runner import (
     MDConfig,
     TrajectoryResult,
+    check_start_structures,
     hr_edges,
     load_structures,
     pick_start_frames,
@@ -146,8 +148,13 @@ DEFINITIONS = {
     "stable_fraction": "trajectories with no failure over the full run / all trajectories",
     "time_to_failure_ps_censored": "failure time; stable runs count as failing at the run length "
     "(right-censored), so the mean/median are lower bounds when some runs are stable",
-    "energy_drift_meV_per_atom_per_ps": "slope of a linear fit of total energy per atom vs time",
-    "energy_fluctuation_meV_per_atom": "std of total energy per atom about the linear fit",
+    "energy_drift_meV_per_atom_per_ps": "NVE only: slope of a linear fit of total energy per atom "
+    "vs time (under a thermostat the total energy is not conserved; Bussi and Nosé–Hoover report "
+    "the drift of their conserved quantity instead, Langevin has none)",
+    "energy_fluctuation_meV_per_atom": "NVE only: std of total energy per atom about the linear fit",
+    "temperature_mean_K": "mean (and temperature_std_K the standard deviation) of the "
+    "instantaneous temperature over the logged samples after step 0, pooled over the trajectories "
+    "the energy metrics use",
     "hr_error": "∫|h_sim(r) − h_ref(r)| dr with h(r) the frame-averaged distribution of "
     "interatomic distances normalised to ∫h dr = 1 (Fu et al. 2023); dimensionless, 0..2. "
     "Finite sampling gives a floor: two halves (500 frames each) of the rMD17 aspirin test set "
@@ -157,6 +164,19 @@ DEFINITIONS = {
     "length; non_finite: NaN/inf energy, force or position; temperature: above the bound; "
     "error: the calculator raised",
 }
+
+
+def temperature_statistics(trajectories: Sequence[TrajectoryResult]) -> dict[str, Any]:
+    """Mean and standard deviation (K) of the instantaneous temperature over the logged samples
+    after step 0 (whose temperature is the Maxwell–Boltzmann draw), pooled over trajectories."""
+    samples = [t.thermo["temperature_K"][t.thermo["step"] > 0] for t in trajectories if t.thermo]
+    values = np.concatenate(samples) if samples else np.zeros(0)
+    values = values[np.isfinite(values)]
+    return {
+        "temperature_mean_K": float(values.mean()) if values.size else None,
+        "temperature_std_K": float(values.std()) if values.size > 1 else None,
+        "temperature_samples": int(values.size),
+    }
 
 
 def summarise(report: MDReport) -> dict[str, Any]:
@@ -176,12 +196,13 @@ def summarise(report: MDReport) -> dict[str, Any]:
     drifts = [d for d in drifts if d is not None]
     flucts = [t.energy.get("energy_fluctuation_meV_per_atom") for t in pool]
     flucts = [f for f in flucts if f is not None]
-    key = "" if cfg.ensemble == "nve" else "total_"  # in NVT the total energy is not conserved
-    out[f"{key}energy_drift_meV_per_atom_per_ps_mean"] = float(np.mean(drifts)) if drifts else None
-    out[f"{key}energy_drift_meV_per_atom_per_ps_max_abs"] = (
-        float(np.max(np.abs(drifts))) if drifts else None
-    )
-    out[f"{key}energy_fluctuation_meV_per_atom_mean"] = float(np.mean(flucts)) if flucts else None
+    if cfg.ensemble == "nve":  # under a thermostat the total energy is not conserved: no drift
+        out["energy_drift_meV_per_atom_per_ps_mean"] = float(np.mean(drifts)) if drifts else None
+        out["energy_drift_meV_per_atom_per_ps_max_abs"] = (
+            float(np.max(np.abs(drifts))) if drifts else None
+        )
+        out["energy_fluctuation_meV_per_atom_mean"] = float(np.mean(flucts)) if flucts else None
+    out.update(temperature_statistics(pool))
     conserved = [t.conserved.get("energy_drift_meV_per_atom_per_ps") for t in pool if t.conserved]
     conserved = [c for c in conserved if c is not None]
     if conserved:
@@ -209,6 +230,29 @@ def summarise(report: MDReport) -> dict[str, Any]:
     out["calculator_share"] = calc / wall if wall > 0 else None
     out["rest_share"] = 1.0 - calc / wall if wall > 0 else None
     return out
+
+
+def _run_trajectories(calculator, starts, frames, config, out) -> list[TrajectoryResult]:
+    """One at a time through an ASE calculator, or all at once through a BatchedPotential."""
+    from piwsl.md.potential import BatchedPotential
+
+    if isinstance(calculator, BatchedPotential):
+        from piwsl.md.batched import run_batched
+
+        results = run_batched(calculator, starts, frames, config, out)
+    else:
+        results = [
+            run_trajectory(calculator, starts[frame], config, k, frame, out)
+            for k, frame in enumerate(frames)
+        ]
+    for k, result in enumerate(results):
+        state = (
+            "stable"
+            if result.stable
+            else (f"failed at {result.failure.time_ps:.3f} ps ({result.failure.reason})")
+        )
+        log.info("MD trajectory %d/%d from frame %d: %s", k + 1, len(frames), frames[k], state)
+    return results
 
 
 def run_md(
@@ -246,17 +290,9 @@ def run_md(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     frames = pick_start_frames(len(starts), config)
+    check_start_structures(starts, frames, config, start_source)
     begin = time.perf_counter()
-    results = []
-    for k, frame in enumerate(frames):
-        result = run_trajectory(calculator, starts[frame], config, k, frame, out)
-        results.append(result)
-        state = (
-            "stable"
-            if result.stable
-            else (f"failed at {result.failure.time_ps:.3f} ps ({result.failure.reason})")
-        )
-        log.info("MD trajectory %d/%d from frame %d: %s", k + 1, len(frames), frame, state)
+    results = _run_trajectories(calculator, starts, frames, config, out)
     template = starts[frames[0]]
     report = MDReport(
         config=config,
@@ -297,6 +333,50 @@ def run_md(
     return report
 
 
+def energy_caption(ensemble: str, dashed: bool) -> str:
+    """What the top panel of the energy plot shows, for its title."""
+    if ensemble == "nve":
+        return "total energy (conserved in NVE)"
+    text = f"total energy (not conserved under the {ensemble} thermostat)"
+    return text + ("; dashed: the thermostat's conserved quantity" if dashed else "")
+
+
+def energy_plot(report: MDReport, path: Path, title: str) -> str:
+    """Total (and, where the thermostat defines one, conserved) and potential energy change,
+    meV/atom, vs time (ps); the title says which of them is conserved."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    dashed = False
+    for t in report.trajectories:
+        th = t.thermo
+        if th["time_ps"].size == 0:
+            continue
+        label = f"traj {t.index}" + ("" if t.stable else f" ✗ {t.failure.reason}")
+        n = report.n_atoms
+        etot = (th["total_eV"] - th["total_eV"][0]) / n * 1000.0
+        epot = (th["potential_eV"] - th["potential_eV"][0]) / n * 1000.0
+        (line,) = axes[0].plot(th["time_ps"], etot, lw=0.8, label=label)
+        axes[1].plot(th["time_ps"], epot, lw=0.6, color=line.get_color())
+        if np.isfinite(th["conserved_eV"]).any():
+            dashed = True
+            cons = (th["conserved_eV"] - th["conserved_eV"][0]) / n * 1000.0
+            axes[0].plot(th["time_ps"], cons, lw=0.8, ls="--", color=line.get_color())
+    axes[0].set_ylabel("E_tot − E_tot(0) (meV/atom)")
+    axes[1].set_ylabel("E_pot − E_pot(0) (meV/atom)")
+    axes[1].set_xlabel("time (ps)")
+    axes[0].set_title(f"{title}\n{energy_caption(report.config.ensemble, dashed)}", fontsize=10)
+    if report.trajectories:
+        axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
 def write_plots(report: MDReport, out_dir: str | Path) -> dict[str, str]:
     """Energy, temperature, survival and h(r) plots (PNG, Agg backend); returns their paths."""
     import matplotlib
@@ -309,29 +389,7 @@ def write_plots(report: MDReport, out_dir: str | Path) -> dict[str, str]:
     files: dict[str, str] = {}
     title = f"{report.formula}, {cfg.ensemble} {cfg.temperature_K:g} K, Δt {cfg.timestep_fs:g} fs"
 
-    fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    for t in report.trajectories:
-        th = t.thermo
-        if th["time_ps"].size == 0:
-            continue
-        label = f"traj {t.index}" + ("" if t.stable else f" ✗ {t.failure.reason}")
-        n = report.n_atoms
-        etot = (th["total_eV"] - th["total_eV"][0]) / n * 1000.0
-        epot = (th["potential_eV"] - th["potential_eV"][0]) / n * 1000.0
-        (line,) = axes[0].plot(th["time_ps"], etot, lw=0.8, label=label)
-        axes[1].plot(th["time_ps"], epot, lw=0.6, color=line.get_color())
-        if np.isfinite(th["conserved_eV"]).any():
-            cons = (th["conserved_eV"] - th["conserved_eV"][0]) / n * 1000.0
-            axes[0].plot(th["time_ps"], cons, lw=0.8, ls="--", color=line.get_color())
-    axes[0].set_ylabel("E_tot − E_tot(0) (meV/atom)")
-    axes[1].set_ylabel("E_pot − E_pot(0) (meV/atom)")
-    axes[1].set_xlabel("time (ps)")
-    axes[0].set_title(title + ("" if cfg.ensemble == "nve" else " (dashed: conserved quantity)"))
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    files["energy_plot"] = str(out / "energy.png")
-    fig.savefig(files["energy_plot"], dpi=120)
-    plt.close(fig)
+    files["energy_plot"] = energy_plot(report, out / "energy.png", title)
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for t in report.trajectories:

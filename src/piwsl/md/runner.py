@@ -126,6 +126,7 @@ class TrajectoryResult:
             "n_bonds_checked": self.n_bonds,
             "temperature_bound_K": self.temperature_bound_K,
             "mean_temperature_K": float(np.nanmean(temps)) if temps.size else None,
+            "temperature_std_K": float(np.nanstd(temps)) if temps.size > 1 else None,
             **self.energy,
             **{f"conserved_{k}": v for k, v in self.conserved.items()},
             "hr_error": self.hr_error,
@@ -195,15 +196,26 @@ def _conserved_energy(dyn, etot: float) -> float:
 
 
 class _TrajectoryWriter:
-    def __init__(self, path: Path, fmt: str) -> None:
+    """Frames of one trajectory to extxyz or ASE ``.traj``; an extxyz file can be continued from
+    a saved length (``resume_at``, bytes: what was written after it is cut off)."""
+
+    def __init__(self, path: Path, fmt: str, resume_at: int | None = None) -> None:
         self.path = path
         self.fmt = fmt
         if fmt == "traj":
             from ase.io.trajectory import Trajectory
 
             self._traj = Trajectory(str(path), "w")
+        elif resume_at is not None and path.is_file():
+            self._handle = open(path, "r+")  # noqa: SIM115 (closed in close())
+            self._handle.truncate(resume_at)
+            self._handle.seek(resume_at)
         else:
             self._handle = open(path, "w")  # noqa: SIM115 (closed in close())
+
+    def size(self) -> int | None:
+        """Bytes written so far (extxyz; None for .traj, which cannot be continued)."""
+        return None if self.fmt == "traj" else self._handle.tell()
 
     def write(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict) -> None:
         snap = atoms.copy()
@@ -225,6 +237,91 @@ class _TrajectoryWriter:
             self._handle.close()
 
 
+def _open_writer(
+    result: TrajectoryResult, config: MDConfig, out_dir: str | Path | None
+) -> _TrajectoryWriter | None:
+    if out_dir is None or not config.write_trajectories:
+        return None
+    suffix = "extxyz" if config.trajectory_format == "extxyz" else "traj"
+    path = Path(out_dir) / f"traj_{result.index:03d}.{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result.files["trajectory"] = str(path)
+    return _TrajectoryWriter(path, config.trajectory_format)
+
+
+class _Observer:
+    """Records, writes and checks the state after a step; ``observe(step)`` is True to stop."""
+
+    def __init__(self, atoms, timed, detector, dyn, config, result, writer, progress) -> None:
+        self.atoms, self.timed, self.detector, self.dyn = atoms, timed, detector, dyn
+        self.config, self.result, self.writer, self.progress = config, result, writer, progress
+        self.rows: list[tuple[float, ...]] = []
+        self.dt_ps = config.timestep_fs / 1000.0
+
+    def state(self) -> tuple[float, np.ndarray]:
+        timed, atoms = self.timed, self.atoms
+        if "forces" in timed.results and not timed.check_state(atoms):
+            # the integrator's last call was at these positions (same test as the calculator's)
+            return float(timed.results["energy"]), timed.results["forces"]
+        return float(atoms.get_potential_energy()), atoms.get_forces(apply_constraint=False)
+
+    def __call__(self, step: int) -> bool:
+        atoms, config, t = self.atoms, self.config, step * self.dt_ps
+        energy, forces = self.state()
+        log_now = step % config.log_interval == 0 or step == config.n_steps
+        check_now = step % config.check_interval == 0 or step == config.n_steps
+        temperature = atoms.get_temperature() if (log_now or check_now) else float("nan")
+        found = None
+        if check_now:
+            found = self.detector.check(
+                atoms.get_positions(), np.asarray(atoms.cell.array), energy, forces, temperature
+            )
+        if log_now or found is not None:  # the failing step is always logged and written
+            ekin = atoms.get_kinetic_energy()
+            etot = energy + ekin
+            conserved = _conserved_energy(self.dyn, etot)
+            self.rows.append((step, t, energy, ekin, etot, temperature, conserved))
+            if self.progress is not None:
+                self.progress.set_postfix_str(f"t={t:.3f} ps, T={temperature:.0f} K", refresh=False)
+        if step % config.traj_interval == 0 or found is not None:
+            self.result.frames.append(atoms.get_positions().copy())
+            if self.writer is not None:
+                info = {"step": step, "time_ps": t, "temperature_K": temperature}
+                if found is not None:
+                    info["failure"] = found[0]
+                self.writer.write(atoms, energy, forces, info)
+        if found is not None:
+            self.result.failure = Failure(found[0], found[1], step, t)
+            return True
+        return False
+
+
+def _integrate(observe: _Observer) -> None:
+    """Step until ``n_steps`` or a failure; run-time errors become the trajectory's failure."""
+    dyn, result, progress = observe.dyn, observe.result, observe.progress
+    begin = time.perf_counter()
+    try:
+        if not observe(0):
+            for _ in range(observe.config.n_steps):
+                dyn.step()
+                dyn.nsteps += 1
+                result.n_steps = dyn.nsteps
+                if progress is not None:
+                    progress.update(1)
+                if observe(dyn.nsteps):
+                    break
+    except RUN_ERRORS as err:
+        step = result.n_steps
+        reason = "non_finite" if not np.all(np.isfinite(observe.atoms.positions)) else "error"
+        result.failure = Failure(reason, f"{type(err).__name__}: {err}", step, step * observe.dt_ps)
+    finally:
+        result.wall_s = time.perf_counter() - begin
+        if progress is not None:
+            progress.close()
+        if observe.writer is not None:
+            observe.writer.close()
+
+
 def run_trajectory(
     calculator: Calculator,
     start: Atoms,
@@ -240,24 +337,16 @@ def run_trajectory(
     timed = TimedCalculator(calculator)
     atoms.calc = timed
     detector = FailureDetector(config.failure, start, config.temperature_K)
-    n_atoms = len(atoms)
     result = TrajectoryResult(
         index=index,
         seed=[int(config.seed), int(index)],
         start_frame=int(start_frame),
-        n_atoms=n_atoms,
+        n_atoms=len(atoms),
         n_steps_planned=config.n_steps,
         n_bonds=0 if detector.bonds is None else len(detector.bonds),
         temperature_bound_K=detector.max_temperature_K,
     )
-    writer = None
-    if out_dir is not None and config.write_trajectories:
-        suffix = "extxyz" if config.trajectory_format == "extxyz" else "traj"
-        path = Path(out_dir) / f"traj_{index:03d}.{suffix}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _TrajectoryWriter(path, config.trajectory_format)
-        result.files["trajectory"] = str(path)
-
+    writer = _open_writer(result, config, out_dir)
     # setup errors (unknown element, bad checkpoint) propagate: evaluate the start outside the loop
     try:
         atoms.get_forces()
@@ -266,91 +355,51 @@ def run_trajectory(
             writer.close()
         raise
     dyn = make_integrator(atoms, config, rng)
-    dt_ps = config.timestep_fs / 1000.0
-    rows: list[tuple[float, ...]] = []
     progress = _progress_bar(config, index)
-
-    def observe(step: int) -> bool:
-        """Record, write and check the state after ``step`` steps; True to stop."""
-        t = step * dt_ps
-        if "forces" in timed.results and not timed.check_state(atoms):
-            # the integrator's last call was at these positions (same test as the calculator's)
-            energy, forces = float(timed.results["energy"]), timed.results["forces"]
-        else:
-            energy = float(atoms.get_potential_energy())
-            forces = atoms.get_forces(apply_constraint=False)
-        log_now = step % config.log_interval == 0 or step == config.n_steps
-        check_now = step % config.check_interval == 0 or step == config.n_steps
-        temperature = atoms.get_temperature() if (log_now or check_now) else float("nan")
-        found = None
-        if check_now:
-            found = detector.check(
-                atoms.get_positions(), np.asarray(atoms.cell.array), energy, forces, temperature
-            )
-        if log_now or found is not None:  # the failing step is always logged and written
-            ekin = atoms.get_kinetic_energy()
-            etot = energy + ekin
-            rows.append((step, t, energy, ekin, etot, temperature, _conserved_energy(dyn, etot)))
-            if progress is not None:
-                progress.set_postfix_str(f"t={t:.3f} ps, T={temperature:.0f} K", refresh=False)
-        if step % config.traj_interval == 0 or found is not None:
-            result.frames.append(atoms.get_positions().copy())
-            if writer is not None:
-                info = {"step": step, "time_ps": t, "temperature_K": temperature}
-                if found is not None:
-                    info["failure"] = found[0]
-                writer.write(atoms, energy, forces, info)
-        if found is not None:
-            result.failure = Failure(found[0], found[1], step, t)
-            return True
-        return False
-
-    begin = time.perf_counter()
-    try:
-        if not observe(0):
-            for _ in range(config.n_steps):
-                dyn.step()
-                dyn.nsteps += 1
-                result.n_steps = dyn.nsteps
-                if progress is not None:
-                    progress.update(1)
-                if observe(dyn.nsteps):
-                    break
-    except RUN_ERRORS as err:
-        step = result.n_steps
-        reason = "non_finite" if not np.all(np.isfinite(atoms.positions)) else "error"
-        result.failure = Failure(reason, f"{type(err).__name__}: {err}", step, step * dt_ps)
-    finally:
-        result.wall_s = time.perf_counter() - begin
-        if progress is not None:
-            progress.close()
-        if writer is not None:
-            writer.close()
+    observe = _Observer(atoms, timed, detector, dyn, config, result, writer, progress)
+    _integrate(observe)
     result.calculator_s = timed.seconds
     result.n_calculator_calls = timed.n_calls
     if result.failure is not None:
-        log.info(
-            "trajectory %d failed at %.4f ps (%s): %s",
-            index,
-            result.failure.time_ps,
-            result.failure.reason,
-            result.failure.message,
-        )
-    names = ("step", "time_ps", "potential_eV", "kinetic_eV", "total_eV", "temperature_K")
-    table = np.array(rows, dtype=np.float64).reshape(-1, 7)
-    result.thermo = {name: table[:, k] for k, name in enumerate((*names, "conserved_eV"))}
-    result.energy = energy_drift(result.thermo["time_ps"], result.thermo["total_eV"], n_atoms)
+        f = result.failure
+        log.info("trajectory %d failed at %.4f ps (%s): %s", index, f.time_ps, f.reason, f.message)
+    return finish_result(result, observe.rows, config, out_dir)
+
+
+THERMO_COLUMNS = (
+    "step",
+    "time_ps",
+    "potential_eV",
+    "kinetic_eV",
+    "total_eV",
+    "temperature_K",
+    "conserved_eV",
+)
+
+
+def finish_result(
+    result: TrajectoryResult,
+    rows: list[tuple[float, ...]],
+    config: MDConfig,
+    out_dir: str | Path | None,
+) -> TrajectoryResult:
+    """Thermo series (``THERMO_COLUMNS`` rows), energy drift and the thermo CSV of a trajectory."""
+    table = np.array(rows, dtype=np.float64).reshape(-1, len(THERMO_COLUMNS))
+    result.thermo = {name: table[:, k] for k, name in enumerate(THERMO_COLUMNS)}
+    result.energy = energy_drift(
+        result.thermo["time_ps"], result.thermo["total_eV"], result.n_atoms
+    )
     if config.ensemble != "nve" and np.isfinite(result.thermo["conserved_eV"]).any():
         result.conserved = energy_drift(
-            result.thermo["time_ps"], result.thermo["conserved_eV"], n_atoms
+            result.thermo["time_ps"], result.thermo["conserved_eV"], result.n_atoms
         )
     if out_dir is not None:
-        path = Path(out_dir) / f"thermo_{index:03d}.csv"
+        path = Path(out_dir) / f"thermo_{result.index:03d}.csv"
         np.savetxt(
             path,
             table,
             delimiter=",",
-            header=",".join((*names, "conserved_eV")),
+            header=",".join(THERMO_COLUMNS),
             comments="",
             fmt=["%d", "%.6f", "%.10g", "%.10g", "%.10g", "%.4f", "%.10g"],
         )
@@ -358,18 +407,17 @@ def run_trajectory(
     return result
 
 
-def _progress_bar(config: MDConfig, index: int):
+def md_progress_bar(config: MDConfig, desc: str, initial: int = 0):
+    """The steps bar of one MD run (None with ``progress`` off)."""
     if not config.progress:
         return None
-    from tqdm.auto import tqdm
+    from piwsl.terminal import progress_bar
 
-    return tqdm(
-        total=config.n_steps,
-        desc=f"MD {config.ensemble} traj {index + 1}/{config.n_trajectories}",
-        unit="step",
-        mininterval=0.5,
-        leave=False,
-    )
+    return progress_bar(config.n_steps, desc=desc, unit="step", initial=initial, leave=False)
+
+
+def _progress_bar(config: MDConfig, index: int):
+    return md_progress_bar(config, f"MD {config.ensemble} traj {index + 1}/{config.n_trajectories}")
 
 
 def load_structures(source: str | Path | Sequence[Any]) -> list[Atoms]:
@@ -390,6 +438,41 @@ def load_structures(source: str | Path | Sequence[Any]) -> list[Atoms]:
     if not out:
         raise ConfigError("no structures given")
     return out
+
+
+def check_start_structures(
+    starts: Sequence[Atoms], frames: Sequence[int], config: MDConfig, source: str
+) -> None:
+    """Refuse start structures MD cannot run from: a single atom (no interatomic forces, no
+    temperature to speak of) or two atoms closer than ``config.min_start_distance_A``."""
+    from piwsl.data.checks import min_distance
+    from piwsl.data.frames import Frame
+    from piwsl.errors import DataError
+
+    for k in sorted(set(frames)):
+        atoms = starts[k]
+        if len(atoms) < 2:
+            raise DataError(
+                f"a single {atoms.get_chemical_formula() or 'atom'} atom: MD of one atom has no "
+                "interatomic forces (a periodic lattice of it neither) and its centre of mass is "
+                "held fixed, so nothing would move",
+                file=source,
+                frame=k,
+                hint="start from a molecule or a periodic structure",
+            )
+        if config.min_start_distance_A <= 0:
+            continue
+        frame = Frame.from_atoms(atoms, source, k)
+        close = min_distance(frame, config.min_start_distance_A)
+        if close is not None:
+            raise DataError(
+                f"two atoms are {close:.3f} Å apart, closer than {config.min_start_distance_A} "
+                "Å: no model gives meaningful forces there and the run would explode at once",
+                file=source,
+                frame=k,
+                key="positions",
+                hint="check the structure and its length unit (--min-distance sets the bound)",
+            )
 
 
 def pick_start_frames(n_frames: int, config: MDConfig) -> list[int]:

@@ -2,7 +2,8 @@
 
 A model trained on top of a prior (Δ-learning, :mod:`piwsl.priors`) carries the prior's spec in
 the file (``"prior"``, format version 2); :func:`load_model` restores it as
-``ForceField.prior_spec`` and inference adds the prior.
+``ForceField.prior_spec`` — an analytic prior (ZBL) as a module inside the model, an external one
+for inference to add.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def model_from_state(state: dict[str, Any], source: str = "<state>"):
     prior = state.get("prior")
     if prior is not None and not isinstance(prior, dict):
         raise CheckpointError(f"{source}: the recorded prior is not a mapping ({prior!r})")
-    model.prior_spec = copy.deepcopy(prior) if prior else None
+    from piwsl.priors import attach_prior
+
+    attach_prior(model, prior, what=source)
     return model
 
 

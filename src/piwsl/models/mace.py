@@ -350,7 +350,7 @@ def export_to_mace(model, path: str | Path, dtype: torch.dtype = torch.float64) 
     return path
 
 
-def _plain(value: Any) -> Any:
+def _to_list(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
     if hasattr(value, "tolist"):  # numpy

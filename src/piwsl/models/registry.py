@@ -31,3 +31,6 @@ def _load_builtins() -> None:
     import piwsl.models.mace  # mace-torch itself is imported only when a MACE is built
     import piwsl.models.painn
     import piwsl.models.schnet  # noqa: F401
+    from piwsl.plugins import load_plugins
+
+    load_plugins()

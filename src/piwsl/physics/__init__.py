@@ -1,17 +1,13 @@
-"""Physics-informed losses: displacement sampling, PITC (Taylor) and PISC (spatial consistency).
+"""Physics-informed consistency: displacement sampling, the copies A, B, C, PITC/PISC residuals.
 
-``build_physics(PhysicsConfig(...))`` gives the :class:`PhysicsTerms` that
-:class:`~piwsl.objective.Objective` calls; the pieces are pure functions of (model, batch) and
-displacements. See the shared SPEC, section 2, and :class:`PhysicsConfig` for units.
+Pure functions of (model, batch, displacements); the loss terms built on them, their weights and
+the sampling state live in :mod:`piwsl.objective`. See the shared SPEC, section 2.
 """
 
 from piwsl.physics.config import PhysicsConfig
 from piwsl.physics.displacements import check_skin, required_skin, sample_displacements
 from piwsl.physics.terms import (
     CopyOutputs,
-    PhysicsResult,
-    PhysicsTerms,
-    build_physics,
     evaluate_copies,
     per_structure_dot,
     spatial_residual,
@@ -22,9 +18,6 @@ from piwsl.physics.terms import (
 __all__ = [
     "CopyOutputs",
     "PhysicsConfig",
-    "PhysicsResult",
-    "PhysicsTerms",
-    "build_physics",
     "check_skin",
     "evaluate_copies",
     "per_structure_dot",

@@ -1,26 +1,29 @@
-"""Configuration of the physics-informed terms (names after the physics, units stated)."""
+"""Configuration of the displaced copies the physics terms are evaluated at (δ in Å)."""
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from piwsl.units import ENERGY_UNITS
+#: Keys this section held before the loss terms became a list (``loss.terms``); see
+#: :func:`piwsl.objective.config.translate_legacy`.
+LEGACY_KEYS = (
+    "taylor_weight",
+    "spatial_weight",
+    "two_point_weight",
+    "weight_energy_unit",
+    "second_order",
+    "anchor_to_labels",
+    "two_point",
+)
 
 
 class PhysicsConfig(BaseModel):
-    """Weights and switches of PITC (``taylor``) and PISC (``spatial``).
-
-    **Units.** Every physics residual is an energy difference of *total* energies of one structure,
-    computed in eV and converted to ``weight_energy_unit`` before squaring, so the raw losses
-    ``taylor`` / ``spatial`` are mean squared residuals in ``weight_energy_unit``² per structure
-    (kcal²/mol² by default) and the weights are those of the paper (λ_PITC = 1.2, λ_PISC = 0.01,
-    total energies in kcal/mol). Concretely ``L_taylor = mean_s (r_s[eV] / u)²`` with
-    ``u = 0.0433641 eV`` for kcal/mol. The supervised terms of :class:`~piwsl.objective.Objective`
-    are in other units (energy: per-atom eV²; forces: (eV/Å)²), so the balance between supervised
-    and physics terms is set by the weights in these stated units.
+    """How the displaced copies B = A + d2 and C = A + d1 of the physics terms are drawn and
+    evaluated. The terms themselves, their weights and variants are loss terms
+    (``loss.terms.taylor``, ``spatial``, ``taylor_two_point``; :mod:`piwsl.objective.physics`).
 
     **Perturbations.** Per structure and step, ``u, v ~ Uniform[−1, 1)³`` per atom, zero on fixed
     atoms (and, with ``local_fraction < 1``, on atoms not selected), mean-centred over the displaced
@@ -30,15 +33,8 @@ class PhysicsConfig(BaseModel):
     Hence the neighbour-list skin (built at A) must be at least ``2√3·δ`` (0.173 Å for δ = 0.05 Å),
     see :func:`piwsl.physics.required_skin`.
 
-    **Variants** (each a switch): ``second_order`` (trapezoid: F(start) → ½(F(start) + F(C)) in
-    both targets), ``anchor_to_labels`` (Cooper et al.: the Taylor target is built from E_ref(A)
-    and F_ref(A) for structures that carry both labels), ``two_point`` (an extra term
-    ``taylor_two_point``: extrapolate from C back to A and compare with E_θ(A), or E_ref(A) when
-    anchored; weight ``two_point_weight``, default ``taylor_weight``), ``local_fraction`` (each
-    atom is displaced with probability p).
-
     **Cheaper steps.** ``fraction`` gives displaced copies to a share of each batch's structures
-    only, ``every_n_steps`` evaluates the terms on every n-th step only (see
+    only, ``every_n_steps`` evaluates the terms that need copies on every n-th step only (see
     ``benchmarks/results/training_throughput.md`` for what each costs and keeps).
 
     **Cost.** Exact PISC needs the energy and a directional force at a second displaced point, so
@@ -46,26 +42,11 @@ class PhysicsConfig(BaseModel):
     (≈ 1.35–1.45× with the Taylor term alone), see ``benchmarks/results/physics_step_cost.md``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    #: old keys still read (rewritten into loss.terms), offered in "did you mean"
+    legacy_keys: ClassVar[tuple[str, ...]] = LEGACY_KEYS
 
-    taylor_weight: float = Field(
-        0.0, ge=0, description="λ_PITC per (weight_energy_unit)²; 1.2 in the paper (kcal/mol)"
-    )
-    spatial_weight: float = Field(
-        0.0, ge=0, description="λ_PISC per (weight_energy_unit)²; 0.01 in the paper (kcal/mol)"
-    )
-    two_point_weight: float | None = Field(
-        None, ge=0, description="weight of the two-point term; None: taylor_weight"
-    )
     perturbation_scale: float = Field(0.05, gt=0, description="δ, Å")
-    weight_energy_unit: str = Field(
-        "kcal/mol", description="energy unit in which residuals are squared (total energies)"
-    )
-    second_order: bool = Field(False, description="trapezoid rule: ½(F(start) + F(C))")
-    anchor_to_labels: bool = Field(
-        False, description="Taylor target from E_ref(A), F_ref(A) where both labels exist"
-    )
-    two_point: bool = Field(False, description="add the C→A back-extrapolation term")
     local_fraction: float = Field(
         1.0, gt=0, le=1, description="probability that an atom is displaced"
     )
@@ -115,25 +96,16 @@ class PhysicsConfig(BaseModel):
         ),
     )
 
-    @field_validator("weight_energy_unit")
+    @model_validator(mode="before")
     @classmethod
-    def _known_unit(cls, unit: str) -> str:
-        if unit not in ENERGY_UNITS:
-            from piwsl.registry import suggest
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = [k for k in LEGACY_KEYS if k in data]
+            if moved:
+                from piwsl.objective.config import legacy_message
 
-            raise ValueError(f"unknown energy unit {unit!r}{suggest(unit, ENERGY_UNITS)}")
-        return unit
-
-    @property
-    def enabled(self) -> bool:
-        return self.taylor_weight > 0 or self.spatial_weight > 0 or self.effective_two_point > 0
-
-    @property
-    def effective_two_point(self) -> float:
-        """Weight of the two-point term (0 unless ``two_point``)."""
-        if not self.two_point:
-            return 0.0
-        return self.taylor_weight if self.two_point_weight is None else self.two_point_weight
+                raise ValueError(legacy_message({"physics": {k: data[k] for k in moved}}))
+        return data
 
     @property
     def required_skin(self) -> float:

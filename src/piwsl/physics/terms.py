@@ -13,7 +13,7 @@ Taylor target of a structure carrying both labels is ``E_ref(A) − dot_s(d1, F�
 al. 2020) and the two-point target ``E_A`` is ``E_ref(A)`` where an energy label exists.
 
 The copies are evaluated by :func:`evaluate_copies`, fused (one forward pass over
-``batch.repeat([A, B, C])``, sharing A's neighbour list) or as separate passes.
+the concatenated copies, sharing A's neighbour list) or as separate passes.
 
 Distributed training: wrap the ForceField in ``DistributedDataParallel`` and pass the wrapper as
 the model. Each rank computes the terms on its own structures; conservative forces are taken with
@@ -28,16 +28,12 @@ unused and needs it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from piwsl.data.batch import Batch, concat, scatter_sum
-from piwsl.errors import ConfigError
-from piwsl.physics.config import PhysicsConfig
-from piwsl.physics.displacements import check_skin, missing_pairs, sample_displacements
-from piwsl.physics.subset import choose_structures, restrict
-from piwsl.units import energy_factor
+from piwsl.physics.subset import restrict
 
 
 @dataclass
@@ -46,27 +42,26 @@ class CopyOutputs:
 
     energy: dict[str, torch.Tensor]
     forces: dict[str, torch.Tensor | None]
-    d1: torch.Tensor  # C − A actually applied, Å
-    d2: torch.Tensor  # B − A actually applied, Å
-    #: with ``physics.fraction`` < 1: the output at A for the whole batch (the dicts above then
-    #: hold the displaced structures only)
-    full_a: dict[str, torch.Tensor] | None = None
+    d1: torch.Tensor | None = None  # C − A actually applied, Å (None: A alone was evaluated)
+    d2: torch.Tensor | None = None  # B − A actually applied, Å
+    #: the model's whole output at A (may hold more than energy and forces, e.g. stress); with
+    #: ``physics.fraction`` < 1 the dicts above hold the displaced structures only and this the
+    #: whole batch
+    output: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def of_a(cls, output: dict[str, torch.Tensor]) -> CopyOutputs:
+        """The outputs of a plain pass at A (no displaced copies)."""
+        return cls({"A": output["energy"]}, {"A": output.get("forces")}, output=output)
 
     def output_a(self) -> dict[str, torch.Tensor]:
-        if self.full_a is not None:
-            return self.full_a
+        """The model output at A (energy and, where computed, forces)."""
+        if self.output is not None:
+            return self.output
         out = {"energy": self.energy["A"]}
         if self.forces.get("A") is not None:
             out["forces"] = self.forces["A"]
         return out
-
-
-@dataclass
-class PhysicsResult:
-    output: dict[str, torch.Tensor]  # model output at A (for the supervised terms)
-    raw: dict[str, torch.Tensor] = field(default_factory=dict)
-    weighted: dict[str, torch.Tensor] = field(default_factory=dict)
-    residuals: dict[str, torch.Tensor] = field(default_factory=dict)  # per structure, eV
 
 
 def per_structure_dot(d: torch.Tensor, forces: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -97,8 +92,8 @@ def evaluate_copies(
     ``create_graph`` defaults to ``torch.is_grad_enabled()`` so that the losses can be
     differentiated even in eval mode. ``chosen``: indices of the structures that get displaced
     copies (``physics.fraction``); A is evaluated for the whole batch, B and C for these only,
-    ``d1``/``d2`` hold their atoms, and the returned outputs are theirs (whole-batch A in
-    ``full_a``); ``sub`` is ``batch.select(chosen)`` where the caller has built it already.
+    ``d1``/``d2`` hold their atoms, and the returned outputs are theirs (the whole batch's A
+    in ``output``); ``sub`` is ``batch.select(chosen)`` where the caller has built it already.
     """
     if create_graph is None:
         create_graph = torch.is_grad_enabled()
@@ -146,7 +141,7 @@ def evaluate_copies(
         forces=forces,
         d1=positions["C"] - pos,
         d2=positions["B"] - pos,
-        full_a=full_a,
+        output=full_a,
     )
 
 
@@ -200,164 +195,3 @@ def two_point_residual(
     if second_order:
         f_c = 0.5 * (f_c + f_a)
     return e_a - (out.energy["C"] + per_structure_dot(out.d1, f_c, batch))
-
-
-class PhysicsTerms:
-    """The physics-informed terms of one run: sampling state + PITC/PISC evaluation.
-
-    Call it as ``physics(model, batch, need_forces)`` → :class:`PhysicsResult`; the output at A
-    serves the supervised terms (no separate supervised forward pass). ``need_forces``: the
-    supervised force loss needs F(A).
-
-    State: ``step`` (advanced by every call in training mode) and, for the ``generator`` sampler,
-    the generator; both saved by :meth:`state_dict` for exact resume. With the default ``frame``
-    sampler the fields depend only on (seed, step, frame_id), so every DDP rank, and one process on
-    the union of their data, draw the same field for the same frame.
-    """
-
-    def __init__(self, config: PhysicsConfig) -> None:
-        self.config = config
-        self.unit = energy_factor(config.weight_energy_unit)
-        self.step = 0
-        self.verified = not config.verify_neighbors
-        self.generator: torch.Generator | None = None
-        if config.sampler == "generator":
-            self.generator = torch.Generator().manual_seed(config.seed)
-
-    @property
-    def enabled(self) -> bool:
-        return self.config.enabled
-
-    # ----------------------------------------------------------------------------------- state
-    def state_dict(self) -> dict:
-        state: dict = {"step": self.step, "seed": self.config.seed}
-        if self.generator is not None:
-            state["generator"] = self.generator.get_state()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-        if self.generator is not None and "generator" in state:
-            self.generator.set_state(state["generator"])
-
-    def check_skin(self, skin: float, cutoff: float | None = None) -> None:
-        """Raise ConfigError if a data skin (Å) is too small for the displacements."""
-        check_skin(skin, self.config.perturbation_scale, cutoff)
-
-    def verify(self, model, batch: Batch, d1: torch.Tensor, d2: torch.Tensor) -> None:
-        """Once per run: check that B and C stay covered by A's neighbour list (the skin)."""
-        cutoff = getattr(model, "cutoff", None)
-        if cutoff is None and hasattr(model, "module"):  # DistributedDataParallel
-            cutoff = getattr(model.module, "cutoff", None)
-        if cutoff is None:
-            return
-        pos = batch.positions.detach()
-        for name, d in (("C", d1), ("B", d2)):
-            missing = missing_pairs(batch, pos + d, float(cutoff))
-            if missing:
-                raise ConfigError(
-                    f"{missing} atom pairs come within the model cutoff {cutoff} Å in the "
-                    f"displaced copy {name} but are not in the neighbour list built at A: the "
-                    f"data skin is too small for perturbation_scale δ = "
-                    f"{self.config.perturbation_scale} Å. Use a skin of at least 2√3·δ = "
-                    f"{self.config.required_skin:.4f} Å."
-                )
-        self.verified = True
-
-    # -------------------------------------------------------------------------------- sampling
-    def sample(self, batch: Batch, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.config
-        return sample_displacements(
-            batch,
-            c.perturbation_scale,
-            seed=c.seed,
-            step=self.step if step is None else step,
-            local_fraction=c.local_fraction,
-            generator=self.generator,
-        )
-
-    def plan(self, need_forces: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """Which copies are evaluated and where forces are needed."""
-        c = self.config
-        copies = ["A", "C"]
-        forces_at = {"A"} if need_forces else set()
-        if c.taylor_weight > 0:
-            forces_at.add("A")
-            if c.second_order:
-                forces_at.add("C")
-        if c.spatial_weight > 0:
-            copies.append("B")
-            forces_at.add("B")
-            if c.second_order:
-                forces_at.add("C")
-        if c.effective_two_point > 0:
-            forces_at.add("C")
-            if c.second_order:
-                forces_at.add("A")
-        return tuple(copies), tuple(sorted(forces_at))
-
-    # ------------------------------------------------------------------------------ evaluation
-    def __call__(
-        self,
-        model,
-        batch: Batch,
-        need_forces: bool = False,
-        step: int | None = None,
-        displacements: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> PhysicsResult:
-        c = self.config
-        at = self.step if step is None else step
-        if step is None and displacements is None and getattr(model, "training", False):
-            self.step += 1
-            if at % c.every_n_steps:  # physics.every_n_steps: a supervised-only step
-                return PhysicsResult(output=model(batch, compute_forces=need_forces))
-        chosen = choose_structures(batch, c.fraction, c.seed, at) if c.fraction < 1 else None
-        sub = batch if chosen is None else batch.select(chosen)
-        d1, d2 = displacements if displacements is not None else self.sample(sub, at)
-        copies, forces_at = self.plan(need_forces)
-        if not self.verified:
-            self.verify(model, sub, d1, d2)
-        out = evaluate_copies(
-            model,
-            batch,
-            d1,
-            d2,
-            copies=copies,
-            forces_at=forces_at,
-            mode=c.evaluation,
-            chosen=chosen,
-            sub=sub,
-        )
-        return self.losses(out, sub)
-
-    def losses(self, out: CopyOutputs, batch: Batch) -> PhysicsResult:
-        """The weighted terms from evaluated copies (pure function of ``out`` and ``batch``)."""
-        c = self.config
-        result = PhysicsResult(output=out.output_a())
-        terms: list[tuple[str, float, torch.Tensor]] = []
-        if c.taylor_weight > 0:
-            r = taylor_residual(out, batch, c.second_order, c.anchor_to_labels)
-            terms.append(("taylor", c.taylor_weight, r))
-        if c.spatial_weight > 0:
-            terms.append(
-                ("spatial", c.spatial_weight, spatial_residual(out, batch, c.second_order))
-            )
-        if c.effective_two_point > 0:
-            r = two_point_residual(out, batch, c.second_order, c.anchor_to_labels)
-            terms.append(("taylor_two_point", c.effective_two_point, r))
-        for name, weight, r in terms:
-            result.residuals[name] = r
-            result.raw[name] = ((r / self.unit) ** 2).mean()
-            result.weighted[name] = weight * result.raw[name]
-        return result
-
-
-def build_physics(config: PhysicsConfig | dict | None) -> PhysicsTerms | None:
-    """The physics terms of a config, or None when every physics weight is zero."""
-    if config is None:
-        return None
-    if isinstance(config, dict):
-        config = PhysicsConfig(**config)
-    if not config.enabled:
-        return None
-    return PhysicsTerms(config)

@@ -5,7 +5,8 @@ learns ``E_θ = E_ref − E_prior`` and ``F_θ = F_ref − F_prior``; the predic
 is always the total ``E = E_prior + E_θ``, ``F = F_prior + F_θ``:
 
 - training (:func:`piwsl.training.prepare_data`): the prior's energy and forces are computed once
-  per labelled frame (train, validation, test), in parallel processes with ``prior.workers > 1``,
+  per labelled frame (train, validation, test), in parallel with ``prior.workers > 1`` (local
+  processes, or a Dask cluster with ``prior.executor: dask`` and ``prior.scheduler``),
   and cached on disk with their provenance (:mod:`piwsl.priors.cache`); the supervised targets
   become the residuals (label masks unchanged) and the E0s and the normalisation are fitted to
   them. The physics terms (PITC/PISC) act on the learned part alone: the prior is a fixed,
@@ -31,11 +32,13 @@ from piwsl.priors.base import (
     Prior,
     PriorCalculator,
     PriorUse,
+    attach_prior,
     check_prior_name,
     make_prior,
     model_prior,
     prior_from_spec,
     prior_names,
+    register_prior,
     spec_differences,
 )
 from piwsl.priors.cache import PriorValues, cache_path, prior_values, user_cache_dir
@@ -47,6 +50,7 @@ __all__ = [
     "PriorCalculator",
     "PriorUse",
     "PriorValues",
+    "attach_prior",
     "cache_path",
     "check_prior_name",
     "make_prior",
@@ -54,6 +58,7 @@ __all__ = [
     "prior_from_spec",
     "prior_names",
     "prior_values",
+    "register_prior",
     "spec_differences",
     "user_cache_dir",
 ]

@@ -16,7 +16,7 @@ import numpy as np
 
 from piwsl.data.frames import Frame
 from piwsl.errors import ConfigError, PriorError
-from piwsl.priors.base import ASE_PREFIX, MissingPriorBackendError, Prior, _jsonable, atoms_of
+from piwsl.priors.base import ASE_PREFIX, MissingPriorBackendError, Prior, _jsonable
 
 
 class ASEPrior(Prior):
@@ -57,7 +57,7 @@ class ASEPrior(Prior):
 
     def compute_one(self, frame: Frame) -> tuple[float, np.ndarray]:
         try:
-            out = self.backend.compute(atoms_of(frame))
+            out = self.backend.compute(frame.to_atoms(labels=False))
         except (RuntimeError, ValueError) as err:
             raise PriorError(f"{type(err).__name__}: {err}") from err
         if out["forces"] is None:

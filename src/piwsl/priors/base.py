@@ -41,7 +41,8 @@ class PriorUse:
 
     ``enabled=False`` gives the learned part alone (diagnostics); ``allow_mismatch`` runs a model
     whose recorded prior differs from the installed one (a warning instead of an error);
-    ``cache_dir`` / ``workers`` / ``progress`` as for :func:`piwsl.priors.prior_values`;
+    ``cache_dir`` / ``workers`` / ``progress`` / ``executor`` / ``scheduler`` as for
+    :func:`piwsl.priors.prior_values`;
     ``built``: the model's prior when the caller has already built it (checked once, one warning).
     """
 
@@ -51,6 +52,8 @@ class PriorUse:
     workers: int = 1
     progress: bool = False
     built: Prior | None = None
+    executor: str = "local"
+    scheduler: str | None = None
 
 
 class MissingPriorBackendError(PriorError):
@@ -70,6 +73,9 @@ class Prior(abc.ABC):
     method: str = "prior"
     #: the program that evaluates it, e.g. ``"tblite"``
     program: str = "piwsl"
+    #: an analytic prior with a torch :meth:`module`: it becomes part of the force field
+    #: (batched, differentiable) instead of being added from the cache at inference
+    in_model: bool = False
 
     def __init__(self, charge: int = 0, multiplicity: int = 1) -> None:
         if multiplicity < 1:
@@ -117,9 +123,24 @@ class Prior(abc.ABC):
 
     def checked(self, frame: Frame) -> tuple[float, np.ndarray]:
         """:meth:`compute_one` with finiteness and shape checks; errors name file and frame."""
+        return self._checked(frame, self.compute_one)
+
+    def session(self) -> Callable[[Frame], tuple[float, np.ndarray]]:
+        """:meth:`checked` for one system at successive positions (an MD trajectory); a prior
+        that can reuse the previous step's work (tblite: its SCF density) overrides
+        :meth:`_session_compute`."""
+        compute = self._session_compute()
+        return lambda frame: self._checked(frame, compute)
+
+    def _session_compute(self) -> Callable[[Frame], tuple[float, np.ndarray]]:
+        return self.compute_one
+
+    def _checked(
+        self, frame: Frame, compute: Callable[[Frame], tuple[float, np.ndarray]]
+    ) -> tuple[float, np.ndarray]:
         where = f"file {frame.source!r}, frame {frame.index}"
         try:
-            energy, forces = self.compute_one(frame)
+            energy, forces = compute(frame)
         except PriorError as err:
             raise PriorError(f"{where}: prior {self.name!r} failed: {err}") from err
         forces = np.asarray(forces, dtype=np.float64)
@@ -131,6 +152,10 @@ class Prior(abc.ABC):
         if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
             raise PriorError(f"{where}: prior {self.name!r} gave a non-finite energy or force")
         return float(energy), forces
+
+    def module(self) -> Any:
+        """The torch module of an analytic (``in_model``) prior: ``module(batch) -> E [S]``."""
+        raise NotImplementedError(f"prior {self.name!r} is not an analytic (in-model) prior")
 
     def calculator(self) -> PriorCalculator:
         """This prior as an ASE calculator (energy, forces)."""
@@ -154,26 +179,8 @@ class PriorCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
-        energy, forces = self.prior.checked(frame_of(self.atoms))
+        energy, forces = self.prior.checked(Frame.from_atoms(self.atoms))
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
-
-
-def frame_of(atoms, source: str = "<ase.Atoms>") -> Frame:
-    """A label-free :class:`Frame` of an ``ase.Atoms``."""
-    return Frame(
-        numbers=atoms.numbers,
-        positions=atoms.positions,
-        cell=np.asarray(atoms.cell.array),
-        pbc=atoms.pbc,
-        source=source,
-    )
-
-
-def atoms_of(frame: Frame):
-    """A bare ``ase.Atoms`` of a frame (no labels, no constraints)."""
-    from ase import Atoms
-
-    return Atoms(numbers=frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
 
 
 def _jsonable(value: Any) -> Any:
@@ -189,10 +196,19 @@ def _jsonable(value: Any) -> Any:
 PRIORS: Registry[Callable[[int, int, dict[str, Any]], Prior]] = Registry("prior potential")
 
 
+def register_prior(name: str):
+    """Decorator: register a prior builder ``(charge, multiplicity, settings) -> Prior`` (e.g. a
+    :class:`Prior` subclass) under ``name`` (lower case)."""
+    return PRIORS.register(name.lower())
+
+
 def _load_builtins() -> None:
     # importing registers them; the programs behind them are imported only when one is built
     import piwsl.priors.xtb
     import piwsl.priors.zbl  # noqa: F401
+    from piwsl.plugins import load_plugins
+
+    load_plugins()
 
 
 def prior_names() -> list[str]:
@@ -266,13 +282,15 @@ def prior_from_spec(
     allow_mismatch: bool = False,
     what: str = "this model",
     opt_out: str = OPT_OUT,
+    check: bool = True,
 ) -> Prior:
     """The prior a model recorded, rebuilt and checked against the installed program.
 
     Raises :class:`PriorError` when the program is missing, and when the installed prior's
     :meth:`Prior.spec` differs from ``spec`` (program version, settings, charge, …) unless
     ``allow_mismatch`` (then a warning is logged). ``what`` names the model in the messages,
-    ``opt_out`` is the way round a mismatch they suggest.
+    ``opt_out`` is the way round a mismatch they suggest; ``check=False`` skips the comparison
+    (the prior is rebuilt from the recorded settings as they are).
     """
     described = f"{spec.get('method', spec.get('name'))} ({spec.get('program')} " + (
         f"{spec.get('program_version')})"
@@ -293,7 +311,7 @@ def prior_from_spec(
         raise PriorError(
             f"{what} was trained on top of {described}, which this piwsl cannot rebuild: {err}"
         ) from None
-    differences = spec_differences(spec, prior.spec())
+    differences = spec_differences(spec, prior.spec()) if check else []
     if differences:
         message = (
             f"{what} was trained on top of {described}, but the installed prior differs: "
@@ -309,8 +327,33 @@ def prior_from_spec(
 
 
 def model_prior(model: Any, allow_mismatch: bool = False, what: str = "this model") -> Prior | None:
-    """The prior a force field was trained on top of (its ``prior_spec``), or None."""
+    """The external prior inference must add to a force field's predictions (from its
+    ``prior_spec``); None without one, and for an analytic prior, which is part of the model."""
     spec = getattr(model, "prior_spec", None)
     if not spec:
         return None
-    return prior_from_spec(copy.deepcopy(spec), allow_mismatch=allow_mismatch, what=what)
+    prior = prior_from_spec(copy.deepcopy(spec), allow_mismatch=allow_mismatch, what=what)
+    return None if prior.in_model else prior
+
+
+def is_in_model(name: str) -> bool:
+    """Whether the prior ``name`` is an analytic prior that lives inside the force field."""
+    text = str(name).strip().lower()
+    if text.startswith(ASE_PREFIX):
+        return False
+    _load_builtins()
+    return text in PRIORS and bool(getattr(PRIORS.get(text), "in_model", False))
+
+
+def attach_prior(model: Any, spec: dict[str, Any] | None, what: str = "this model") -> None:
+    """Record ``spec`` on a force field and, for an analytic prior, put its torch module inside,
+    built from the recorded settings (checked against the model's cutoff). Whether the installed
+    implementation still matches the recorded one is checked where the model is run
+    (:func:`model_prior`, with its ``allow_mismatch`` opt-out)."""
+    model.prior_spec = copy.deepcopy(spec) if spec else None
+    modules = []
+    if spec and is_in_model(str(spec.get("name", ""))):
+        module = prior_from_spec(copy.deepcopy(spec), what=what, check=False).module()
+        module.check_cutoff(model.elements, model.cutoff)
+        modules.append(module)
+    model.set_priors(modules)

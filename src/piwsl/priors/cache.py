@@ -1,4 +1,4 @@
-"""Prior values of many frames: computed once (in parallel processes if asked), cached on disk.
+"""Prior values of many frames: computed once (local processes or Dask if asked), cached on disk.
 
 :func:`prior_values` returns the prior's energy and forces for every frame, reading what a
 previous run computed and computing only the rest. The cache is one append-only JSON-lines file
@@ -12,7 +12,7 @@ per (data file, prior spec)::
 when that folder is writable (a folder without write permission bits counts as read-only even
 for root), else the user cache ``$XDG_CACHE_HOME/piwsl/priors`` (``~/.cache/piwsl/priors``); frames
 of packaged (``builtin:``) or in-memory data always go to the user cache. A record's key is the
-SHA-256 of numbers, positions, cell and pbc (:func:`piwsl.labelling.runner.structure_hash`) and
+SHA-256 of numbers, positions, cell and pbc (:func:`piwsl.io.hashing.structure_hash`) and
 the file belongs to one prior spec (method, program version, charge, multiplicity, settings), so a
 changed structure or another prior never reads a stale value.
 
@@ -35,7 +35,6 @@ import re
 import stat
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,11 @@ import numpy as np
 
 from piwsl.data.frames import Frame
 from piwsl.errors import ConfigError, PriorError
+from piwsl.io.executors import ExecutorSpec, TaskLost, make_executor
+from piwsl.io.hashing import structure_hash
+from piwsl.io.journal import JsonLines
 from piwsl.priors.base import Prior
+from piwsl.terminal import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +108,6 @@ def cache_path(source: str, spec: dict[str, Any], cache_dir: str | Path | None =
 
 def frame_key(frame: Frame) -> str:
     """Hash of numbers, positions, cell and pbc (the record key)."""
-    from piwsl.labelling.runner import structure_hash
-
     return structure_hash(frame.numbers, frame.positions, frame.cell, frame.pbc)
 
 
@@ -114,64 +115,27 @@ def frame_key(frame: Frame) -> str:
 # one cache file
 
 
-@contextlib.contextmanager
-def _locked(fd: int, exclusive: bool) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _cut_torn_tail(fd: int) -> int:
-    """Truncate a last line without newline (a killed writer); return the new size."""
-    size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-        return size
-    keep, block = 0, 65536
-    end = size
-    while end > 0:
-        start = max(0, end - block)
-        chunk = os.pread(fd, end - start, start)
-        at = chunk.rfind(b"\n")
-        if at >= 0:
-            keep = start + at + 1
-            break
-        end = start
-    os.ftruncate(fd, keep)
-    log.warning("prior cache: cut a torn last line (%d bytes) of an interrupted run", size - keep)
-    return keep
-
-
 class CacheFile:
-    """One append-only cache file (see the module docstring)."""
+    """One append-only cache file (see the module docstring) on
+    :class:`piwsl.io.journal.JsonLines`: shared by concurrent runs, locked per append."""
 
     def __init__(self, path: Path, spec: dict[str, Any]) -> None:
         self.path = path
         self.spec = spec
-        self._fd: int | None = None
-        self.n_appended = 0
+        header = {"format": FORMAT, "version": VERSION, "spec": spec}
+        self._file = JsonLines(path, header, hold_lock=False, fsync=False)
 
-    def header(self) -> bytes:
-        return (
-            json.dumps({"format": FORMAT, "version": VERSION, "spec": self.spec}) + "\n"
-        ).encode()
+    @property
+    def n_appended(self) -> int:
+        return self._file.n_appended
 
     def read(self) -> dict[str, tuple[float, np.ndarray]]:
         """Every complete record, by structure hash (forces still flat)."""
         try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
+            lines = self._file.lines()
         except OSError as err:
             log.warning("prior cache %s cannot be read (%s); computing afresh", self.path, err)
             return {}
-        lines = raw.split(b"\n")[:-1]  # the part after the last newline is torn (or empty)
         if not lines:
             return {}
         self._check_header(lines[0])
@@ -205,23 +169,11 @@ class CacheFile:
 
     def append(self, key: str, energy: float, forces: np.ndarray) -> None:
         """Add one record: a single ``write`` under an exclusive lock."""
-        if self._fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         flat = np.asarray(forces, dtype=np.float64).ravel().tolist()
-        line = json.dumps({"k": key, "e": float(energy), "f": flat}) + "\n"
-        with _locked(self._fd, exclusive=True):
-            if _cut_torn_tail(self._fd) == 0:
-                os.write(self._fd, self.header())
-            os.write(self._fd, line.encode())
-        self.n_appended += 1
+        self._file.append({"k": key, "e": float(energy), "f": flat})
 
     def close(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+        self._file.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,14 +205,19 @@ def prior_values(
     cache_dir: str | Path | None = None,
     workers: int = 1,
     progress: bool = False,
+    executor: str = "local",
+    scheduler: str | None = None,
 ) -> PriorValues:
     """The prior's values for ``frames``: read from the cache, the rest computed and appended.
 
-    ``workers > 1`` computes in that many processes (one thread each); ``progress`` shows a tqdm
-    bar. Identical structures are computed once.
+    ``executor="local"`` computes in ``workers`` processes of this machine (one thread each),
+    ``"dask"`` on the Dask scheduler at ``scheduler`` or a ``LocalCluster`` of ``workers``
+    processes (:mod:`piwsl.io.executors`); ``progress`` shows a progress bar. Identical structures
+    are computed once.
     """
     if workers < 1:
         raise ConfigError(f"prior.workers must be ≥ 1, got {workers}")
+    run_on = ExecutorSpec(executor, workers, 1, scheduler)
     t0 = time.perf_counter()
     spec = prior.spec()
     files = _open_files(frames, spec, cache_dir)
@@ -275,7 +232,7 @@ def prior_values(
     todo_keys, todo_index = list(todo), list(todo.values())
     try:
         todo_frames = [frames[k] for k in todo_index]
-        with contextlib.closing(_compute(prior, todo_frames, workers, progress)) as computed:
+        with contextlib.closing(_compute(prior, todo_frames, run_on, progress)) as computed:
             for n, energy, forces in computed:
                 known[todo_keys[n]] = (energy, forces)
                 _append(files[todo_index[n]], todo_keys[n], energy, forces)
@@ -332,74 +289,35 @@ def _append(cache: CacheFile, key: str, energy: float, forces: np.ndarray) -> No
 
 
 def _compute(
-    prior: Prior, frames: list[Frame], workers: int, progress: bool
+    prior: Prior, frames: list[Frame], run_on: ExecutorSpec, progress: bool
 ) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(position in ``frames``, energy, forces) as each frame is done."""
+    """(position in ``frames``, energy, forces) as each task (a chunk of frames) is done.
+
+    Cheap priors (~ms a frame) are computed in chunks of up to 16 frames per task, ~8 tasks per
+    worker, so that the per-task overhead of a pool or a cluster stays small; one frame a task
+    in this process.
+    """
     if not frames:
         return
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=len(frames),
-        desc=f"prior {prior.name}",
-        unit="frame",
-        disable=not progress,
-        dynamic_ncols=True,
-        smoothing=0.1,
-    )
+    inline = run_on.kind == "local" and (run_on.workers == 1 or len(frames) == 1)
+    size = 1 if inline else max(1, min(16, math.ceil(len(frames) / (8 * run_on.workers))))
+    tasks = [(s, (s, frames[s : s + size])) for s in range(0, len(frames), size)]
+    bar = progress_bar(len(frames), desc=f"prior {prior.name}", unit="frame", enabled=progress)
     try:
-        if workers == 1 or len(frames) == 1:
-            for k, frame in enumerate(frames):
-                energy, forces = prior.checked(frame)
-                bar.update(1)
-                yield k, energy, forces
-        else:
-            for k, energy, forces in _pool(prior, frames, workers):
-                bar.update(1)
-                yield k, energy, forces
+        with make_executor(run_on, n_tasks=len(tasks)) as pool:
+            for start, outcome in pool.map_unordered(_prior_chunk, prior, tasks):
+                if isinstance(outcome, TaskLost):
+                    first = frames[start]
+                    raise PriorError(
+                        f"prior {prior.name!r}: the task computing file {first.source!r}, frame "
+                        f"{first.index} (and the next {size - 1}) was lost: {outcome.message}"
+                    )
+                bar.update(len(outcome))
+                yield from outcome
     finally:
         bar.close()
 
 
-_WORKER_PRIOR: Prior | None = None
-
-
-def _init_worker(prior: Prior) -> None:
-    global _WORKER_PRIOR
-    from piwsl.labelling.runner import _die_with_parent, limit_threads
-
-    _die_with_parent()
-    limit_threads(1)
-    _WORKER_PRIOR = prior
-
-
-def _worker_chunk(start: int, frames: list[Frame]) -> list[tuple[int, float, np.ndarray]]:
-    assert _WORKER_PRIOR is not None, "worker not initialised"
-    return [(start + n, *_WORKER_PRIOR.checked(f)) for n, f in enumerate(frames)]
-
-
-def _pool(
-    prior: Prior, frames: list[Frame], workers: int
-) -> Iterator[tuple[int, float, np.ndarray]]:
-    import multiprocessing as mp
-
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    size = max(1, min(16, math.ceil(len(frames) / (8 * workers))))
-    chunks = [(s, frames[s : s + size]) for s in range(0, len(frames), size)]
-    chunks.reverse()
-    executor = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=mp.get_context(method),
-        initializer=_init_worker,
-        initargs=(prior,),
-    )
-    pending: set[Future] = set()
-    try:
-        while chunks or pending:
-            while chunks and len(pending) < 2 * workers:
-                pending.add(executor.submit(_worker_chunk, *chunks.pop()))
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield from future.result()
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+def _prior_chunk(prior: Prior, start: int, frames: list[Frame]) -> list[tuple[int, float, Any]]:
+    """Energies and forces of a chunk of frames (on a worker)."""
+    return [(start + n, *prior.checked(f)) for n, f in enumerate(frames)]

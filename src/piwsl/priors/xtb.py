@@ -11,13 +11,14 @@ without it :class:`~piwsl.priors.base.MissingPriorBackendError` says what to ins
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from piwsl.data.frames import Frame
 from piwsl.errors import ConfigError, PriorError
-from piwsl.priors.base import PRIORS, MissingPriorBackendError, Prior, atoms_of
+from piwsl.priors.base import PRIORS, MissingPriorBackendError, Prior
 
 #: options of the backend a prior may set in ``prior.settings``
 SETTINGS = ("accuracy", "electronic_temperature", "max_iterations")
@@ -81,10 +82,24 @@ class TBLitePrior(Prior):
         from piwsl.labelling.backends import BackendError
 
         try:
-            out = self.backend.compute(atoms_of(frame))
+            out = self.backend.compute(frame.to_atoms(labels=False))
         except BackendError as err:
             raise PriorError(str(err)) from err
         return float(out["energy"]), np.asarray(out["forces"], dtype=np.float64)
+
+    def _session_compute(self) -> Callable[[Frame], tuple[float, np.ndarray]]:
+        """Each SCF restarts from the previous call's result (see ``TBLiteSession``)."""
+        from piwsl.labelling.backends import BackendError
+
+        session = self.backend.session()
+
+        def compute(frame: Frame) -> tuple[float, np.ndarray]:
+            try:
+                return session(frame.to_atoms(labels=False))
+            except BackendError as err:
+                raise PriorError(str(err)) from err
+
+        return compute
 
 
 PRIORS.add(

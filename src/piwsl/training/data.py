@@ -12,12 +12,16 @@ the training and validation labels become residuals ``E_ref − E_prior``, ``F_r
 (label masks unchanged; label-free frames need no prior, since the physics terms act on the learned
 part alone); E0s, shift and scale are then fitted to the residuals. The test frames keep their
 full labels — the test errors are those of the total prediction — and so does
-``PreparedData.val_reference`` (the validation frames with full labels).
+``PreparedData.val_reference`` (the validation frames with full labels). An analytic prior (ZBL)
+is part of the model instead: every label stays whole and only the E0s and the normalisation are
+fitted to the residuals.
 
-It also warns (``logging``, once per kind, naming the frames) about data that is probably wrong but
-cannot be proven so: frames shared between the training set and the validation/test sets
-(:func:`find_duplicates`), atoms closer than :data:`MIN_DISTANCE` Å (:func:`find_close_atoms`) and
-energies whose magnitude fits another unit than the declared one (:func:`guess_energy_unit`).
+Every file is read in the units ``data`` declares for it (``energy_unit`` / ``length_unit``,
+overridden per split or per file by ``data.units``). It also warns (``logging``, naming the files
+and frames) about data that is probably wrong but cannot be proven so
+(:mod:`piwsl.data.checks`): frames shared between the training set and the validation/test sets,
+atoms closer than :data:`MIN_DISTANCE` Å, and — per file — bond lengths or energies whose
+magnitude fits another unit than the one declared for that file.
 """
 
 from __future__ import annotations
@@ -32,9 +36,16 @@ from torch.utils.data import Sampler
 
 from piwsl.config import DataConfig, PriorConfig
 from piwsl.data import Frame, LabelKeys, label_coverage, read_frames, resolve_e0s, split_indices
+from piwsl.data.checks import (  # noqa: F401 (re-exported: the checks' historical home)
+    MIN_DISTANCE,
+    check_plausibility,
+    find_close_atoms,
+    find_duplicates,
+    guess_energy_unit,
+)
+from piwsl.data.readers import resolve_path
 from piwsl.errors import ConfigError, DataError
 from piwsl.priors import Prior, PriorValues
-from piwsl.units import ENERGY_UNITS, HARTREE
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +74,34 @@ class PreparedData:
         return any(f.has_energy for f in self.val)
 
 
-def _read_all(paths: list[str], keys: LabelKeys) -> list[Frame]:
+#: Units rMD17 ``.npz`` files are converted from on reading (kcal/mol, Å), whatever is declared.
+NPZ_UNITS = ("eV", "Å")
+
+
+def config_fix(source: str, kind: str, unit: str) -> str:
+    """How a run's config declares ``unit`` (``kind``: energy or length) for file ``source``."""
+    return (
+        f"data.units: {{{source!r}: {{{kind}: {unit}}}}} in the config, or "
+        f"data.{kind}_unit={unit} if every file stores {unit}"
+    )
+
+
+def read_split(cfg: DataConfig, split: str, read_in: dict[str, tuple[str, str]]) -> list[Frame]:
+    """The frames of every file of ``split``, each read in its declared units (``data.units``);
+    ``read_in`` collects (energy, length) unit of each file as converted, for the unit checks."""
     frames: list[Frame] = []
-    for path in paths:
+    for path in cfg.files_of(split):
+        energy, length = cfg.units_for(split, path)
+        if resolve_path(path).suffix == ".npz" and (energy, length) != NPZ_UNITS:
+            raise ConfigError(
+                f"data.units: {path!r} (data.{split}) is an rMD17 .npz file, always read from "
+                f"kcal/mol and Å, but the config declares {energy} and {length} for it; declare "
+                "the units of the other files for their split or file only, e.g. "
+                "data.units: {train: {energy: Hartree}}, not data.energy_unit / data.length_unit"
+            )
+        keys = LabelKeys(cfg.energy_key, cfg.forces_key, energy, length)
         frames.extend(read_frames(path, keys))
+        read_in[path] = NPZ_UNITS if resolve_path(path).suffix == ".npz" else (energy, length)
     return frames
 
 
@@ -98,163 +133,6 @@ def reference_statistics(frames: list[Frame], e0s: dict[int, float]) -> tuple[fl
     return shift, scale
 
 
-# --------------------------------------------------------------------------------------------
-# plausibility checks (warnings: the data may be right, but usually is not)
-
-#: Atoms closer than this (Å) are physically absurd: the shortest bond, H–H in H₂, is 0.74 Å and
-#: even strongly compressed or high-energy MD structures stay above ~0.6 Å.
-MIN_DISTANCE = 0.5
-#: Positions are rounded to this many decimals (Å) when looking for duplicate frames.
-DUPLICATE_DECIMALS = 5
-#: Relative tolerance of the all-electron energy estimate used by :func:`guess_energy_unit`.
-UNIT_TOLERANCE = 0.12
-#: Candidate storage units, each with the name users write in ``data.energy_unit``.
-_UNIT_CANDIDATES = {
-    "eV": 1.0,
-    "Hartree": HARTREE,
-    "kcal/mol": ENERGY_UNITS["kcal/mol"],
-    "kJ/mol": ENERGY_UNITS["kJ/mol"],
-    "meV": 1e-3,
-}
-_MAX_LISTED = 8
-
-
-def frame_key(frame: Frame) -> bytes:
-    """A hash key of atomic numbers and positions rounded to 1e-5 Å (labels ignored)."""
-    import hashlib
-
-    pos = np.round(frame.positions, DUPLICATE_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
-    digest = hashlib.blake2b(frame.numbers.astype(np.int64).tobytes(), digest_size=16)
-    digest.update(pos.astype(np.float64).tobytes())
-    return digest.digest()
-
-
-def _where(f: Frame) -> str:
-    return f"{f.source!r} frame {f.index}"
-
-
-def find_duplicates(train: list[Frame], others: dict[str, list[Frame]]) -> list[str]:
-    """``"<split> 'file' frame k = train 'file' frame m"`` for every frame of ``others`` whose
-    numbers and positions (rounded to 1e-5 Å) equal those of a training frame."""
-    seen: dict[bytes, Frame] = {}
-    for f in train:
-        seen.setdefault(frame_key(f), f)
-    found = []
-    for name, frames in others.items():
-        for f in frames:
-            twin = seen.get(frame_key(f))
-            if twin is not None:
-                found.append(f"{name} {_where(f)} = train {_where(twin)}")
-    return found
-
-
-def min_distance(frame: Frame, below: float = MIN_DISTANCE) -> float | None:
-    """The shortest interatomic distance (Å, periodic images included) if it is < ``below``."""
-    from piwsl.data.neighbors import neighbor_list
-
-    if frame.n_atoms < 2 and not frame.pbc.any():
-        return None
-    edge_index, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, below)
-    if edge_index.shape[1] == 0:
-        return None
-    i, j = edge_index
-    vec = frame.positions[j] - frame.positions[i] + shifts @ frame.cell
-    return float(np.linalg.norm(vec, axis=1).min())
-
-
-def find_close_atoms(frames: list[Frame], threshold: float = MIN_DISTANCE) -> list[str]:
-    """``"'file' frame k: 0.31 Å"`` for every frame with two atoms closer than ``threshold``."""
-    found = []
-    for f in frames:
-        d = min_distance(f, threshold)
-        if d is not None:
-            found.append(f"{_where(f)}: {d:.3f} Å")
-    return found
-
-
-def all_electron_energy(numbers: np.ndarray) -> float:
-    """Estimate (eV) of the non-relativistic all-electron energy of the free atoms.
-
-    Thomas–Fermi with the Scott and Schwinger corrections, per atom
-    ``E(Z) ≈ −0.7687 Z^{7/3} + 0.5 Z² − 0.2699 Z^{5/3}`` Hartree: within ~2 % of Hartree–Fock
-    atomic energies from C to Cu (C −37.6 vs −37.7, O −75.0 vs −74.8, Cu −1641 vs −1639 Ha).
-    Chemical binding changes a molecule's total by well under 1 %.
-    """
-    z = np.asarray(numbers, dtype=np.float64)
-    per_atom = -0.7687 * z ** (7 / 3) + 0.5 * z**2 - 0.2699 * z ** (5 / 3)
-    return float(per_atom.sum()) * HARTREE
-
-
-def guess_energy_unit(frames: list[Frame], declared: str) -> tuple[str, float] | None:
-    """(unit, median ratio) when the energies look like all-electron totals in another unit.
-
-    The heuristic: ``r = E / E_ae`` with ``E`` the energy as read (declared unit → eV) and
-    ``E_ae`` :func:`all_electron_energy`. All-electron total energies (Gaussian, ORCA, PySCF,
-    rMD17) have ``r ≈ 1`` in eV. Read in the wrong unit, ``r`` is off by the unit ratio: ≈ 1/27.2
-    for Hartree values declared as eV, ≈ 23.1 for kcal/mol, ≈ 96.5 for kJ/mol. rMD17 ethanol:
-    E = −4210 eV (−468 eV/atom), E_ae = −4178 eV, r = 1.008; the same numbers stored in Hartree
-    (−154.7) give r = 0.037, in kcal/mol (−97 080) r = 23.2. A unit is suggested only when at
-    least 90 % of the energy-labelled frames lie within ±12 % of the same hypothesis ``r = 1/k``
-    (k converting the candidate unit to eV, relative to the declared one), and it differs from the
-    declared unit. Energies with a reference subtracted (E0s, atomisation energies) or from
-    pseudopotential codes (VASP, QE) have ``|r| ≪ 1`` (VASP ethanol ≈ 0.011) and match nothing,
-    except by coincidence the Hartree window (r ≈ 0.037): hence a warning, not an error.
-    """
-    ratios = np.array([f.energy / all_electron_energy(f.numbers) for f in frames if f.has_energy])
-    if ratios.size == 0:
-        return None
-    declared_factor = ENERGY_UNITS.get(declared, 1.0)
-    for unit, factor in _UNIT_CANDIDATES.items():
-        # stored in `unit`, read as `declared`: r = factor(declared) / factor(unit)
-        expected = declared_factor / factor
-        close = np.abs(ratios / expected - 1.0) < UNIT_TOLERANCE
-        if close.mean() >= 0.9:
-            same = factor == declared_factor
-            return None if same else (unit, float(np.median(ratios)))
-    return None
-
-
-def _listed(items: list[str]) -> str:
-    more = f" … and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return "; ".join(items[:_MAX_LISTED]) + more
-
-
-def check_plausibility(
-    train: list[Frame], others: dict[str, list[Frame]], energy_unit: str
-) -> list[str]:
-    """Log one warning per kind of implausible data (see the module docstring); return them."""
-    warnings: list[str] = []
-    dups = find_duplicates(train, others)
-    if dups:
-        warnings.append(
-            f"{len(dups)} validation/test frames duplicate training frames (same numbers and "
-            f"positions to 1e-5 Å): {_listed(dups)}. Their errors measure memorisation, not "
-            "generalisation: remove them from one of the sets"
-        )
-    everything = train + [f for frames in others.values() for f in frames]
-    close = find_close_atoms(everything)
-    if close:
-        warnings.append(
-            f"{len(close)} frames have atoms closer than {MIN_DISTANCE} Å (physically absurd; "
-            f"wrong length unit, e.g. Bohr read as Å, or broken structures?): {_listed(close)}"
-        )
-    labelled = [f for f in everything if f.has_energy]
-    guess = guess_energy_unit(labelled, energy_unit)
-    if guess is not None:
-        unit, ratio = guess
-        example = labelled[0]
-        warnings.append(
-            f"energies look like {unit}, but data.energy_unit is {energy_unit!r}: e.g. "
-            f"{_where(example)} reads as {example.energy:.6g} eV for {example.n_atoms} atoms, "
-            f"while all-electron energies of these atoms are about "
-            f"{all_electron_energy(example.numbers):.6g} eV (median ratio {ratio:.4g}). "
-            f"Set data.energy_unit={unit} if the file stores {unit}"
-        )
-    for text in warnings:
-        log.warning(text)
-    return warnings
-
-
 def _keep_labels(frames: list[Frame], which: str) -> list[Frame]:
     """Drop the forces (``which="energy"``) or the energies (``"forces"``) of every frame."""
     if which == "energy":
@@ -278,6 +156,24 @@ def subtract_prior(frames: list[Frame], values: PriorValues) -> list[Frame]:
     return out
 
 
+def in_model_residuals(prior: Prior, frames: list[Frame]) -> tuple[list[Frame], str]:
+    """An analytic prior lives in the model, so the labels stay whole; the E0s and the
+    normalisation are fitted to these residual frames (labelled ``frames`` minus the prior)."""
+    import time
+
+    labelled = [f for f in frames if f.has_energy or f.has_forces]
+    start = time.perf_counter()
+    energies, forces = prior.compute(labelled)
+    values = PriorValues(energies, forces, n_computed=len(labelled))
+    values.wall_time_s = time.perf_counter() - start
+    line = (
+        f"prior {prior.describe()}: part of the model (the E0s and normalisation fitted to "
+        f"E_ref − E_prior of {len(labelled)} training frames, computed in "
+        f"{values.wall_time_s:.1f} s)"
+    )
+    return subtract_prior(labelled, values), line
+
+
 def apply_prior(
     cfg: PriorConfig, splits: dict[str, list[Frame]], progress: bool = False
 ) -> tuple[Prior, dict[str, list[Frame]], str]:
@@ -288,12 +184,20 @@ def apply_prior(
     from piwsl.priors import make_prior, prior_values
 
     prior = make_prior(cfg.name, cfg.charge, cfg.multiplicity, cfg.settings)
+    if prior.in_model:
+        return prior, splits, ""
     labelled = {
         name: [f for f in frames if f.has_energy or f.has_forces] for name, frames in splits.items()
     }
     everything = [f for frames in labelled.values() for f in frames]
     values = prior_values(
-        prior, everything, cache_dir=cfg.cache_dir, workers=cfg.workers, progress=progress
+        prior,
+        everything,
+        cache_dir=cfg.cache_dir,
+        workers=cfg.workers,
+        progress=progress,
+        executor=cfg.executor,
+        scheduler=cfg.scheduler,
     )
     out, start = {}, 0
     for name, frames in splits.items():
@@ -308,38 +212,10 @@ def apply_prior(
     return prior, out, values.summary(prior)
 
 
-def prepare_data(
-    cfg: DataConfig,
-    report: bool = True,
-    prior: PriorConfig | None = None,
-    progress: bool = False,
-) -> PreparedData:
-    """Read, split and reference the data of a run (see the module docstring).
-
-    ``report=False`` skips the plausibility warnings (DDP ranks other than 0). ``prior`` (the
-    run's ``prior`` section) with a name turns the training and validation labels into residuals
-    to that prior; ``progress`` shows a progress bar while the prior is computed.
-    """
-    keys = LabelKeys(
-        energy_key=cfg.energy_key,
-        forces_key=cfg.forces_key,
-        energy_unit=cfg.energy_unit,
-        length_unit=cfg.length_unit,
-    )
-    pool = _read_all(cfg.train, keys)
-    n_val = cfg.n_val
-    if n_val is None:
-        n_val = 0 if cfg.validation else max(1, round(0.05 * len(pool)))
-    if cfg.validation and cfg.n_val:
-        raise ConfigError("data.n_val: give validation files or a validation split, not both")
-    if cfg.test and cfg.n_test:
-        raise ConfigError("data.n_test: give test files or a test split, not both")
-    tr, va, te = split_indices(len(pool), cfg.n_train, n_val, cfg.n_test, seed=cfg.split_seed)
-    train = [pool[k] for k in tr]
-    val = _read_all(cfg.validation, keys) if cfg.validation else [pool[k] for k in va]
-    test = _read_all(cfg.test, keys) if cfg.test else [pool[k] for k in te]
-    train, val = _keep_labels(train, cfg.train_labels), _keep_labels(val, cfg.train_labels)
-    unlabelled = _strip_labels(_read_all(cfg.unlabelled, keys)) if cfg.unlabelled else []
+def _check_splits(
+    cfg: DataConfig, train: list[Frame], val: list[Frame], test: list[Frame], elements: list[int]
+) -> None:
+    """Errors for splits a run cannot use (no validation frames, no labels, unknown elements)."""
     if not val:
         raise ConfigError(
             "no validation frames: set data.n_val > 0 or data.validation files "
@@ -356,8 +232,6 @@ def prepare_data(
             file=", ".join(cfg.train),
             hint="check data.energy_key / data.forces_key",
         )
-    train_all = train + unlabelled
-    elements = sorted({int(z) for f in train_all for z in np.unique(f.numbers)})
     for name, frames in (("validation", val), ("test", test)):
         for f in frames:
             extra = set(np.unique(f.numbers).tolist()) - set(elements)
@@ -368,29 +242,76 @@ def prepare_data(
                     frame=f.index,
                     hint="add such structures to the training set",
                 )
-    others = {"validation": val, "test": test}
-    if report:
-        check_plausibility(train_all, others, cfg.energy_unit)
-    the_prior, val_reference, prior_line = None, None, None
-    if prior is not None and prior.name is not None:
-        splits = {"train": train, "validation": val, "test": test}
-        the_prior, splits, prior_line = apply_prior(prior, splits, progress=progress)
-        val_reference = val
-        train, val = splits["train"], splits["validation"]
-        train_all = train + unlabelled
-    mode = cfg.e0s
-    if isinstance(mode, dict):
-        mode = dict(mode)
-    e0s = resolve_e0s(mode, train, elements)
-    shift, scale = reference_statistics(train, e0s)
+
+
+def _coverage(train, unlabelled, val, test) -> list[str]:
+    """One label-coverage line per split."""
     coverage = [label_coverage(train).summary("train")]
     if unlabelled:
         coverage.append(label_coverage(unlabelled).summary("unlabelled (added to train)"))
     coverage.append(label_coverage(val).summary("validation"))
     if test:
         coverage.append(label_coverage(test).summary("test"))
+    return coverage
+
+
+def prepare_data(
+    cfg: DataConfig,
+    report: bool = True,
+    prior: PriorConfig | None = None,
+    progress: bool = False,
+) -> PreparedData:
+    """Read, split and reference the data of a run (see the module docstring).
+
+    ``report=False`` skips the plausibility warnings (DDP ranks other than 0). ``prior`` (the
+    run's ``prior`` section) with a name turns the training and validation labels into residuals
+    to that prior; ``progress`` shows a progress bar while the prior is computed.
+    """
+    read_in: dict[str, tuple[str, str]] = {}
+    pool = read_split(cfg, "train", read_in)
+    n_val = cfg.n_val
+    if n_val is None:
+        n_val = 0 if cfg.validation else max(1, round(0.05 * len(pool)))
+    if cfg.validation and cfg.n_val:
+        raise ConfigError("data.n_val: give validation files or a validation split, not both")
+    if cfg.test and cfg.n_test:
+        raise ConfigError("data.n_test: give test files or a test split, not both")
+    tr, va, te = split_indices(len(pool), cfg.n_train, n_val, cfg.n_test, seed=cfg.split_seed)
+    train = [pool[k] for k in tr]
+    val = read_split(cfg, "validation", read_in) if cfg.validation else [pool[k] for k in va]
+    test = read_split(cfg, "test", read_in) if cfg.test else [pool[k] for k in te]
+    train, val = _keep_labels(train, cfg.train_labels), _keep_labels(val, cfg.train_labels)
+    unlabelled = _strip_labels(read_split(cfg, "unlabelled", read_in))
+    train_all = train + unlabelled
+    elements = sorted({int(z) for f in train_all for z in np.unique(f.numbers)})
+    _check_splits(cfg, train, val, test, elements)
+    others = {"validation": val, "test": test}
+    if report:
+
+        def units_of(source: str) -> tuple[str, str]:
+            return read_in.get(source, (cfg.energy_unit, cfg.length_unit))
+
+        for message in check_plausibility(train_all, others, units_of, config_fix):
+            log.warning(message)
+    the_prior, val_reference, prior_line, fit = None, None, None, train
+    if prior is not None and prior.name is not None:
+        splits = {"train": train, "validation": val, "test": test}
+        the_prior, splits, prior_line = apply_prior(prior, splits, progress=progress)
+        if the_prior.in_model:
+            fit, prior_line = in_model_residuals(the_prior, train)
+        else:
+            val_reference = val
+            train, val = splits["train"], splits["validation"]
+            train_all, fit = train + unlabelled, splits["train"]
+    mode = cfg.e0s
+    if isinstance(mode, dict):
+        mode = dict(mode)
+    e0s = resolve_e0s(mode, fit, elements)
+    shift, scale = reference_statistics(fit, e0s)
+    coverage = _coverage(train, unlabelled, val, test)
     if prior_line is not None:
-        coverage.append(f"{prior_line}; training labels are residuals to it")
+        residual = "" if the_prior.in_model else "; training labels are residuals to it"
+        coverage.append(f"{prior_line}{residual}")
     return PreparedData(
         train=train_all,
         val=val,

@@ -1,12 +1,16 @@
-"""The Lightning module: a force field, its EMA copy, the objective, optimiser and schedule.
+"""The Lightning module: a force field, the objective, the NaN guard, optimiser and schedule.
 
 Training steps evaluate the :class:`~piwsl.objective.Objective` on the live model (with
 ``training.compile``, through :class:`~piwsl.models.compiled.CompiledForceField`) and log every
-term raw and weighted (``train_<term>_raw`` / ``train_<term>_weighted``). Validation runs on the EMA
-copy (forces by autograd inside ``torch.enable_grad``, ``create_graph=False``) and logs MAE/RMSE
-with units in the names: ``val_energy_mae_meV``, ``val_energy_mae_meV_per_atom``,
-``val_forces_mae_meV_per_A``, … Every checkpoint carries a ``piwsl_model`` entry (the EMA model as
-:func:`piwsl.models.io.model_state`), so :func:`piwsl.models.load_model` reads it directly.
+term raw and weighted (``train_<term>_raw`` / ``train_<term>_weighted``). Validation runs on
+:attr:`PiwslModule.eval_model` (the model itself; the EMA copy with
+:class:`~piwsl.training.ema.EmaModule`), forces by autograd inside ``torch.enable_grad`` with
+``create_graph=False``, through the one metrics accumulator
+(:class:`~piwsl.evaluation.ErrorMetrics`, summed over DDP ranks): ``val_energy_mae_meV``,
+``val_energy_mae_meV_per_atom``, ``val_forces_mae_meV_per_A``, … and ``val_loss``, the weighted
+supervised terms averaged over the whole validation set. Every checkpoint carries a
+``piwsl_model`` entry (the evaluation model as :func:`piwsl.models.io.model_state`), so
+:func:`piwsl.models.load_model` reads it directly.
 
 A non-finite loss skips the step with a warning; so does a finite loss whose gradient is
 non-finite (checked in :meth:`PiwslModule.on_before_optimizer_step`, after the DDP all-reduce, so
@@ -23,35 +27,23 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import lightning
 import torch
 
-from piwsl.config import LossConfig, TrainingConfig
+from piwsl.config import TrainingConfig
 from piwsl.data.batch import Batch
 from piwsl.errors import NonFiniteError
+from piwsl.evaluation.metrics import ErrorMetrics
 from piwsl.models.base import trusted_species
 from piwsl.models.forces import ForceField
 from piwsl.models.io import model_state
 from piwsl.objective import Objective
+from piwsl.physics.terms import CopyOutputs
 
 log = logging.getLogger(__name__)
-
-#: Validation sums accumulated per epoch (reduced over devices before division).
-_SUMS = (
-    "e_abs",
-    "e_sq",
-    "epa_abs",
-    "epa_sq",
-    "n_e",
-    "f_abs",
-    "f_sq",
-    "n_f",
-    "loss_e",
-    "loss_f",
-    "n_batches",
-)
 
 
 def _world_size() -> int:
@@ -62,73 +54,23 @@ def _world_size() -> int:
     return 1
 
 
-def rebuilt_copy(model: ForceField) -> ForceField:
-    """A copy of ``model`` built anew from its hyper-parameters, with its weights and prior.
-
-    Not ``copy.deepcopy``: deep copies of e3nn's compiled modules (MACE) gain buffers that a
-    freshly built model lacks, so the EMA weights saved from them would not load again.
-    """
-    from piwsl.models.io import model_from_state, model_state
-
-    return model_from_state(model_state(model), source="the model being trained")
-
-
-class ExponentialMovingAverage:
-    """θ_ema ← d·θ_ema + (1 − d)·θ, with d = min(decay, (1 + n)/(10 + n)) after n updates.
-
-    Buffers (E0s, shift, scale) are copied, not averaged.
-    """
-
-    def __init__(self, decay: float) -> None:
-        self.decay = float(decay)
-
-    @torch.no_grad()
-    def update(self, ema: torch.nn.Module, model: torch.nn.Module, n_updates: int) -> None:
-        d = min(self.decay, (1.0 + n_updates) / (10.0 + n_updates))
-        # matched by name: a deep copy need not list shared tensors in the same order (e3nn
-        # modules in MACE rebuild some buffers when copied)
-        ema_params = dict(ema.named_parameters())
-        pairs = [(ema_params[name], p.detach()) for name, p in model.named_parameters()]
-        if pairs:  # one fused update (few kernel launches on a GPU)
-            torch._foreach_lerp_([a for a, _ in pairs], [b for _, b in pairs], 1.0 - d)
-        ema_buffers = dict(ema.named_buffers())
-        for name, b in model.named_buffers():
-            ema_buffers[name].copy_(b)
-
-
 class PiwslModule(lightning.LightningModule):
     """LightningModule over a :class:`ForceField` (see the module docstring)."""
 
     def __init__(
         self,
         model: ForceField,
-        loss: LossConfig,
+        objective: Objective,
         training: TrainingConfig,
-        physics: Any = None,
         monitor: str = "val_forces_mae_meV_per_A",
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
-        self.loss_cfg = loss
         self.train_cfg = training
-        self.objective = Objective(
-            loss.energy_weight,
-            loss.force_weight,
-            physics=physics,
-            energy_unit=loss.energy_unit,
-            per_atom_energy=loss.per_atom_energy,
-        )
+        self.objective = objective
         self.monitor = monitor
         self.config_dict = config or {}
-        self.use_ema = bool(training.ema_decay)
-        if self.use_ema:
-            self.ema_model = rebuilt_copy(model)
-            for p in self.ema_model.parameters():
-                p.requires_grad_(False)
-            self.ema = ExponentialMovingAverage(float(training.ema_decay))
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-        self._ema_count: int | None = None  # host copy of ema_updates (no device read per step)
         self._compiled = None  # training.compile: a CompiledForceField over self.model
         if training.compile:
             from piwsl.models.compiled import CompiledForceField
@@ -138,12 +80,13 @@ class PiwslModule(lightning.LightningModule):
         self._nonfinite_in_row = 0
         self._skipped_step = False
         self._cosine_total = 1
-        self._val_sums: dict[str, torch.Tensor] = {}
+        self._val = ErrorMetrics()
 
     # ---- the model used for validation and saving ------------------------------------------
     @property
     def eval_model(self) -> ForceField:
-        return self.ema_model if self.use_ema else self.model
+        """The model validation, the saved models and the checkpoints use."""
+        return self.model
 
     @property
     def training_model(self) -> Any:
@@ -254,64 +197,32 @@ class PiwslModule(lightning.LightningModule):
         more = f" … {len(bad) - 3} more" if len(bad) > 3 else ""
         self._count_nonfinite("gradient", f"parameters {', '.join(bad[:3])}{more}")
 
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        if self._skipped_step:  # no optimiser update this step: nothing to average
-            return
-        if self.use_ema:
-            if self._ema_count is None:  # once per fit: the count read back from the device
-                self._ema_count = int(self.ema_updates)
-            self.ema.update(self.ema_model, self.model, self._ema_count)
-            self._ema_count += 1
-            self.ema_updates += 1
-
     def on_train_epoch_start(self) -> None:
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
 
     # ---- validation -------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = {
-            k: torch.zeros((), dtype=torch.float64, device=self.device) for k in _SUMS
-        }
+        self._val = ErrorMetrics(device=self.device)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        model = self.eval_model
         need_forces = bool(batch.forces_mask.any())
-        out = model(batch, compute_forces=need_forces, create_graph=False)
-        s = self._val_sums
-        em = batch.energy_mask
-        if bool(em.any()):
-            err = (out["energy"][em] - batch.energy[em]).double()
-            per_atom = err / batch.n_atoms[em]
-            s["e_abs"] += err.abs().sum()
-            s["e_sq"] += (err**2).sum()
-            s["epa_abs"] += per_atom.abs().sum()
-            s["epa_sq"] += (per_atom**2).sum()
-            s["n_e"] += em.sum()
-            s["loss_e"] += self.objective.energy_loss(out, batch).double() * em.sum()
-        if need_forces:
-            am = batch.atom_forces_mask
-            err = (out["forces"][am] - batch.forces[am]).double()
-            s["f_abs"] += err.abs().sum()
-            s["f_sq"] += (err**2).sum()
-            s["n_f"] += err.numel()
-            s["loss_f"] += self.objective.forces_loss(out, batch).double() * err.numel()
-        s["n_batches"] += 1
+        out = self.eval_model(batch, compute_forces=need_forces, create_graph=False)
+        self._val.update(out["energy"], out.get("forces"), batch)
+        copies = CopyOutputs.of_a(out)
+        for term in self.objective.terms:  # the supervised terms, averaged over the whole set
+            count = None if term.needs().displaced else term.count(batch)
+            if count is not None and bool(count > 0):
+                self._val.add(f"loss_{term.name}", term(copies, batch).double() * count)
+                self._val.add(f"count_{term.name}", count)
 
     def on_validation_epoch_end(self) -> None:
-        s = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._val_sums.items()}
-        metrics: dict[str, float] = {}
-        n_e, n_f = float(s["n_e"]), float(s["n_f"])
-        loss = 0.0
-        if n_e > 0:
-            metrics["val_energy_mae_meV"] = 1e3 * float(s["e_abs"]) / n_e
-            metrics["val_energy_rmse_meV"] = 1e3 * (float(s["e_sq"]) / n_e) ** 0.5
-            metrics["val_energy_mae_meV_per_atom"] = 1e3 * float(s["epa_abs"]) / n_e
-            metrics["val_energy_rmse_meV_per_atom"] = 1e3 * (float(s["epa_sq"]) / n_e) ** 0.5
-            loss += self.loss_cfg.energy_weight * float(s["loss_e"]) / n_e
-        if n_f > 0:
-            metrics["val_forces_mae_meV_per_A"] = 1e3 * float(s["f_abs"]) / n_f
-            metrics["val_forces_rmse_meV_per_A"] = 1e3 * (float(s["f_sq"]) / n_f) ** 0.5
-            loss += self.loss_cfg.force_weight * float(s["loss_f"]) / n_f
+        self._val.reduce(lambda value, op: self.trainer.strategy.reduce(value, reduce_op=op))
+        metrics = self._val.metrics(prefix="val_")
+        loss, sums = 0.0, self._val.sums
+        for term in self.objective.terms:
+            count = float(sums.get(f"count_{term.name}", 0.0))
+            if count > 0:
+                loss += term.weight * float(sums[f"loss_{term.name}"]) / count
         metrics["val_loss"] = loss
         show = {"val_energy_mae_meV", "val_forces_mae_meV_per_A"}
         for key, value in metrics.items():
@@ -324,7 +235,7 @@ class PiwslModule(lightning.LightningModule):
         cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         # the fused kernel: one call for all parameters instead of ~10 small ops per tensor (on
         # one CPU thread the per-tensor loop took as long as a small model's forward pass)
-        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        fused = cfg.fused_optimizer and all(p.device.type in ("cpu", "cuda") for p in params)
         optimizer = cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
         if cfg.scheduler == "none":
             return optimizer
@@ -334,6 +245,7 @@ class PiwslModule(lightning.LightningModule):
                 mode="min",
                 factor=cfg.plateau_factor,
                 patience=cfg.plateau_patience,
+                threshold=cfg.plateau_threshold,
                 min_lr=cfg.min_lr,
             )
             return {
@@ -369,10 +281,33 @@ class PiwslModule(lightning.LightningModule):
         progress = min(1.0, step / max(1, self._cosine_total))
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def train_seconds(self) -> float:
+        """Training time of this run so far (s), earlier attempts of a resumed run included."""
+        started = getattr(self, "_fit_started", None)
+        now = 0.0 if started is None else time.perf_counter() - started
+        return getattr(self, "earlier_train_s", 0.0) + now
+
     def on_train_start(self) -> None:
-        self._ema_count = None  # re-read after a checkpoint was restored
         if self.train_cfg.scheduler == "cosine":
             self._cosine_total = self._total_steps()
+        self._apply_plateau_settings()
+
+    def _apply_plateau_settings(self) -> None:
+        """The configured plateau rule, also on a resumed run: a checkpoint restores the
+        scheduler's saved patience/factor/threshold/min_lr, and changed training settings must
+        take effect (its counters and best score stay as saved)."""
+        cfg = self.train_cfg
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.patience = cfg.plateau_patience
+                scheduler.factor = cfg.plateau_factor
+                scheduler.threshold = cfg.plateau_threshold
+                scheduler.default_min_lr = cfg.min_lr
+                scheduler.min_lrs = [cfg.min_lr] * len(scheduler.min_lrs)
 
     # ---- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -387,12 +322,14 @@ class PiwslModule(lightning.LightningModule):
                 )
         checkpoint["piwsl_model"] = model_state(self.eval_model)
         checkpoint["piwsl_config"] = self.config_dict
-        physics = self.objective.physics
-        if physics is not None and hasattr(physics, "state_dict"):
-            checkpoint["piwsl_physics"] = physics.state_dict()
+        checkpoint["piwsl_train_time_s"] = self.train_seconds()
+        if self.objective.displacements is not None:
+            checkpoint["piwsl_physics"] = self.objective.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        physics = self.objective.physics
+        if not hasattr(self, "ema_updates"):  # a run without EMA: checkpoints before issue 17
+            checkpoint.get("state_dict", {}).pop("ema_updates", None)  # held the counter anyway
         state = checkpoint.get("piwsl_physics")
-        if physics is not None and state is not None and hasattr(physics, "load_state_dict"):
-            physics.load_state_dict(state)
+        if state is not None:
+            self.objective.load_state_dict(state)
+        self.earlier_train_s = float(checkpoint.get("piwsl_train_time_s", 0.0))

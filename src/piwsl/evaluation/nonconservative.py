@@ -1,0 +1,74 @@
+"""Non-conservativeness of predicted forces: the curl on random planes and the work around loops.
+
+Both vanish for a conservative model (F = −∇E); for a direct-force head they measure how far its
+forces are from a gradient field (:mod:`piwsl.physics.metrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from piwsl.data.dataset import GraphDataset
+from piwsl.data.frames import Frame
+from piwsl.evaluation.predict import as_force_field, check_model_knows, model_device, model_dtype
+
+log = logging.getLogger(__name__)
+
+
+def nonconservativeness(
+    model,
+    frames: Sequence[Frame],
+    batch_size: int = 32,
+    max_frames: int | None = 100,
+    radius: float = 0.01,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How far a (direct-force) model's forces are from a gradient field, on up to ``max_frames``.
+
+    Uses :mod:`piwsl.physics.metrics`: the exact curl ``|qᵀ(J − Jᵀ)p|`` on random
+    configuration-space planes (eV/Å²) and the work around small loops of ``radius`` Å (meV per
+    loop). Both vanish for a conservative model. Returns ``{}`` (and logs why) if those functions
+    are not available, so evaluation never breaks because of this optional metric.
+    """
+    try:
+        from piwsl.physics import metrics as physics_metrics
+    except ImportError as err:
+        log.info("non-conservativeness metric unavailable (%s)", err)
+        return {}
+    force_curl = getattr(physics_metrics, "force_curl", None)
+    circulation = getattr(physics_metrics, "circulation", None)
+    if force_curl is None and circulation is None:
+        log.info("piwsl.physics.metrics has neither force_curl nor circulation; metric skipped")
+        return {}
+    model = as_force_field(model)
+    frames = list(frames)[:max_frames] if max_frames else list(frames)
+    check_model_knows(model, frames)
+    # loop points must stay inside the neighbour list: skin ≥ 2 × radius
+    dataset = GraphDataset(frames, cutoff=model.cutoff, skin=4.0 * radius, dtype=model_dtype(model))
+    device = model_device(model)
+    curls, works, loop_curls = [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in dataset.loader(batch_size, shuffle=False):
+            batch = batch.to(device=device)
+            if force_curl is not None:
+                curls.append(force_curl(model, batch, seed=seed).detach().cpu())
+            if circulation is not None:
+                result = circulation(model, batch, radius=radius, seed=seed)
+                works.append(result.work_mev.detach().cpu())
+                loop_curls.append(result.curl_ev_a2.detach().cpu())
+    finally:
+        model.train(was_training)
+    out: dict[str, Any] = {"nonconservative_n_frames": len(frames)}
+    if curls:
+        out["nonconservative_force_curl_eV_per_A2"] = float(torch.cat(curls).mean())
+    if works:
+        out["nonconservative_circulation_meV"] = float(torch.cat(works).mean())
+        out["nonconservative_circulation_curl_eV_per_A2"] = float(torch.cat(loop_curls).mean())
+        out["nonconservative_circulation_radius_A"] = float(radius)
+    return out

@@ -1,0 +1,32 @@
+"""What labelling, the prior cache and MD share: executors, journals, structure hashes.
+
+- :mod:`piwsl.io.executors` — one unit of work per task on this process, a local process pool
+  or a Dask cluster (:mod:`piwsl.io.dask_executor`), results streamed back as they complete
+- :mod:`piwsl.io.journal` — append-only, fsynced JSON-lines journals (torn lines cut, locking)
+- :mod:`piwsl.io.hashing` — the SHA-256 key of a structure
+"""
+
+from piwsl.io.executors import (
+    EXECUTORS,
+    Executor,
+    ExecutorSpec,
+    TaskLost,
+    limit_threads,
+    make_executor,
+    worker_name,
+)
+from piwsl.io.hashing import atoms_hash, structure_hash
+from piwsl.io.journal import JsonLines
+
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "ExecutorSpec",
+    "JsonLines",
+    "TaskLost",
+    "atoms_hash",
+    "limit_threads",
+    "make_executor",
+    "structure_hash",
+    "worker_name",
+]
