@@ -394,14 +394,24 @@ def main(argv: list[str] | None = None) -> None:
             case = bench_case(model, molecule, args)
             report["results"].append(case)
             print(json.dumps(case["first_step_loss_relative_difference"]), flush=True)
+            write(report, args)  # after every case: a stopped run keeps what it measured
+    print(markdown(report))
+
+
+def write(report: dict, args: argparse.Namespace) -> None:
     report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     report["cases"] = [row for case in report["results"] for row in case["rows"]]
-    text = markdown(report)
-    print(text)
-    if not args.no_write:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
-        (args.out / f"{args.name}.md").write_text(text)
+    if args.no_write:
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    for suffix, text in (
+        ("json", json.dumps(report, indent=1) + "\n"),
+        ("md", markdown(report)),
+    ):
+        path = args.out / f"{args.name}.{suffix}"
+        tmp = path.with_suffix(f".{suffix}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)  # atomic
 
 
 if __name__ == "__main__":
