@@ -301,6 +301,12 @@ def case_table(case: dict) -> list[str]:
     )
     compiled = [r for r in case["rows"] if "compile" in r]
     lines += ["", f"First-step losses, relative difference: {agree}."]
+    if "measured" in case:
+        m = case["measured"]
+        lines.append(
+            f"Measured {m['date_utc']} UTC at {m['git_commit'][:8]}, load average "
+            f"{', '.join(f'{x:g}' for x in m['loadavg'])}."
+        )
     for r in compiled:
         c = r["compile"]
         lines.append(
@@ -316,7 +322,9 @@ def markdown(report: dict) -> str:
     lines = [
         "# Training-step throughput: eager, compiled, schnetpack; PIWSL and cheaper settings",
         "",
-        f"Command: `{report['command']}`  ",
+        "Commands: "
+        + "; ".join(f"`{c}`" for c in report.get("commands", [report["command"]]))
+        + "  ",
         f"Commit: {report['git_commit']}  ",
         f"Date (UTC): {report['date_utc']}  ",
         f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} "
@@ -354,6 +362,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="training_throughput", help="result file stem")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        help="measure nothing: add the cases of this result file (another --name) to --name's",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the (model, molecule) cases of an earlier result file, measure the others",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny, 2 rounds")
     args = parser.parse_args(argv)
     if args.quick:
@@ -362,8 +381,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def merge(args: argparse.Namespace) -> None:
+    """``--merge``: the cases of another result file added to this one's (those it lacks)."""
+    path = args.out / f"{args.name}.json"
+    report, other = json.loads(path.read_text()), json.loads(args.merge.read_text())
+    done = {(c["model"], c["molecule"]) for c in report["results"]}
+    report["results"] += [c for c in other["results"] if (c["model"], c["molecule"]) not in done]
+    commands = report.get("commands", [report["command"]])
+    report["commands"] = [*commands, *other.get("commands", [other["command"]])]
+    write(report, args)
+    print(f"{path}: {len(report['results'])} cases", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.merge is not None:
+        merge(args)
+        return
     torch.set_num_threads(args.threads)
     try:
         from schnetpack_reference import import_schnetpack
@@ -372,8 +406,10 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         schnetpack = None
         print("schnetpack not installed: no schnetpack variants", flush=True)
+    command = " ".join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     report = {
-        "command": " ".join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+        "command": command,
+        "commands": [command],
         "git_commit": git_commit(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "machine": machine_info(),
@@ -387,11 +423,26 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "results": [],
     }
+    previous = args.out / f"{args.name}.json"
+    if args.resume and previous.is_file():  # keep the cases measured before, add the others
+        old = json.loads(previous.read_text())
+        report["results"] = old["results"]
+        report["commands"] = [*old.get("commands", [old["command"]]), command]
+    done = {(c["model"], c["molecule"]) for c in report["results"]}
     for model in args.models:
         for molecule in args.molecules:
+            if (model, molecule) in done:
+                print(f"  {model} {molecule}: measured before (--resume)", flush=True)
+                continue
             if schnetpack is None:
                 args.variants = [v.name for v in variants(model, args) if not v.schnetpack]
             case = bench_case(model, molecule, args)
+            case["measured"] = {
+                "command": command,
+                "git_commit": report["git_commit"],
+                "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                "loadavg": [round(x, 2) for x in os.getloadavg()],
+            }
             report["results"].append(case)
             print(json.dumps(case["first_step_loss_relative_difference"]), flush=True)
             write(report, args)  # after every case: a stopped run keeps what it measured
