@@ -388,7 +388,8 @@ def merge(args: argparse.Namespace) -> None:
     done = {(c["model"], c["molecule"]) for c in report["results"]}
     report["results"] += [c for c in other["results"] if (c["model"], c["molecule"]) not in done]
     commands = report.get("commands", [report["command"]])
-    report["commands"] = [*commands, *other.get("commands", [other["command"]])]
+    commands += other.get("commands", [other["command"]])
+    report["commands"] = list(dict.fromkeys(commands))  # each once, in order
     write(report, args)
     print(f"{path}: {len(report['results'])} cases", flush=True)
 
