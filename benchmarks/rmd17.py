@@ -101,6 +101,8 @@ VARIANT_KEYS = {
     "spatial": "physics.spatial_weight",
     "noise": "training.position_noise",
     "lr": "training.lr",
+    "fraction": "physics.fraction",
+    "every": "physics.every_n_steps",
 }
 
 #: Every loss in the paper's convention (total energies in kcal/mol), the one in which its

@@ -178,6 +178,9 @@ def config_of(
             "num_threads": 1,
             "lr": 3e-3,
             "scheduler": "plateau",
+            # the CPU settings of the reference's code (issue 16 made both the default)
+            "flush_denormal": False,
+            "fused_optimizer": False,
             **spec.get("training", {}),
         },
         "output": {"run_dir": str(run_dir), "progress_bar": False},

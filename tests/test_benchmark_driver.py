@@ -38,6 +38,8 @@ def test_method_variants_become_overrides(rmd17):
     overrides = rmd17.method_overrides("piwsl_2nd[delta=0.01,taylor=12]")
     assert "physics.second_order=true" in overrides
     assert overrides[-2:] == ["physics.perturbation_scale=0.01", "physics.taylor_weight=12"]
+    cheaper = rmd17.method_overrides("piwsl_2nd[fraction=0.25,every=4]")
+    assert cheaper[-2:] == ["physics.fraction=0.25", "physics.every_n_steps=4"]
     with pytest.raises(SystemExit, match="unknown method"):
         rmd17.method_overrides("piwsl_3rd")
     with pytest.raises(SystemExit, match="unknown variant key"):

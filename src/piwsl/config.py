@@ -281,6 +281,30 @@ class TrainingConfig(_Section):
     strategy: str = "auto"
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads; None: default")
     dtype: Literal["float32", "float64"] = "float32"
+    compile: bool | Literal["inductor", "aot_eager"] = Field(
+        False,
+        description=(
+            "compiled training: energies and forces from one compiled graph per kind of call "
+            "(torch.compile; the first steps wait for the compilation). true = 'inductor'; "
+            "'aot_eager' traces without generating code (checks, debugging). A model that "
+            "cannot be traced trains eagerly, with a warning"
+        ),
+    )
+    flush_denormal: bool = Field(
+        True,
+        description=(
+            "CPU: treat denormal floats as zero while training (denormals, e.g. from SchNet's "
+            "Gaussian basis, make matrix products many times slower)"
+        ),
+    )
+    fused_optimizer: bool = Field(
+        True,
+        description=(
+            "Adam/AdamW as one fused kernel over all parameters (on one CPU thread torch's "
+            "per-tensor loop cost as much as a small model's forward pass); false: that loop, "
+            "the optimiser of runs before issue 16 (same update to float rounding)"
+        ),
+    )
     log_every_n_steps: int = Field(50, gt=0)
 
     @model_validator(mode="after")

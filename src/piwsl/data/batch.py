@@ -99,15 +99,40 @@ class Batch:
     frame_id: torch.Tensor  # long [S]
     stress: torch.Tensor | None = None  # [S, 3, 3] eV/Å³ (NaN where missing; None: no stress)
     stress_mask: torch.Tensor | None = None  # bool [S] (None: no structure has a stress)
+    #: host-side summaries of the masks, set by :func:`collate` (None: unknown), so that training
+    #: can decide what to compute without reading the masks back from the device
+    any_energy: bool | None = None
+    any_forces: bool | None = None
+    #: long [M]: the atoms whose structure carries force labels, built on the host by
+    #: :func:`collate` (None: derived from ``forces_mask`` when needed, a device read)
+    force_atoms: torch.Tensor | None = None
 
     @property
     def n_structures(self) -> int:
-        return int(self.ptr.shape[0] - 1)
+        # no int(): while a model is traced (compiled training) this stays symbolic
+        return self.ptr.shape[0] - 1
+
+    @property
+    def has_energies(self) -> bool:
+        """Whether any structure carries an energy label."""
+        return bool(self.energy_mask.any()) if self.any_energy is None else self.any_energy
+
+    @property
+    def has_forces(self) -> bool:
+        """Whether any structure carries force labels."""
+        return bool(self.forces_mask.any()) if self.any_forces is None else self.any_forces
 
     @property
     def n_atoms(self) -> torch.Tensor:
         """Atoms per structure, long [S]."""
         return self.ptr[1:] - self.ptr[:-1]
+
+    @property
+    def labelled_force_atoms(self) -> torch.Tensor:
+        """long [M]: indices of the atoms whose structure carries force labels."""
+        if self.force_atoms is not None:
+            return self.force_atoms
+        return self.atom_forces_mask.nonzero().squeeze(1)
 
     @property
     def atom_forces_mask(self) -> torch.Tensor:
@@ -125,18 +150,21 @@ class Batch:
         det = torch.linalg.det(self.cell.to(torch.float64)).abs()
         return torch.where(self.pbc.all(dim=1), det, torch.zeros_like(det))
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+    def to(
+        self,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        non_blocking: bool = False,
+    ):
         """Move to ``device``; cast floating tensors (except float64 energies) to ``dtype``."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
-                out[f.name] = None
-                continue
-            if dtype is not None and value.is_floating_point() and f.name != "energy":
-                value = value.to(dtype=dtype)
-            if device is not None:
-                value = value.to(device=device)
+            if isinstance(value, torch.Tensor):
+                if dtype is not None and value.is_floating_point() and f.name != "energy":
+                    value = value.to(dtype=dtype)
+                if device is not None:
+                    value = value.to(device=device, non_blocking=non_blocking)
             out[f.name] = value
         return Batch(**out)
 
@@ -150,30 +178,115 @@ class Batch:
         Copy k holds structures ``k*S .. (k+1)*S - 1``; the neighbour lists are reused (build
         them with a skin so that the displaced copies stay covered). Labels are copied too.
         """
-        k = len(positions)
-        S, N = self.n_structures, int(self.positions.shape[0])
-        E = int(self.edge_index.shape[1])
+        return concat([self.with_positions(p) for p in positions])
+
+    def _structure_mask(self, structures: torch.Tensor) -> torch.Tensor:
+        keep = torch.zeros(self.n_structures, dtype=torch.bool, device=self.batch.device)
+        keep[structures.to(self.batch.device)] = True
+        return keep
+
+    def atoms_of(self, structures: torch.Tensor) -> torch.Tensor:
+        """Indices of the atoms of these structures, in batch order (long [n])."""
+        return self._structure_mask(structures)[self.batch].nonzero().squeeze(1)
+
+    def select(self, structures: torch.Tensor) -> Batch:
+        """The sub-batch of these structures (distinct indices, any order; kept in batch order).
+
+        Neighbour lists, labels and frame ids come along. Building it reads the number of
+        selected atoms and edges back from the device (one synchronisation on a GPU).
+        """
         device = self.positions.device
-        atom_offsets = (torch.arange(k, device=device) * N).repeat_interleave(E)
-        structure_offsets = torch.arange(k, device=device) * S
+        keep = self._structure_mask(structures)
+        keep_atom = keep[self.batch]
+        atoms = keep_atom.nonzero().squeeze(1)
+        edges = keep_atom[self.edge_index[0]].nonzero().squeeze(1)
+        chosen = structures.to(device).sort().values
+        new_atom = torch.cumsum(keep_atom.long(), 0) - 1  # old atom index -> new
+        new_structure = torch.cumsum(keep.long(), 0) - 1
+        counts = self.n_atoms[chosen]
         return Batch(
-            positions=torch.cat(positions, dim=0),
-            numbers=self.numbers.repeat(k),
-            batch=(self.batch.unsqueeze(0) + structure_offsets.unsqueeze(1)).reshape(-1),
-            ptr=torch.cat([self.ptr[:1]] + [self.ptr[1:] + c * N for c in range(k)]),
-            cell=self.cell.repeat(k, 1, 1),
-            pbc=self.pbc.repeat(k, 1),
-            edge_index=self.edge_index.repeat(1, k) + atom_offsets.unsqueeze(0),
-            edge_shift=self.edge_shift.repeat(k, 1),
-            energy=self.energy.repeat(k),
-            forces=self.forces.repeat(k, 1),
-            energy_mask=self.energy_mask.repeat(k),
-            forces_mask=self.forces_mask.repeat(k),
-            fixed=self.fixed.repeat(k),
-            frame_id=self.frame_id.repeat(k),
-            stress=None if self.stress is None else self.stress.repeat(k, 1, 1),
-            stress_mask=None if self.stress_mask is None else self.stress_mask.repeat(k),
+            positions=self.positions[atoms],
+            numbers=self.numbers[atoms],
+            batch=new_structure[self.batch[atoms]],
+            ptr=torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]),
+            cell=self.cell[chosen],
+            pbc=self.pbc[chosen],
+            edge_index=new_atom[self.edge_index[:, edges]],
+            edge_shift=self.edge_shift[edges],
+            energy=self.energy[chosen],
+            forces=self.forces[atoms],
+            energy_mask=self.energy_mask[chosen],
+            forces_mask=self.forces_mask[chosen],
+            fixed=self.fixed[atoms],
+            frame_id=self.frame_id[chosen],
+            stress=None if self.stress is None else self.stress[chosen],
+            stress_mask=None if self.stress_mask is None else self.stress_mask[chosen],
         )
+
+
+def concat(batches: list[Batch]) -> Batch:
+    """One batch holding the structures of ``batches`` in order (their neighbour lists kept).
+
+    Offsets come from tensor shapes only, so nothing is read back from the device.
+    """
+    if not batches:
+        raise ValueError("cannot concatenate an empty list of batches")
+    atom_offsets, structure_offsets = [0], [0]
+    for b in batches[:-1]:
+        atom_offsets.append(atom_offsets[-1] + b.positions.shape[0])
+        structure_offsets.append(structure_offsets[-1] + b.n_structures)
+
+    def cat(name: str, dim: int = 0) -> torch.Tensor:
+        return torch.cat([getattr(b, name) for b in batches], dim=dim)
+
+    flags: dict = {}
+    for name in ("any_energy", "any_forces"):
+        values = [getattr(b, name) for b in batches]
+        flags[name] = None if None in values else any(values)
+    if all(b.force_atoms is not None for b in batches):
+        flags["force_atoms"] = torch.cat(
+            [b.force_atoms + o for b, o in zip(batches, atom_offsets, strict=True)]
+        )
+    return Batch(
+        positions=cat("positions"),
+        numbers=cat("numbers"),
+        batch=torch.cat([b.batch + o for b, o in zip(batches, structure_offsets, strict=True)]),
+        ptr=torch.cat(
+            [batches[0].ptr[:1]]
+            + [b.ptr[1:] + o for b, o in zip(batches, atom_offsets, strict=True)]
+        ),
+        cell=cat("cell"),
+        pbc=cat("pbc"),
+        edge_index=torch.cat(
+            [b.edge_index + o for b, o in zip(batches, atom_offsets, strict=True)], dim=1
+        ),
+        edge_shift=cat("edge_shift"),
+        energy=cat("energy"),
+        forces=cat("forces"),
+        energy_mask=cat("energy_mask"),
+        forces_mask=cat("forces_mask"),
+        fixed=cat("fixed"),
+        frame_id=cat("frame_id"),
+        **_concat_stress(batches),
+        **flags,
+    )
+
+
+def _concat_stress(batches: list[Batch]) -> dict:
+    """The ``stress``/``stress_mask`` fields of :func:`concat` (NaN and False where a batch has
+    no stress; both None when none has)."""
+    if all(b.stress is None for b in batches):
+        return {"stress": None, "stress_mask": None}
+    stress, mask = [], []
+    for b in batches:
+        S = b.n_structures
+        if b.stress is None:
+            stress.append(b.cell.new_full((S, 3, 3), float("nan")))
+            mask.append(torch.zeros(S, dtype=torch.bool, device=b.cell.device))
+        else:
+            stress.append(b.stress)
+            mask.append(b.stress_mask)
+    return {"stress": torch.cat(stress), "stress_mask": torch.cat(mask)}
 
 
 def collate(graphs: list[Graph]) -> Batch:
@@ -202,6 +315,16 @@ def collate(graphs: list[Graph]) -> Batch:
         frame_id=torch.tensor([g.frame_id for g in graphs], dtype=torch.long),
         stress=_stack_stress(graphs) if with_stress else None,
         stress_mask=torch.tensor([g.has_stress for g in graphs]) if with_stress else None,
+        any_energy=any(g.has_energy for g in graphs),
+        any_forces=any(g.has_forces for g in graphs),
+        force_atoms=torch.cat(
+            [
+                torch.arange(int(ptr[s]), int(ptr[s + 1]), dtype=torch.long)
+                for s, g in enumerate(graphs)
+                if g.has_forces
+            ]
+            or [torch.zeros(0, dtype=torch.long)]
+        ),
     )
 
 

@@ -17,6 +17,9 @@ where ``e_i`` / ``f_i`` are what the network computes in :meth:`EnergyModel.atom
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -27,6 +30,24 @@ from piwsl.data.batch import Batch, scatter_sum
 from piwsl.errors import UnknownElementError
 
 MAX_Z = 119
+
+_CHECK_SPECIES: ContextVar[bool] = ContextVar("piwsl_check_species", default=True)
+
+
+@contextmanager
+def trusted_species() -> Iterator[None]:
+    """Skip the unknown-element check of :meth:`EnergyModel.species` inside this block.
+
+    The check reads a flag back from the device (a synchronisation on a GPU) and cannot be traced
+    for compilation; training uses this block because its data's elements were checked when the
+    data was prepared (a new model knows exactly the training elements; a fine-tuned one is
+    checked against them).
+    """
+    token = _CHECK_SPECIES.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_SPECIES.reset(token)
 
 
 class EnergyModel(nn.Module):
@@ -78,7 +99,7 @@ class EnergyModel(nn.Module):
     def species(self, numbers: torch.Tensor) -> torch.Tensor:
         """Index of each atom's element in ``elements``; raises for elements the model lacks."""
         index = self.species_index[numbers]
-        if bool((index < 0).any()):
+        if _CHECK_SPECIES.get() and bool((index < 0).any()):
             unknown = sorted({int(z) for z in numbers[index < 0].tolist()})
             names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
             known = ", ".join(chemical_symbols[z] for z in self.elements)

@@ -8,6 +8,10 @@ model in training mode) and, for the ``generator`` sampler, the generator — go
 checkpoint (``piwsl_physics``), so a resumed run draws the fields it would have drawn. With the
 default ``frame`` sampler the fields depend only on (seed, step, frame_id): every DDP rank, and
 one process on the union of their data, draw the same field for the same frame.
+
+Cheaper steps: with ``fraction`` < 1 only a share of each batch's structures gets copies
+(:mod:`piwsl.physics.subset`); with ``every_n_steps`` = k only every k-th training step evaluates
+them (:meth:`Displacements.skips`), the others train on the terms that need no copy.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from piwsl.errors import ConfigError
 from piwsl.objective.base import Needs
 from piwsl.physics.config import PhysicsConfig
 from piwsl.physics.displacements import check_skin, missing_pairs, sample_displacements
+from piwsl.physics.subset import choose_structures
 from piwsl.physics.terms import CopyOutputs, evaluate_copies
 
 
@@ -83,6 +88,17 @@ class Displacements:
             generator=self.generator,
         )
 
+    def skips(self, model, step: int | None, displacements: object) -> bool:
+        """``every_n_steps``: whether this training step leaves the copies out. Only a step of a
+        model in training mode without a pinned step or field can; it advances the counter."""
+        k = self.config.every_n_steps
+        if k == 1 or step is not None or displacements is not None:
+            return False
+        if not getattr(model, "training", False) or self.step % k == 0:
+            return False
+        self.step += 1
+        return True
+
     def evaluate(
         self,
         model,
@@ -90,21 +106,33 @@ class Displacements:
         needs: Needs,
         step: int | None = None,
         displacements: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> CopyOutputs:
+    ) -> tuple[CopyOutputs, Batch]:
         """Draw the fields (or take ``displacements``), advance the step counter in training
-        mode, and evaluate the copies and forces ``needs`` names."""
-        d1, d2 = displacements if displacements is not None else self.sample(batch, step)
+        mode, and evaluate the copies and forces ``needs`` names.
+
+        Returns the outputs and the structures the displaced copies belong to: ``batch``, or with
+        ``fraction`` < 1 the chosen part of it (the outputs then hold those structures, the whole
+        batch's output at A is ``CopyOutputs.output``; given ``displacements`` are theirs).
+        """
+        c = self.config
+        at = self.step if step is None else step
+        chosen = choose_structures(batch, c.fraction, c.seed, at) if c.fraction < 1 else None
+        sub = batch if chosen is None else batch.select(chosen)
+        d1, d2 = displacements if displacements is not None else self.sample(sub, at)
         if step is None and displacements is None and getattr(model, "training", False):
             self.step += 1
         if not self.verified:
-            self.verify(model, batch, d1, d2)
-        return evaluate_copies(
+            self.verify(model, sub, d1, d2)
+        out = evaluate_copies(
             model,
             batch,
             d1,
             d2,
             copies=tuple(sorted(needs.copies)),
             forces_at=tuple(sorted(needs.forces_at)),
-            mode=self.config.evaluation,
+            mode=c.evaluation,
+            chosen=chosen,
+            sub=sub,
             stress=needs.stress,
         )
+        return out, sub

@@ -95,24 +95,32 @@ class Objective:
         """Evaluate every active term on ``batch``; ``step`` / ``displacements`` pin the fields
         (neither advances the step counter)."""
         active, needs = self.plan(batch)
+        if needs.displaced and self.displacements is None:
+            self.displacements = Displacements()
+        if needs.displaced and self.displacements.skips(model, step, displacements):
+            active = [t for t in active if not t.needs().displaced]  # physics.every_n_steps
+            needs = Needs.union(t.needs() for t in active)
+        # ``at``: what each term reads — the copies and the structures they belong to (with
+        # physics.fraction < 1 a part of the batch), or the whole batch's output at A
         if needs.displaced:  # the copies, through the sampling state
-            if self.displacements is None:
-                self.displacements = Displacements()
-            out = self.displacements.evaluate(model, batch, needs, step, displacements)
+            out, sub = self.displacements.evaluate(model, batch, needs, step, displacements)
+            whole = out if sub is batch else CopyOutputs.of_a(out.output_a())
+            at = {True: (out, sub), False: (whole, batch)}
         else:  # one plain pass at A
             kwargs = {"compute_stress": True} if needs.stress else {}
             out = CopyOutputs.of_a(model(batch, compute_forces=bool(needs.forces_at), **kwargs))
+            at = {False: (out, batch)}
         # residual terms first, all residuals before their squares (the order of the autograd
         # graph, and so of the gradient sums, is that of the terms before issue 17)
         residual_terms = [t for t in active if isinstance(t, ResidualTerm)]
-        residuals = {t.name: t.residual(out, batch) for t in residual_terms}
+        residuals = {t.name: t.residual(*at[t.needs().displaced]) for t in residual_terms}
         values: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for t in residual_terms:
             raw = t.value(residuals[t.name])
             values[t.name] = (raw, t.weight * raw)
         for t in active:
             if t.name not in values:
-                raw = t(out, batch)
+                raw = t(*at[t.needs().displaced])
                 values[t.name] = (raw, t.weight * raw)
         raw = {t.name: values[t.name][0] for t in active}
         weighted = {t.name: values[t.name][1] for t in active}

@@ -33,13 +33,12 @@ def energy_mse(
     Defaults: per-atom energies in eV (eV²/atom²). ``unit`` is the size of the loss's energy unit
     in eV (e.g. :data:`piwsl.units.KCAL_MOL`).
     """
+    # masked by torch.where, not by indexing: nothing is read back from the device
     mask = batch.energy_mask
-    if not bool(mask.any()):
-        return output["energy"].new_zeros(())
-    diff = (output["energy"][mask] - batch.energy[mask]) / unit
+    diff = torch.where(mask, output["energy"] - batch.energy, 0.0) / unit
     if per_atom:
-        diff = diff / batch.n_atoms[mask]
-    return (diff**2).mean()
+        diff = diff / batch.n_atoms
+    return (diff**2).sum() / mask.sum().clamp_min(1)
 
 
 def forces_mse(output: dict[str, torch.Tensor], batch: Batch, unit: float = 1.0) -> torch.Tensor:
@@ -47,10 +46,12 @@ def forces_mse(output: dict[str, torch.Tensor], batch: Batch, unit: float = 1.0)
 
     Default (eV/Å)²; ``unit`` is the energy unit in eV (forces in unit/Å).
     """
-    mask = batch.atom_forces_mask
-    if not bool(mask.any()):
+    # indices of the labelled atoms built on the host when the batch was collated: a gather,
+    # nothing read back from the device
+    atoms = batch.labelled_force_atoms
+    if atoms.shape[0] == 0:
         return output["forces"].new_zeros(())
-    return (((output["forces"][mask] - batch.forces[mask]) / unit) ** 2).mean()
+    return (((output["forces"][atoms] - batch.forces[atoms]) / unit) ** 2).mean()
 
 
 @register_term("energy")
@@ -103,7 +104,7 @@ class ForcesTerm(Term):
         return Needs(forces_at=frozenset({"A"}))
 
     def active(self, batch: Batch) -> bool:
-        return self.weight > 0 and bool(batch.forces_mask.any())
+        return self.weight > 0 and batch.has_forces  # a host flag: no device read
 
     def count(self, batch: Batch) -> torch.Tensor:
         return 3 * batch.atom_forces_mask.sum()

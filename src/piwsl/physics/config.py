@@ -33,6 +33,10 @@ class PhysicsConfig(BaseModel):
     Hence the neighbour-list skin (built at A) must be at least ``2√3·δ`` (0.173 Å for δ = 0.05 Å),
     see :func:`piwsl.physics.required_skin`.
 
+    **Cheaper steps.** ``fraction`` gives displaced copies to a share of each batch's structures
+    only, ``every_n_steps`` evaluates the terms that need copies on every n-th step only (see
+    ``benchmarks/results/training_throughput.md`` for what each costs and keeps).
+
     **Cost.** Exact PISC needs the energy and a directional force at a second displaced point, so
     a step costs about 2–2.4× a plain energy+force step on CPU with ``evaluation="split"``
     (≈ 1.35–1.45× with the Taylor term alone), see ``benchmarks/results/physics_step_cost.md``.
@@ -45,6 +49,24 @@ class PhysicsConfig(BaseModel):
     perturbation_scale: float = Field(0.05, gt=0, description="δ, Å")
     local_fraction: float = Field(
         1.0, gt=0, le=1, description="probability that an atom is displaced"
+    )
+    fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description=(
+            "fraction of each batch's structures that get displaced copies (⌈f·S⌉, at least "
+            "one, drawn per step from (seed, step, frame id)); all structures keep their "
+            "supervised terms. Cost of a second-order step ≈ (1 + 2f) × a plain one"
+        ),
+    )
+    every_n_steps: int = Field(
+        1,
+        ge=1,
+        description=(
+            "evaluate the physics terms on every n-th training step only; the other steps train "
+            "on the supervised terms alone"
+        ),
     )
     seed: int = Field(0, ge=0, description="seed of the displacement fields")
     sampler: Literal["frame", "generator"] = Field(

@@ -44,11 +44,19 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _fold(h: torch.Tensor, value: torch.Tensor | int) -> torch.Tensor:
-    """Mix a (≤ 64-bit, non-negative) key into the hash state ``h``."""
-    if isinstance(value, int):
-        value = torch.tensor(value, dtype=torch.long, device=h.device)
+    """Mix a (≤ 64-bit, non-negative) key into the hash state ``h``.
+
+    A Python ``int`` key stays on the host (no tensor is created, nothing is copied to a GPU).
+    """
     h = hash32((h ^ (value & _M32)) & _M32)
     return hash32((h ^ ((value >> 32) & _M32) ^ 0x9E3779B9) & _M32)
+
+
+def structure_keys(batch: Batch, seed: int, step: int) -> torch.Tensor:
+    """Per structure, a 32-bit hash of (seed, step, frame_id), int64 [S] on the batch's device."""
+    device = batch.positions.device
+    h = torch.zeros(batch.n_structures, dtype=torch.long, device=device)
+    return _fold(_fold(_fold(h, int(seed)), int(step)), batch.frame_id.to(device))
 
 
 def frame_uniform(
@@ -65,9 +73,7 @@ def frame_uniform(
     """
     device = batch.positions.device
     n = batch.positions.shape[0]
-    # per structure: mix seed, step and frame id (S hashes, not N)
-    h = torch.zeros(batch.n_structures, dtype=torch.long, device=device)
-    h = _fold(_fold(_fold(h, int(seed)), int(step)), batch.frame_id.to(device))
+    h = structure_keys(batch, seed, step)  # per structure (S hashes, not N)
     local = torch.arange(n, device=device) - batch.ptr.to(device)[batch.batch]
     streams = (
         torch.arange(_STREAMS, device=device)

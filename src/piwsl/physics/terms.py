@@ -13,7 +13,7 @@ Taylor target of a structure carrying both labels is ``E_ref(A) − dot_s(d1, F�
 al. 2020) and the two-point target ``E_A`` is ``E_ref(A)`` where an energy label exists.
 
 The copies are evaluated by :func:`evaluate_copies`, fused (one forward pass over
-``batch.repeat([A, B, C])``, sharing A's neighbour list) or as separate passes.
+the concatenated copies, sharing A's neighbour list) or as separate passes.
 
 Distributed training: wrap the ForceField in ``DistributedDataParallel`` and pass the wrapper as
 the model. Each rank computes the terms on its own structures; conservative forces are taken with
@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from piwsl.data.batch import Batch, scatter_sum
+from piwsl.data.batch import Batch, concat, scatter_sum
+from piwsl.physics.subset import restrict
 
 
 @dataclass
@@ -43,7 +44,9 @@ class CopyOutputs:
     forces: dict[str, torch.Tensor | None]
     d1: torch.Tensor | None = None  # C − A actually applied, Å (None: A alone was evaluated)
     d2: torch.Tensor | None = None  # B − A actually applied, Å
-    #: the model's whole output at A (may hold more than energy and forces, e.g. stress)
+    #: the model's whole output at A (may hold more than energy and forces, e.g. stress); with
+    #: ``physics.fraction`` < 1 the dicts above hold the displaced structures only and this the
+    #: whole batch
     output: dict[str, torch.Tensor] | None = None
 
     @classmethod
@@ -66,6 +69,24 @@ def per_structure_dot(d: torch.Tensor, forces: torch.Tensor, batch: Batch) -> to
     return scatter_sum((d * forces).sum(-1).to(torch.float64), batch.batch, batch.n_structures)
 
 
+def _pass_groups(
+    mode: str, direct: bool, names: list[str], forces_at: tuple[str, ...]
+) -> list[list[str]]:
+    """The copies evaluated together in each model pass (see :func:`evaluate_copies`)."""
+    if mode == "fused" or (mode == "split" and direct):
+        return [names]
+    elif mode == "split":
+        # copies that need forces in one pass, energy-only copies in another (for a conservative
+        # model an energy-only copy then costs no force graph and no double backward)
+        with_f = [c for c in names if c in forces_at]
+        without = [c for c in names if c not in forces_at]
+        return [g for g in (with_f, without) if g]
+    elif mode == "three_pass":
+        return [[c] for c in names]
+    else:
+        raise ValueError(f"unknown evaluation mode {mode!r}; use 'fused', 'split' or 'three_pass'")
+
+
 def evaluate_copies(
     model,
     batch: Batch,
@@ -77,6 +98,8 @@ def evaluate_copies(
     mode: str = "fused",
     create_graph: bool | None = None,
     stress: bool = False,
+    chosen: torch.Tensor | None = None,
+    sub: Batch | None = None,
 ) -> CopyOutputs:
     """Evaluate ``model`` (a ForceField) at A, B = A + d2, C = A + d1.
 
@@ -87,49 +110,52 @@ def evaluate_copies(
     the same as fused for direct models) or ``"three_pass"`` (one pass per copy).
     ``create_graph`` defaults to ``torch.is_grad_enabled()`` so that the losses can be
     differentiated even in eval mode. ``stress``: also the stress and virial at A (the pass that
-    holds A computes them for its copies, a by-product of its backward).
+    holds A computes them for its copies, a by-product of its backward). ``chosen``: indices of
+    the structures that get displaced copies (``physics.fraction``); A is evaluated for the whole
+    batch, B and C for these only, ``d1``/``d2`` hold their atoms, and the returned outputs are
+    theirs (the whole batch's A, with its stress, in ``output``); ``sub`` is
+    ``batch.select(chosen)`` where the caller has built it already.
     """
     if create_graph is None:
         create_graph = torch.is_grad_enabled()
-    pos_a = batch.positions.detach()
-    positions = {"A": pos_a, "B": pos_a + d2, "C": pos_a + d1}
+    if sub is None:
+        sub = batch if chosen is None else batch.select(chosen)
+    pos = sub.positions.detach()
+    bases = {"A": batch, "B": sub, "C": sub}
+    positions = {"A": batch.positions.detach(), "B": pos + d2, "C": pos + d1}
     names = [c for c in ("A", "B", "C") if c == "A" or c in copies]
     energy: dict[str, torch.Tensor] = {}
     forces: dict[str, torch.Tensor | None] = {}
-    S, N = batch.n_structures, pos_a.shape[0]
-    if mode == "fused" or (mode == "split" and getattr(model, "direct_forces", False)):
-        groups = [names]
-    elif mode == "split":
-        # copies that need forces in one pass, energy-only copies in another (for a conservative
-        # model an energy-only copy then costs no force graph and no double backward)
-        with_f = [c for c in names if c in forces_at]
-        without = [c for c in names if c not in forces_at]
-        groups = [g for g in (with_f, without) if g]
-    elif mode == "three_pass":
-        groups = [[c] for c in names]
-    else:
-        raise ValueError(f"unknown evaluation mode {mode!r}; use 'fused', 'split' or 'three_pass'")
+    groups = _pass_groups(mode, getattr(model, "direct_forces", False), names, forces_at)
     at_a: dict[str, torch.Tensor] = {}
     for group in groups:
         need = any(c in forces_at for c in group)
-        big = (
-            batch.repeat([positions[c] for c in group])
-            if len(group) > 1
-            else (batch.with_positions(positions[group[0]]))
-        )
+        pieces = [bases[c].with_positions(positions[c]) for c in group]
+        big = pieces[0] if len(pieces) == 1 else concat(pieces)
         kwargs = {"compute_stress": True} if stress and "A" in group else {}
         out = model(big, compute_forces=need, create_graph=create_graph, **kwargs)
         f = out.get("forces")
-        for k, c in enumerate(group):
-            energy[c] = out["energy"][k * S : (k + 1) * S]
-            forces[c] = f[k * N : (k + 1) * N] if f is not None else None
+        s0 = n0 = 0
+        for c, piece in zip(group, pieces, strict=True):
+            S, N = piece.n_structures, piece.positions.shape[0]
+            energy[c] = out["energy"][s0 : s0 + S]
+            forces[c] = f[n0 : n0 + N] if f is not None else None
             if c == "A":
-                at_a = {key: out[key][:S] for key in ("stress", "virial") if key in out}
+                at_a = {key: out[key][s0 : s0 + S] for key in ("stress", "virial") if key in out}
+            s0, n0 = s0 + S, n0 + N
+    full_a = None
+    if chosen is not None:
+        full_a = {"energy": energy["A"], "forces": forces["A"]}
+        if forces["A"] is None:
+            del full_a["forces"]
+        part = restrict(full_a, batch, chosen)
+        energy["A"], forces["A"] = part["energy"], part.get("forces")
     result = CopyOutputs(
         energy=energy,
         forces=forces,
-        d1=positions["C"] - pos_a,
-        d2=positions["B"] - pos_a,
+        d1=positions["C"] - pos,
+        d2=positions["B"] - pos,
+        output=full_a,
     )
     if at_a:
         result.output = {**result.output_a(), **at_a}
@@ -150,15 +176,14 @@ def taylor_residual(
     if second_order:
         f_a = 0.5 * (f_a + f_c)
     target = out.energy["A"] - per_structure_dot(out.d1, f_a, batch)
-    if anchor_to_labels:
+    if anchor_to_labels:  # selected by torch.where: no host read of the masks
         both = batch.energy_mask & batch.forces_mask
-        if bool(both.any()):
-            f_ref = _labelled_forces(batch).to(out.d1.dtype)
-            if second_order:
-                f_ref = 0.5 * (f_ref + f_c)
-            e_ref = torch.where(both, batch.energy, 0.0)
-            anchored = e_ref - per_structure_dot(out.d1, f_ref, batch)
-            target = torch.where(both, anchored, target)
+        f_ref = _labelled_forces(batch).to(out.d1.dtype)
+        if second_order:
+            f_ref = 0.5 * (f_ref + f_c)
+        e_ref = torch.where(both, batch.energy, 0.0)
+        anchored = e_ref - per_structure_dot(out.d1, f_ref, batch)
+        target = torch.where(both, anchored, target)
     return out.energy["C"] - target
 
 

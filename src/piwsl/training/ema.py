@@ -43,8 +43,9 @@ class ExponentialMovingAverage:
         # matched by name: a deep copy need not list shared tensors in the same order (e3nn
         # modules in MACE rebuild some buffers when copied)
         ema_params = dict(ema.named_parameters())
-        for name, p in model.named_parameters():
-            ema_params[name].lerp_(p.detach(), 1.0 - d)
+        pairs = [(ema_params[name], p.detach()) for name, p in model.named_parameters()]
+        if pairs:  # one fused update (few kernel launches on a GPU)
+            torch._foreach_lerp_([a for a, _ in pairs], [b for _, b in pairs], 1.0 - d)
         ema_buffers = dict(ema.named_buffers())
         for name, b in model.named_buffers():
             ema_buffers[name].copy_(b)
@@ -60,6 +61,7 @@ class EmaModule(PiwslModule):
             p.requires_grad_(False)
         self.ema = ExponentialMovingAverage(float(self.train_cfg.ema_decay))
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self._ema_count: int | None = None  # host copy of ema_updates (no device read per step)
 
     @property
     def eval_model(self) -> ForceField:
@@ -68,5 +70,12 @@ class EmaModule(PiwslModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._skipped_step:  # no optimiser update this step: nothing to average
             return
-        self.ema.update(self.ema_model, self.model, int(self.ema_updates))
+        if self._ema_count is None:  # once per fit: the count read back from the device
+            self._ema_count = int(self.ema_updates)
+        self.ema.update(self.ema_model, self.model, self._ema_count)
+        self._ema_count += 1
         self.ema_updates += 1
+
+    def on_train_start(self) -> None:
+        self._ema_count = None  # re-read after a checkpoint was restored
+        super().on_train_start()

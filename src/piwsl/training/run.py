@@ -76,6 +76,7 @@ class TrainResult:
     steps: int
     train_time_s: float
     stopped_by: str | None = None  # plateau, cap, time or interrupted (see stop_reason)
+    compile: dict[str, Any] | None = None  # training.compile: graphs, compile time, fallbacks
     test_metrics: dict[str, Any] | None = None
     test_metrics_path: Path | None = None
     test_plot_path: Path | None = None
@@ -99,6 +100,7 @@ class TrainResult:
             "steps": self.steps,
             "train_time_s": round(self.train_time_s, 2),
             "stopped_by": self.stopped_by,
+            "compile": self.compile,
             "test_metrics": text(self.test_metrics_path),
             "test_parity_plot": text(self.test_plot_path),
             "test": self.test_metrics,
@@ -120,6 +122,19 @@ def quiet_lightning():
         finally:
             for n, level in levels.items():
                 logging.getLogger(n).setLevel(level)
+
+
+@contextlib.contextmanager
+def flush_denormal(enabled: bool):
+    """CPU: denormal floats are read and written as zero inside the block (``torch``'s process
+    flag, reset to the default, off, at the end). Values below 1.2e-38 (float32) become zero."""
+    if not (enabled and torch.set_flush_denormal(True)):
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def stop_reason(trainer: Any, tcfg: Any, early_stop: Any, floor: Any = None) -> str:
@@ -201,10 +216,11 @@ def train(
     callbacks = build_callbacks(cfg, data, run_dir, monitor)
     with quiet_lightning():
         trainer = build_trainer(cfg, run_dir, callbacks, next_log_version(run_dir))
-    with quiet_lightning():
+    with quiet_lightning(), flush_denormal(cfg.training.flush_denormal):
         trainer.fit(module, train_loader, val_loader, ckpt_path=_path(resume_from))
     # earlier attempts of a resumed run included (the time saved with the last checkpoint)
     result = _result(cfg, trainer, callbacks, monitor, module.train_seconds())
+    result.compile = module.compile_stats()
     if trainer.is_global_zero:
         finish_run(cfg, module, data, result, console, evaluate)
     return result
@@ -254,6 +270,13 @@ def finish_run(
         f"[bold]trained[/] {result.epochs} epochs / {result.steps} steps in "
         f"{result.train_time_s:.1f} s; best {result.monitor} = {_fmt(result.best_score)}"
     )
+    if result.compile is not None:
+        c = result.compile
+        console.print(
+            f"[bold]compiled[/] {c['graphs']} graph(s) in {c['compile_time_s']:.1f} s, "
+            f"{c['recompiles']} recompilation(s); {c['compiled_calls']} compiled and "
+            f"{c['eager_calls']} eager model calls"
+        )
     if evaluate:
         evaluate_run(cfg, data, eval_source, result, console)
     write_summary(run_dir, result.summary())
