@@ -133,11 +133,11 @@ def _train(args: argparse.Namespace, console) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace, console) -> int:
+def _label_keys(args: argparse.Namespace):
+    """The label keys and units of the ``evaluate``/``predict`` options."""
     from piwsl.data import LabelKeys
-    from piwsl.evaluation import evaluate_checkpoint
 
-    keys = LabelKeys(
+    return LabelKeys(
         args.energy_key,
         args.forces_key,
         args.energy_unit,
@@ -145,6 +145,12 @@ def _evaluate(args: argparse.Namespace, console) -> int:
         args.stress_key,
         args.stress_unit,
     )
+
+
+def _evaluate(args: argparse.Namespace, console) -> int:
+    from piwsl.evaluation import evaluate_checkpoint
+
+    keys = _label_keys(args)
     evaluate_checkpoint(
         args.checkpoint,
         args.data,
@@ -164,19 +170,11 @@ def _evaluate(args: argparse.Namespace, console) -> int:
 def _predict(args: argparse.Namespace, console) -> int:
     from rich.markup import escape
 
-    from piwsl.data import LabelKeys
     from piwsl.evaluation.report import check_read_units
     from piwsl.predictions import predict_file
     from piwsl.priors import PriorUse
 
-    keys = LabelKeys(
-        args.energy_key,
-        args.forces_key,
-        args.energy_unit,
-        args.length_unit,
-        args.stress_key,
-        args.stress_unit,
-    )
+    keys = _label_keys(args)
     check_read_units(keys)
     use = PriorUse(
         allow_mismatch=args.allow_prior_mismatch,
