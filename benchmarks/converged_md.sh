@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # MD robustness of the converged models (issue #15): 8 trajectories per model of 50 ps Nosé–Hoover
 # NVT at 300 K (Δt = 0.5 fs, start frames from the test split) and 20 ps NVE from 300 K, all
-# trajectories of a model as one batch of replicas. NVT for every model first, NVE after; each
+# trajectories of a model as one batch of replicas. Model by model (seed 0 of every kind first),
+# each model's NVT run and then its NVE run, so drift and survival arrive together; each
 # (model, protocol) run is reused when finished and a killed one resumes from its saved state, so
 # the script can be started again at any time. The report of all finished runs is rewritten after
 # each run.
@@ -25,8 +26,8 @@ models() {  # seed by seed: the aspirin EF_100 models, the energy-only Δ models
   return 0
 }
 mapfile -t ALL < <(models)
-for protocol in nvt300 nve300; do
-  for model in "${ALL[@]}"; do
+for model in "${ALL[@]}"; do
+  for protocol in nvt300 nve300; do
     "${MD[@]}" "$model" --protocols "$protocol"
     "${MD[@]}" --summary-only "${ALL[@]}" --protocols nvt300 nve300  # the report so far
   done
