@@ -394,27 +394,58 @@ def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def survival_groups(result: dict[str, Any]) -> dict[tuple[str, str], dict[str, dict]]:
+    """(cell, protocol) → method → the failure times of its trajectories pooled over seeds
+    (None: stable) and the run length. A label outside the ``molecule-…-method-sN`` scheme is
+    a cell of its own (its seed suffix dropped)."""
+    groups: dict[tuple[str, str], dict[str, dict]] = {}
+    for label, model in result["models"].items():
+        cell, method = seed_group(label) or (re.sub(r"[-_]s\d+$", "", label),) * 2
+        for name, s in model["protocols"].items():
+            slot = groups.setdefault((cell, name), {}).setdefault(
+                method, {"times": [], "length_ps": s["length_ps"]}
+            )
+            slot["times"] += [t["failure_time_ps"] for t in s.get("trajectories", [])]
+    return groups
+
+
 def survival_figure(result: dict[str, Any], path: Path) -> Path:
-    """Fraction of stable trajectories vs time, one panel per protocol, one line per model."""
+    """Fraction of stable trajectories vs time: one panel per cell (row) and protocol (column),
+    one line per method with its trajectories pooled over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in PROTOCOLS if any(n in m["protocols"] for m in result["models"].values())]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        for label, model in result["models"].items():
-            curve = model["protocols"].get(name, {}).get("survival_curve")
-            if curve:
-                ax.step(curve["time_ps"], curve["fraction_stable"], where="post", label=label)
-        ax.set_title(name)
-        ax.set_xlabel("time (ps)")
-        ax.set_ylim(-0.02, 1.02)
-    axes[0][0].set_ylabel("fraction of trajectories stable")
-    axes[0][-1].legend(fontsize=7)
+    from piwsl.md.metrics import survival_curve
+
+    groups = survival_groups(result)
+    cells = sorted({cell for cell, _ in groups})
+    names = [n for n in PROTOCOLS if any(name == n for _, name in groups)]
+    fig, axes = plt.subplots(
+        max(1, len(cells)), max(1, len(names)), figsize=(4.2 * max(1, len(names)),
+        2.8 * max(1, len(cells))), squeeze=False,
+    )  # fmt: skip
+    for i, cell in enumerate(cells):
+        for j, name in enumerate(names):
+            ax = axes[i][j]
+            methods = groups.get((cell, name), {})
+            order = sorted(methods, key=lambda m: (m in BASELINES, m))  # baselines first
+            for k, (method, slot) in enumerate((m, methods[m]) for m in order):
+                t, alive = survival_curve(slot["times"], slot["length_ps"])
+                n = len(slot["times"])
+                ax.step(  # wider lines first: coinciding curves stay visible
+                    t, alive, where="post", color=f"C{k}", lw=max(1.0, 3.5 - 1.2 * k),
+                    alpha=0.8, label=f"{method} ({n} trajectories)",
+                )  # fmt: skip
+            ax.set_title(f"{cell}\n{name}", fontsize=8)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("time (ps)")
+            ax.set_ylabel("fraction stable")
+            if ax.lines:
+                ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
