@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import types
 import typing
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -25,11 +24,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from piwsl.errors import ConfigError
 from piwsl.objective.config import LossConfig, translate_legacy
 from piwsl.physics.config import PhysicsConfig
-from piwsl.registry import suggest
+from piwsl.registry import builtin_file, suggest
 from piwsl.units import ENERGY_UNITS, LENGTH_UNITS, STRESS_UNITS
 
 #: Packaged configurations, readable as ``builtin:NAME``.
-BUILTIN_CONFIGS = {"ethanol": "ethanol.yaml", "materials": "materials.yaml"}
+BUILTIN_CONFIGS = {"ethanol": "configs/ethanol.yaml", "materials": "configs/materials.yaml"}
 #: The config ``piwsl train`` uses when none is given.
 DEFAULT_CONFIG = "builtin:ethanol"
 
@@ -445,11 +444,9 @@ class Config(_Section):
 def resolve_config_path(source: str | Path) -> Path:
     """``builtin:NAME`` → the packaged YAML; otherwise a path that must exist."""
     text = str(source)
-    if text.startswith("builtin:"):
-        name = text.split(":", 1)[1]
-        if name not in BUILTIN_CONFIGS:
-            raise ConfigError(f"unknown built-in config {name!r}{suggest(name, BUILTIN_CONFIGS)}")
-        return Path(str(resources.files("piwsl") / "configs" / BUILTIN_CONFIGS[name]))
+    packaged = builtin_file(text, BUILTIN_CONFIGS, "piwsl", ConfigError, "config")
+    if packaged is not None:
+        return packaged
     path = Path(text).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file {text!r} does not exist")

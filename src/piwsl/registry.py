@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from importlib import resources
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from piwsl.errors import ConfigError
@@ -18,6 +20,19 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     if close:
         return f"; did you mean {close[0]!r}?"
     return f"; choose one of {', '.join(repr(c) for c in choices)}"
+
+
+def builtin_file(
+    text: str, table: Mapping[str, str], package: str, error: Callable[[str], Exception], what: str
+) -> Path | None:
+    """``builtin:NAME`` → the file ``table[NAME]`` packaged in ``package``; None when ``text``
+    does not start with ``builtin:``. An unknown name raises ``error`` naming the closest one."""
+    if not text.startswith("builtin:"):
+        return None
+    name = text.split(":", 1)[1]
+    if name not in table:
+        raise error(f"unknown built-in {what} {name!r}{suggest(name, table)}")
+    return Path(str(resources.files(package) / table[name]))
 
 
 class Registry(Generic[T]):

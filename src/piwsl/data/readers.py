@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +40,12 @@ DEFAULT_STRESS_KEYS = ("REF_stress", "stress")
 
 def resolve_path(path: str | Path) -> Path:
     """Resolve ``builtin:NAME`` to the packaged data file; check that the file exists."""
-    text = str(path)
-    if text.startswith("builtin:"):
-        name = text.split(":", 1)[1]
-        if name not in BUILTIN:
-            from piwsl.registry import suggest
+    from piwsl.registry import builtin_file
 
-            raise DataError(f"unknown built-in data set {name!r}{suggest(name, BUILTIN)}")
-        return Path(str(resources.files("piwsl.datasets") / BUILTIN[name]))
+    text = str(path)
+    packaged = builtin_file(text, BUILTIN, "piwsl.datasets", DataError, "data set")
+    if packaged is not None:
+        return packaged
     p = Path(text).expanduser()
     if not p.exists():
         raise DataError("file does not exist", file=text, hint="check the path in your config")
