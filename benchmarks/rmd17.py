@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import os
@@ -244,23 +245,15 @@ def grid_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
     runs = []
     for molecule in args.molecules:
         extra = [*PAPER_UNITS, *args.set, *batch_overrides(args, molecule, data_dir)]
-        for regime in args.regimes:
-            for model in args.models:
-                for method in args.methods:
-                    for seed in args.seeds:
-                        runs.append(
-                            Run(
-                                molecule,
-                                model,
-                                regime,
-                                method,
-                                seed,
-                                steps_budget(args.steps),
-                                data_dir,
-                                extra,
-                                split=args.split,
-                            )
-                        )
+        for regime, model, method, seed in itertools.product(
+            args.regimes, args.models, args.methods, args.seeds
+        ):
+            budget = steps_budget(args.steps)
+            runs.append(
+                Run(
+                    molecule, model, regime, method, seed, budget, data_dir, extra, split=args.split
+                )
+            )
     return runs
 
 
@@ -345,25 +338,16 @@ def legacy_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
             )
         return runs
     for molecule in args.molecules:
-        for regime, epochs in (("E_only_1000", 60), ("EF_100", 300)):
-            for model in args.models:
-                for method in args.methods:
-                    for seed in args.seeds:
-                        budget = [f"training.max_epochs={args.epochs or epochs}"]
-                        extra = [*PAPER_UNITS, *batch_overrides(args, molecule, data_dir)]
-                        runs.append(
-                            Run(
-                                molecule,
-                                model,
-                                regime,
-                                method,
-                                seed,
-                                budget,
-                                data_dir,
-                                extra,
-                                split=args.split,
-                            )
-                        )
+        extra = [*PAPER_UNITS, *batch_overrides(args, molecule, data_dir)]
+        for (regime, epochs), model, method, seed in itertools.product(
+            (("E_only_1000", 60), ("EF_100", 300)), args.models, args.methods, args.seeds
+        ):
+            budget = [f"training.max_epochs={args.epochs or epochs}"]
+            runs.append(
+                Run(
+                    molecule, model, regime, method, seed, budget, data_dir, extra, split=args.split
+                )
+            )
     return runs
 
 
