@@ -310,6 +310,7 @@ def converged_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
                 ):
                     continue
                 recipe = converged.RECIPES[regime].overrides(N_TRAIN[regime])
+                code = converged.COMPILED if molecule in converged.COMPILED_MOLECULES else []
                 for variant in (m for m in args.methods or [method] if m.split("[")[0] == method):
                     runs.append(
                         Run(
@@ -320,7 +321,7 @@ def converged_runs(args: argparse.Namespace, data_dir: Path) -> list[Run]:
                             seed,
                             recipe,
                             data_dir,
-                            extra,
+                            [*code, *extra],
                             split=args.split,
                         )
                     )
@@ -410,6 +411,7 @@ def execute(
         "wall_time_s": round(wall, 1),
         "resumed": resumed,
         "returncode": proc.returncode,
+        "code_path": "compiled" if "training.compile=true" in command else "eager",
         "warnings": run_warnings(proc.stderr),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -423,6 +425,7 @@ def execute(
             stopped_by=s.get("stopped_by"),
             monitor=s.get("monitor"),
             best_score=s.get("best_score"),
+            compile=s.get("compile"),
             test=s.get("test"),
             validation_curve=validation_curve(run_dir),
         )
@@ -561,14 +564,14 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
         "",
         "## Runs",
         "",
-        "| run | E MAE (meV) | F MAE (meV/Å) | steps | stopped by | train time (s) | commit |",
-        "|---|---:|---:|---:|---|---:|---|",
+        "| run | E MAE (meV) | F MAE (meV/Å) | steps | stopped by | train time (s) | code | commit |",
+        "|---|---:|---:|---:|---|---:|---|---|",
     ]
     for r in sorted(records, key=lambda r: r["name"]):
         e, f = test_errors(r)
         lines.append(
             f"| {r['name']} | {fmt(e)} | {fmt(f)} | {r.get('steps')} | {r.get('stopped_by') or '—'} "
-            f"| {fmt(r.get('train_time_s'), 0)} | {r['commit'][:8]} |"
+            f"| {fmt(r.get('train_time_s'), 0)} | {r.get('code_path', 'eager')} | {r['commit'][:8]} |"
         )
     lines += warnings_section(records)
     if failed:
