@@ -13,7 +13,7 @@ from test_training import tiny_config, write_tiny_extxyz
 
 from piwsl.config import config_from_dict
 from piwsl.physics.terms import candidate_modes
-from piwsl.physics.tuning import DEFAULT_MODE, EvaluationTuner, describe_choice
+from piwsl.physics.tuning import DEFAULT_MODE, TRIALS, WARMUP, EvaluationTuner, describe_choice
 
 torch.set_num_threads(1)
 
@@ -111,7 +111,8 @@ def test_auto_losses_and_gradients_equal_the_explicit_modes(mixed, kind):  # noq
     models = {m: make_model(kind).train() for m in ("auto", "split", "three_pass")}
     objectives = {m: physics(evaluation=m, supervised=(1.0, 10.0)) for m in models}
     tuner = objectives["auto"].displacements.tuner
-    for _ in range(14):
+    n_modes = 2 if kind == "painn_direct" else 3
+    for _ in range((WARMUP + TRIALS) * n_modes + 2):
         results, grads = {}, {}
         for m, objective in objectives.items():
             models[m].zero_grad()
@@ -144,18 +145,18 @@ def test_training_run_records_and_resumes_the_choice(tmp_path):
         data={"n_val": 3},
         model={"name": "painn", "cutoff": 4.0, "hparams": {"features": 8, "interactions": 1}},
         physics={"taylor_weight": 1.2, "spatial_weight": 0.01, "second_order": True},
-        training={"max_epochs": 1, "batch_size": 1, "scheduler": "none", "ema_decay": None},
+        training={"max_epochs": 2, "batch_size": 1, "scheduler": "none", "ema_decay": None},
     )
-    first = train(config_from_dict(cfg), evaluate=False)
+    first = train(config_from_dict(cfg), evaluate=False)  # 18 steps: the trial takes 12
     choice = first.physics_evaluation
     assert choice["mode"] == "auto" and choice["chosen"] in choice["candidates"]
     assert choice["candidates"] == ["split", "three_pass"]  # second order: forces at every copy
-    assert all(n == 3 for n in choice["timed_steps"].values())
+    assert all(n == TRIALS for n in choice["timed_steps"].values())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["physics_evaluation"] == choice
-    cfg["training"]["max_epochs"] = 2
+    cfg["training"]["max_epochs"] = 3
     resumed = train(config_from_dict(cfg), resume=True, evaluate=False)
-    assert resumed.steps == 2 * first.steps
+    assert resumed.steps == 3 * first.steps // 2
     assert resumed.physics_evaluation == choice  # kept from the checkpoint, not re-timed
 
 

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: The mode used before a choice exists (validation, pinned fields) and the tie-breaking order.
 DEFAULT_MODE = "split"
+#: Untimed rounds and timed steps per candidate (a run with two candidates spends its first 12
+#: steps on the trial; five steps each keep one step disturbed by other load from deciding).
+WARMUP, TRIALS = 1, 5
 
 
 class EvaluationTuner:
@@ -39,7 +42,10 @@ class EvaluationTuner:
     module docstring). ``clock``: seconds, :func:`time.perf_counter` by default."""
 
     def __init__(
-        self, warmup: int = 1, trials: int = 3, clock: Callable[[], float] = time.perf_counter
+        self,
+        warmup: int = WARMUP,
+        trials: int = TRIALS,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if warmup < 0 or trials < 1:
             raise ValueError(f"need warmup >= 0 and trials >= 1, got {warmup}, {trials}")
