@@ -69,21 +69,6 @@ MODELS = {
         "forces": "direct",
     },
 }
-#: the MACE of ``mace_step_time.py`` (``--models mace``, needs ``scripts/install_mace.sh``); it has
-#: no schnetpack counterpart (mace_step_time.py compares it with mace-torch)
-MACE = {
-    "name": "mace",
-    "num_channels": 16,
-    "max_L": 1,
-    "max_ell": 3,
-    "correlation": 3,
-    "num_interactions": 2,
-    "num_bessel": 8,
-    "num_polynomial_cutoff": 5,
-    "radial_MLP": [64, 64, 64],
-    "MLP_irreps": "16x0e",
-    "avg_num_neighbors": 8.0,
-}
 CUTOFF = 5.0  # Å
 ENERGY_WEIGHT, FORCE_WEIGHT = 1.0, 100.0
 PIWSL = {"taylor_weight": 1.2, "spatial_weight": 0.01, "second_order": True}  # loss.terms
@@ -132,7 +117,14 @@ def variants(model: str, args: argparse.Namespace) -> list[Variant]:
 
 
 def model_hparams(model_key: str) -> dict:
-    return MACE if model_key == "mace" else MODELS[model_key]
+    """The model of ``model_key``; ``mace``: the MACE of ``mace_step_time.py`` (needs
+    ``scripts/install_mace.sh``; no schnetpack counterpart, mace_step_time.py compares it with
+    mace-torch)."""
+    if model_key == "mace":
+        from mace_step_time import HPARAMS  # imports mace-torch
+
+        return {"name": "mace", **HPARAMS}
+    return MODELS[model_key]
 
 
 def load_frames(molecule: str, n: int, data: Path) -> tuple[list, str]:
