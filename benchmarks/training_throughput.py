@@ -12,7 +12,12 @@ weights on the same batches:
   kcal²/mol², δ = 0.05 Å) on top of the same supervised terms;
 - ``piwsl_2nd_fraction_<f>``: displaced copies for a fraction f of each batch (``physics.fraction``);
 - ``piwsl_2nd_every_<k>``: the physics terms on every k-th step (a round is k steps, time / k);
-- ``piwsl_2nd_three_pass``: one model pass per copy instead of one fused pass;
+- ``piwsl_2nd_three_pass``: one model pass per copy instead of one fused pass (``piwsl_2nd`` and
+  every other PIWSL variant: ``split``, which for second order is the one fused pass);
+- ``piwsl_2nd_auto``: ``physics.evaluation = "auto"`` (the default): before the timed rounds it
+  trains until its tuner has chosen a mode (the tuner interleaves the candidates itself); the row
+  records the choice and the tuner's timings, to be checked against ``piwsl_2nd`` vs
+  ``piwsl_2nd_three_pass`` measured in the same run;
 - ``eager_before`` / ``schnetpack_as_shipped``: the CPU defaults that piwsl used before this
   benchmark's issue and schnetpack still uses: denormal floats computed and Adam's per-tensor loop.
   Every other variant runs as piwsl trains now (``training.flush_denormal``, fused Adam), the
@@ -80,7 +85,7 @@ class Variant:
 
 
 def variants(model: str, args: argparse.Namespace) -> list[Variant]:
-    has_reference = model != "painn_direct"
+    has_reference = model in ("schnet", "painn_conservative")
     out = [
         Variant("eager"),
         Variant("compiled", compiled=True),
@@ -88,6 +93,7 @@ def variants(model: str, args: argparse.Namespace) -> list[Variant]:
         Variant("piwsl_2nd", physics={}),
         Variant("piwsl_2nd_compiled", compiled=True, physics={}),
         Variant("piwsl_2nd_three_pass", physics={"evaluation": "three_pass"}),
+        Variant("piwsl_2nd_auto", physics={"evaluation": "auto"}),
     ]
     if has_reference:
         out += [
@@ -108,6 +114,17 @@ def variants(model: str, args: argparse.Namespace) -> list[Variant]:
         out.append(Variant(f"piwsl_2nd_every_{k}", physics={"every_n_steps": k}, steps_per_round=k))
     wanted = set(args.variants or [v.name for v in out]) | {"eager"}
     return [v for v in out if v.name in wanted]
+
+
+def model_hparams(model_key: str) -> dict:
+    """The model of ``model_key``; ``mace``: the MACE of ``mace_step_time.py`` (needs
+    ``scripts/install_mace.sh``; no schnetpack counterpart, mace_step_time.py compares it with
+    mace-torch)."""
+    if model_key == "mace":
+        from mace_step_time import HPARAMS  # imports mace-torch
+
+        return {"name": "mace", **HPARAMS}
+    return MODELS[model_key]
 
 
 def load_frames(molecule: str, n: int, data: Path) -> tuple[list, str]:
@@ -138,6 +155,7 @@ class Runner:
     variant: Variant
     step_fn: object
     compiled: CompiledForceField | None = None
+    objective: Objective | None = None
     times: list[float] = field(default_factory=list)
     first_loss: float | None = None
     first_step_s: float | None = None
@@ -162,7 +180,7 @@ def adam(params, variant: Variant) -> torch.optim.Optimizer:
 
 def piwsl_objective(copies: dict | None) -> Objective:
     """The supervised terms, plus PITC and PISC (second order) on copies drawn as ``copies``
-    says (PhysicsConfig keywords) unless that is None."""
+    says (PhysicsConfig keywords; evaluation ``split`` unless given) unless that is None."""
     terms = [EnergyTerm(ENERGY_WEIGHT), ForcesTerm(FORCE_WEIGHT)]
     if copies is None:
         return Objective(terms)
@@ -170,7 +188,7 @@ def piwsl_objective(copies: dict | None) -> Objective:
         TaylorTerm(PIWSL["taylor_weight"], second_order=PIWSL["second_order"]),
         SpatialTerm(PIWSL["spatial_weight"], second_order=PIWSL["second_order"]),
     ]
-    return Objective(terms, PhysicsConfig(**copies))
+    return Objective(terms, PhysicsConfig(**{"evaluation": "split", **copies}))
 
 
 def piwsl_runner(variant: Variant, base, batches: list[Batch]) -> Runner:
@@ -185,9 +203,17 @@ def piwsl_runner(variant: Variant, base, batches: list[Batch]) -> Runner:
             loss = objective(net, batches[k % len(batches)]).total
         loss.backward()
         optimizer.step()
+        objective.step_done()  # ends a step that evaluation=auto times
         return float(loss.detach())
 
-    return Runner(variant, step, net if variant.compiled else None)
+    runner = Runner(variant, step, net if variant.compiled else None, objective)
+    tuner = objective.displacements.tuner if objective.displacements is not None else None
+    k = 0
+    torch.set_flush_denormal(True)  # as in the timed rounds (and training.flush_denormal)
+    while tuner is not None and tuner.chosen is None:  # auto: the trial before the timed rounds
+        step(k)
+        k += 1
+    return runner
 
 
 def schnetpack_runner(variant: Variant, base, batches: list[Batch]) -> Runner:
@@ -218,7 +244,7 @@ def bench_case(model_key: str, molecule: str, args: argparse.Namespace) -> dict:
     skin = PhysicsConfig().required_skin * 1.05
     plain = make_batches(frames, args.batch_size, 0.0, shift)
     displaced = make_batches(frames, args.batch_size, skin, shift)
-    hp = dict(MODELS[model_key])
+    hp = dict(model_hparams(model_key))
     torch.manual_seed(0)
     base = build_model(hp.pop("name"), elements=[1, 6, 8], cutoff=CUTOFF, **hp).train()
     runners = {}
@@ -258,6 +284,8 @@ def summarise(model_key, molecule, source, runners, plain, displaced) -> dict:
         }
         if r.compiled is not None:
             row["compile"] = r.compiled.stats.as_dict()
+        if r.objective is not None and r.objective.evaluation_summary() is not None:
+            row["evaluation"] = r.objective.evaluation_summary()
         rows.append(row)
     agreement = {}
     for a, b in (
@@ -268,8 +296,9 @@ def summarise(model_key, molecule, source, runners, plain, displaced) -> dict:
         if a in first and b in first:
             agreement[f"{a}_vs_{b}"] = abs(first[a] - first[b]) / abs(first[b])
     return {
+        "auto_check": auto_check(rows),
         "model": model_key,
-        "hparams": MODELS[model_key],
+        "hparams": model_hparams(model_key),
         "molecule": molecule,
         "data": source,
         "atoms_per_structure": int(plain[0].n_atoms[0]),
@@ -279,6 +308,44 @@ def summarise(model_key, molecule, source, runners, plain, displaced) -> dict:
         "first_step_loss_relative_difference": agreement,
         "rows": rows,
     }
+
+
+def auto_check(rows: list[dict]) -> dict | None:
+    """Whether ``piwsl_2nd_auto`` chose the mode that was faster in this run's timed rounds
+    (``piwsl_2nd`` = split vs ``piwsl_2nd_three_pass``); None without these variants."""
+    by = {r["variant"]: r for r in rows}
+    if not {"piwsl_2nd_auto", "piwsl_2nd", "piwsl_2nd_three_pass"} <= set(by):
+        return None
+    rounds = {"split": by["piwsl_2nd"], "three_pass": by["piwsl_2nd_three_pass"]}
+    faster = min(rounds, key=lambda m: rounds[m]["median_ms"])
+    choice = by["piwsl_2nd_auto"]["evaluation"]
+    return {
+        "chosen": choice["chosen"],
+        "tuner_median_step_ms": choice["median_step_ms"],
+        "faster_in_timed_rounds": faster,
+        "split_over_three_pass": rounds["split"]["median_ms"] / rounds["three_pass"]["median_ms"],
+        "auto_over_faster": by["piwsl_2nd_auto"]["median_ms"] / rounds[faster]["median_ms"],
+        "landed_on_faster": choice["chosen"] == faster,
+    }
+
+
+#: split and three_pass closer than this (relative) in the timed rounds: a tie, either is right
+TIE = 0.03
+
+
+def auto_line(check: dict) -> str:
+    tuner = ", ".join(f"{m} {ms:.1f} ms" for m, ms in check["tuner_median_step_ms"].items())
+    ratio = check["split_over_three_pass"]
+    if abs(ratio - 1.0) < TIE:
+        verdict = f"the two modes tied within {TIE:.0%} in the timed rounds"
+    elif check["landed_on_faster"]:
+        verdict = "the faster one in the timed rounds"
+    else:
+        verdict = "NOT the faster one in the timed rounds"
+    return (
+        f"`piwsl_2nd_auto` chose `{check['chosen']}` (its trial: {tuner}): {verdict} "
+        f"(split / three_pass = {ratio:.2f}; auto / faster = {check['auto_over_faster']:.2f})."
+    )
 
 
 def case_table(case: dict) -> list[str]:
@@ -307,6 +374,8 @@ def case_table(case: dict) -> list[str]:
             f"Measured {m['date_utc']} UTC at {m['git_commit'][:8]}, load average "
             f"{', '.join(f'{x:g}' for x in m['loadavg'])}."
         )
+    if case.get("auto_check"):
+        lines.append(auto_line(case["auto_check"]))
     for r in compiled:
         c = r["compile"]
         lines.append(
@@ -347,7 +416,7 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=[*MODELS, "mace"], default=list(MODELS))
     parser.add_argument("--molecules", nargs="+", default=["ethanol", "aspirin"])
     parser.add_argument("--variants", nargs="+", default=None, help="subset of variant names")
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.125, 0.25, 0.5])
@@ -382,11 +451,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def merge(args: argparse.Namespace) -> None:
-    """``--merge``: the cases of another result file added to this one's (those it lacks)."""
+    """``--merge``: the cases of another result file added to this one's (those it lacks: a
+    case is its model, molecule and set of variants; each keeps the eager step of its own run)."""
     path = args.out / f"{args.name}.json"
     report, other = json.loads(path.read_text()), json.loads(args.merge.read_text())
-    done = {(c["model"], c["molecule"]) for c in report["results"]}
-    report["results"] += [c for c in other["results"] if (c["model"], c["molecule"]) not in done]
+
+    def key(case: dict) -> tuple:
+        return case["model"], case["molecule"], tuple(sorted(r["variant"] for r in case["rows"]))
+
+    done = {key(c) for c in report["results"]}
+    report["results"] += [c for c in other["results"] if key(c) not in done]
     commands = report.get("commands", [report["command"]])
     commands += other.get("commands", [other["command"]])
     report["commands"] = list(dict.fromkeys(commands))  # each once, in order

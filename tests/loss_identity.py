@@ -57,7 +57,14 @@ CASES: dict[str, dict[str, Any]] = {
         "model": PAINN_DIRECT,
         "data": {"train_labels": "energy"},
         "loss": {"force_weight": 0.0, **PAPER_LOSS},
-        "physics": {"taylor_weight": 1.2, "spatial_weight": 0.01, "second_order": True},
+        # the reference was recorded with the split (= fused, direct forces) evaluation; auto
+        # would time and pick a mode whose gradient sums differ at the rounding level
+        "physics": {
+            "taylor_weight": 1.2,
+            "spatial_weight": 0.01,
+            "second_order": True,
+            "evaluation": "split",
+        },
     },
     "delta_zbl": {
         "model": SCHNET,
@@ -98,7 +105,7 @@ NEW_FORM: dict[str, dict[str, Any]] = {
                 "spatial": {"second_order": True},
             },
         },
-        "physics": {},
+        "physics": {"evaluation": "split"},
     },
     "physics_variants": {
         "loss": {

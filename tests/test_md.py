@@ -11,7 +11,7 @@ import pytest
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 from ase.cluster import Icosahedron
-from ase.optimize import BFGS
+from md_setup import FAST, tiny_md_config, tiny_md_model, unchecked
 
 from piwsl.errors import ConfigError
 from piwsl.md import (
@@ -28,17 +28,7 @@ from piwsl.md import (
 from piwsl.md.cli import add_md_parser, format_summary, run_md_cli
 from piwsl.md.metrics import hr_bins, time_to_failure_stats
 
-FAST = {"progress": False, "plots": False, "write_trajectories": False}
-
-
-@pytest.fixture(scope="module")
-def cu13():
-    """A 13-atom Cu icosahedron relaxed with EMT (a minimum, so MD starts near equilibrium)."""
-    atoms = Icosahedron("Cu", 2)
-    atoms.calc = EMT()
-    BFGS(atoms, logfile=None).run(fmax=0.005)
-    atoms.calc = None
-    return atoms
+# the Cu13 start structure is the ``cu13`` fixture of conftest.py
 
 
 class ModifiedEMT(Calculator):
@@ -296,7 +286,7 @@ def test_temperature_bound_fires_when_the_temperature_crosses_it(cu13):
     )
     assert default.temperature_bound_K == 250.0
     assert default.failure.time_ps < result.failure.time_ps
-    off = FailureCriteria(check_bonds=False, check_temperature=False)
+    off = unchecked()
     short = MDConfig(**{**cfg.__dict__, "failure": off, "length_ps": 0.2})
     assert run_trajectory(ModifiedEMT(curl_force(0.05)), cu13, short).stable
 
@@ -460,13 +450,9 @@ def test_tiny_schnet_runs_md_through_the_piwsl_calculator(tmp_path, ensemble):
     torch = pytest.importorskip("torch")
     calculator_module = pytest.importorskip("piwsl.calculator")
     from piwsl.data import read_frames
-    from piwsl.models import build_model
 
-    torch.manual_seed(0)
     torch.set_num_threads(1)
-    model = build_model(
-        "schnet", elements=[1, 6, 8], cutoff=4.0, features=8, interactions=1, n_rbf=8
-    )
+    model = tiny_md_model(double=False)
     calc = calculator_module.PiwslCalculator(model, skin=1.0)
     n_model_calls = 0
     forward = calc.model.forward
@@ -478,16 +464,14 @@ def test_tiny_schnet_runs_md_through_the_piwsl_calculator(tmp_path, ensemble):
 
     calc.model.forward = counted_forward
     frames = read_frames("builtin:ethanol_test")[:3]
-    # an untrained model may fall apart; turn the bond check off so that the run covers all steps
-    cfg = MDConfig(
+    # an untrained model may fall apart: no failure checks, so that the run covers all steps
+    cfg = tiny_md_config(
         ensemble=ensemble,
-        timestep_fs=0.5,
         length_ps=0.005,
         n_trajectories=1,
-        log_interval=1,
         traj_interval=5,
-        progress=False,
-        failure=FailureCriteria(check_bonds=False, check_temperature=False),
+        plots=True,
+        write_trajectories=True,
     )
     report = run_md(
         calc,
@@ -533,26 +517,13 @@ def test_direct_force_model_drifts_in_nve_and_a_conservative_one_does_not():
     torch = pytest.importorskip("torch")
     calculator_module = pytest.importorskip("piwsl.calculator")
     from piwsl.data import read_frames
-    from piwsl.models import build_model
 
     torch.set_num_threads(1)
     frames = [f.to_atoms() for f in read_frames("builtin:ethanol_test")[:2]]
-    cfg = MDConfig(
-        ensemble="nve",
-        timestep_fs=0.5,
-        length_ps=0.02,
-        n_trajectories=1,
-        log_interval=1,
-        progress=False,
-        plots=False,
-        failure=FailureCriteria(check_bonds=False, check_temperature=False),
-    )
+    cfg = tiny_md_config(length_ps=0.02, n_trajectories=1)
     drift = {}
     for name, extra in (("schnet", {}), ("painn", {"forces": "direct"})):
-        torch.manual_seed(0)
-        model = build_model(
-            name, elements=[1, 6, 8], cutoff=4.0, features=8, interactions=1, n_rbf=8, **extra
-        ).double()
+        model = tiny_md_model(name, **extra)
         assert model.direct_forces == (name == "painn")
         report = run_md(calculator_module.PiwslCalculator(model), frames, cfg)
         drift[name] = abs(report.summary["energy_drift_meV_per_atom_per_ps_mean"])

@@ -7,30 +7,22 @@ import pytest
 import torch
 from ase import units
 from ase.calculators.emt import EMT
-from ase.cluster import Icosahedron
 from ase.md.nose_hoover_chain import NoseHooverChainNVT
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
-from ase.optimize import BFGS
+from md_setup import tiny_md_config, tiny_md_model
 
 from piwsl.data import read_frames
 from piwsl.errors import ConfigError
 from piwsl.md import FailureCriteria, MDConfig, run_md
 from piwsl.md.integrators import NoseHooverChain, Replicas, verlet_step
 from piwsl.md.potential import BatchedPotential
-from piwsl.models import build_model
 
 torch.set_num_threads(1)
 DT = 2.0 * units.fs
 
 
-@pytest.fixture(scope="module")
-def cu13():
-    atoms = Icosahedron("Cu", 2)
-    atoms.calc = EMT()
-    BFGS(atoms, logfile=None).run(fmax=0.005)
-    atoms.calc = None
-    return atoms
+# the Cu13 start structure is the ``cu13`` fixture of conftest.py
 
 
 def thermalised(atoms, temperature_K: float, seed: int):
@@ -189,26 +181,12 @@ def test_a_frozen_replica_stays_put_while_the_others_move(cu13):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    torch.manual_seed(0)
-    return build_model(
-        "schnet", elements=[1, 6, 8], cutoff=4.0, features=8, interactions=1, n_rbf=8
-    ).double()
+    return tiny_md_model()
 
 
 def md_config(**kw) -> MDConfig:
-    base = dict(
-        ensemble="nve",
-        timestep_fs=0.5,
-        length_ps=0.01,
-        n_trajectories=3,
-        log_interval=1,
-        traj_interval=5,
-        progress=False,
-        plots=False,
-        write_trajectories=False,
-        failure=FailureCriteria(check_bonds=False, check_temperature=False),
-    )
-    return MDConfig(**{**base, **kw})
+    """Three 10 fs NVE trajectories of the tiny model (``kw`` override)."""
+    return tiny_md_config(**{"length_ps": 0.01, "n_trajectories": 3, "traj_interval": 5, **kw})
 
 
 def test_batched_run_equals_the_serial_runner_in_nve(tiny_model):

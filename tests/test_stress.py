@@ -14,6 +14,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from piwsl import PiwslCalculator
 from piwsl.data import Frame, LabelKeys, frames_to_batch, read_frames
+from piwsl.data.batch import concat
 from piwsl.errors import ConfigError, DataError
 from piwsl.models import ForceField, build_model
 from piwsl.objective import EnergyTerm, ForcesTerm, Objective, StressTerm
@@ -269,6 +270,24 @@ def test_stress_term_is_masked_per_atom_virial_mse():
     no_stress = frames_to_batch([frames[2]], 6.0, dtype=torch.float64)
     assert not term.active(no_stress)
     assert Objective([EnergyTerm(1.0), ForcesTerm(10.0), term]).plan(no_stress)[1].stress is False
+
+
+def test_stress_flag_is_a_host_flag_carried_by_select_and_concat():
+    from dataclasses import replace
+
+    batch, frames = labelled_batch()
+    no_stress = frames_to_batch([frames[2]], 6.0, dtype=torch.float64)
+    assert batch.any_stress is True and no_stress.any_stress is False
+    # the term decides on the flag, not the mask (a flag that says no wins: no device read)
+    assert not StressTerm(1.0).active(replace(batch, any_stress=False))
+    assert no_stress.select(torch.tensor([0])).any_stress is False  # absent stays absent
+    part = batch.select(torch.tensor([1, 3]))
+    assert part.any_stress is None and part.has_stress  # present: read from the mask
+    assert not batch.select(torch.tensor([2, 3])).has_stress
+    assert concat([no_stress, batch]).any_stress is True
+    assert concat([no_stress, no_stress]).any_stress is False
+    unknown = concat([no_stress, part])
+    assert unknown.any_stress is None and unknown.has_stress
 
 
 def test_stress_term_with_displaced_copies_reads_stress_at_a():

@@ -103,6 +103,7 @@ class Batch:
     #: can decide what to compute without reading the masks back from the device
     any_energy: bool | None = None
     any_forces: bool | None = None
+    any_stress: bool | None = None
     #: long [M]: the atoms whose structure carries force labels, built on the host by
     #: :func:`collate` (None: derived from ``forces_mask`` when needed, a device read)
     force_atoms: torch.Tensor | None = None
@@ -142,7 +143,9 @@ class Batch:
     @property
     def has_stress(self) -> bool:
         """Whether any structure carries a stress label."""
-        return self.stress_mask is not None and bool(self.stress_mask.any())
+        if self.stress_mask is None:
+            return False
+        return bool(self.stress_mask.any()) if self.any_stress is None else self.any_stress
 
     @property
     def volume(self) -> torch.Tensor:
@@ -221,7 +224,14 @@ class Batch:
             frame_id=self.frame_id[chosen],
             stress=None if self.stress is None else self.stress[chosen],
             stress_mask=None if self.stress_mask is None else self.stress_mask[chosen],
+            # a label absent from the batch is absent from every part of it; present, it is
+            # known only from the masks (read when needed)
+            **{name: False for name in FLAGS if getattr(self, name) is False},
         )
+
+
+#: The host-side label flags of a :class:`Batch` (set by :func:`collate`).
+FLAGS = ("any_energy", "any_forces", "any_stress")
 
 
 def concat(batches: list[Batch]) -> Batch:
@@ -240,8 +250,12 @@ def concat(batches: list[Batch]) -> Batch:
         return torch.cat([getattr(b, name) for b in batches], dim=dim)
 
     flags: dict = {}
-    for name in ("any_energy", "any_forces"):
-        values = [getattr(b, name) for b in batches]
+    for name in FLAGS:
+        # a batch without a stress mask has no stress, whether its flag is known or not
+        values = [
+            False if name == "any_stress" and b.stress_mask is None else getattr(b, name)
+            for b in batches
+        ]
         flags[name] = None if None in values else any(values)
     if all(b.force_atoms is not None for b in batches):
         flags["force_atoms"] = torch.cat(
@@ -317,6 +331,7 @@ def collate(graphs: list[Graph]) -> Batch:
         stress_mask=torch.tensor([g.has_stress for g in graphs]) if with_stress else None,
         any_energy=any(g.has_energy for g in graphs),
         any_forces=any(g.has_forces for g in graphs),
+        any_stress=with_stress,
         force_atoms=torch.cat(
             [
                 torch.arange(int(ptr[s]), int(ptr[s + 1]), dtype=torch.long)

@@ -12,6 +12,11 @@ one process on the union of their data, draw the same field for the same frame.
 Cheaper steps: with ``fraction`` < 1 only a share of each batch's structures gets copies
 (:mod:`piwsl.physics.subset`); with ``every_n_steps`` = k only every k-th training step evaluates
 them (:meth:`Displacements.skips`), the others train on the terms that need no copy.
+
+With ``evaluation = "auto"`` an :class:`~piwsl.physics.tuning.EvaluationTuner` picks the mode of
+each evaluation: it times the candidate modes on the first training steps and keeps the fastest;
+the training loop ends each timed step with :meth:`Displacements.step_done`. The choice is saved
+with the sampling state, so a resumed run keeps it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from piwsl.objective.base import Needs
 from piwsl.physics.config import PhysicsConfig
 from piwsl.physics.displacements import check_skin, missing_pairs, sample_displacements
 from piwsl.physics.subset import choose_structures
-from piwsl.physics.terms import CopyOutputs, evaluate_copies
+from piwsl.physics.terms import CopyOutputs, candidate_modes, evaluate_copies
+from piwsl.physics.tuning import EvaluationTuner
 
 
 class Displacements:
@@ -37,18 +43,44 @@ class Displacements:
         self.generator: torch.Generator | None = None
         if self.config.sampler == "generator":
             self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.tuner = EvaluationTuner() if self.config.evaluation == "auto" else None
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
         state: dict = {"step": self.step, "seed": self.config.seed}
         if self.generator is not None:
             state["generator"] = self.generator.get_state()
+        if self.tuner is not None:
+            state["evaluation"] = self.tuner.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         if self.generator is not None and "generator" in state:
             self.generator.set_state(state["generator"])
+        if self.tuner is not None and "evaluation" in state:
+            self.tuner.load_state_dict(state["evaluation"])
+
+    # ------------------------------------------------------------------------- evaluation mode
+    def mode(self, model, batch: Batch, needs: Needs, timed: bool) -> str:
+        """The evaluation mode of this call (``auto``: the tuner's pick)."""
+        if self.tuner is None:
+            return self.config.evaluation
+        names = ["A", *sorted(needs.copies - {"A"})]
+        direct = getattr(model, "direct_forces", False)
+        candidates = candidate_modes(direct, names, tuple(sorted(needs.forces_at)))
+        return self.tuner.pick(candidates, timed, batch.positions.device)
+
+    def step_done(self) -> None:
+        """End of a training step (after the optimiser): closes a step the tuner times."""
+        if self.tuner is not None:
+            self.tuner.stop()
+
+    def evaluation_summary(self) -> dict:
+        """The evaluation mode used, and for ``auto`` the choice and its timings."""
+        if self.tuner is None:
+            return {"mode": self.config.evaluation}
+        return self.tuner.summary()
 
     # ------------------------------------------------------------------------------ skin rule
     def check_skin(self, skin: float, cutoff: float | None = None) -> None:
@@ -119,7 +151,8 @@ class Displacements:
         chosen = choose_structures(batch, c.fraction, c.seed, at) if c.fraction < 1 else None
         sub = batch if chosen is None else batch.select(chosen)
         d1, d2 = displacements if displacements is not None else self.sample(sub, at)
-        if step is None and displacements is None and getattr(model, "training", False):
+        training = step is None and displacements is None and getattr(model, "training", False)
+        if training:
             self.step += 1
         if not self.verified:
             self.verify(model, sub, d1, d2)
@@ -130,7 +163,7 @@ class Displacements:
             d2,
             copies=tuple(sorted(needs.copies)),
             forces_at=tuple(sorted(needs.forces_at)),
-            mode=c.evaluation,
+            mode=self.mode(model, batch, needs, timed=training),
             chosen=chosen,
             sub=sub,
             stress=needs.stress,

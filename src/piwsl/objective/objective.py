@@ -128,6 +128,19 @@ class Objective:
         total = sum(weighted.values(), output["energy"].new_zeros(()))
         return ObjectiveResult(total, output, raw, weighted, residuals)
 
+    def step_done(self) -> None:
+        """Call after each training step's optimiser step: ends a step that
+        ``physics.evaluation = "auto"`` times (nothing otherwise)."""
+        if self.displacements is not None:
+            self.displacements.step_done()
+
+    def evaluation_summary(self) -> dict | None:
+        """How the displaced copies were evaluated (``auto``: the choice and its timings);
+        None without displaced copies."""
+        if not self.displaces or self.displacements is None:
+            return None
+        return self.displacements.evaluation_summary()
+
     # ------------------------------------------------------------------ state and skin rule
     def state_dict(self) -> dict:
         """The displacement sampling state ({} without displaced copies)."""

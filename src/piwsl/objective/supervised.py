@@ -12,7 +12,7 @@ scale of the per-atom energy error, whatever the cell size.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -54,15 +54,32 @@ def forces_mse(output: dict[str, torch.Tensor], batch: Batch, unit: float = 1.0)
     return (((output["forces"][atoms] - batch.forces[atoms]) / unit) ** 2).mean()
 
 
-@register_term("energy")
-class EnergyTerm(Term):
-    """MSE of the energies of energy-labelled structures (per atom or total, in ``unit``)."""
+class SupervisedTerm(Term):
+    """A term against the labels at A, measured in an energy unit (``unit``, eV by default; the
+    run's :class:`~piwsl.objective.EnergyConvention` gives it). ``weight`` defaults to the
+    class's :attr:`default_weight`."""
 
     config_options = ()
+    #: the weight of ``Term()`` without one
+    default_weight: ClassVar[float] = 1.0
 
-    def __init__(self, weight: float = 1.0, unit: str = "eV", per_atom: bool = True) -> None:
-        super().__init__(weight)
+    def __init__(self, weight: float | None = None, unit: str = "eV") -> None:
+        super().__init__(self.default_weight if weight is None else weight)
         self.unit = energy_factor(unit)
+
+    @classmethod
+    def from_config(cls, weight: float, convention: EnergyConvention, **options: Any) -> Term:
+        return cls(weight, convention.energy_unit)
+
+
+@register_term("energy")
+class EnergyTerm(SupervisedTerm):
+    """MSE of the energies of energy-labelled structures (per atom or total, in ``unit``)."""
+
+    def __init__(
+        self, weight: float | None = None, unit: str = "eV", per_atom: bool = True
+    ) -> None:
+        super().__init__(weight, unit)
         self.per_atom = per_atom
 
     @classmethod
@@ -84,21 +101,13 @@ class EnergyTerm(Term):
 
 
 @register_term("forces")
-class ForcesTerm(Term):
+class ForcesTerm(SupervisedTerm):
     """MSE of the force components of force-labelled structures (in ``unit``/Å).
 
     Active only on batches that carry force labels: a batch without them computes no forces.
     """
 
-    config_options = ()
-
-    def __init__(self, weight: float = 10.0, unit: str = "eV") -> None:
-        super().__init__(weight)
-        self.unit = energy_factor(unit)
-
-    @classmethod
-    def from_config(cls, weight: float, convention: EnergyConvention, **options: Any) -> Term:
-        return cls(weight, convention.energy_unit)
+    default_weight = 10.0
 
     def needs(self) -> Needs:
         return Needs(forces_at=frozenset({"A"}))
@@ -122,29 +131,21 @@ def stress_mse(output: dict[str, torch.Tensor], batch: Batch, unit: float = 1.0)
     (default eV²/atom²: the stress error as a per-atom virial)."""
     if not batch.has_stress:
         return output["energy"].new_zeros(())
-    mask = batch.stress_mask
-    per_atom_volume = (batch.volume[mask] / batch.n_atoms[mask]).to(batch.stress.dtype)
-    diff = (output["stress"][mask] - batch.stress[mask]) * per_atom_volume[:, None, None] / unit
-    return (diff**2).mean()
+    # masked by torch.where, as the energy term: nothing is read back from the device
+    mask = batch.stress_mask[:, None, None]
+    per_atom_volume = (batch.volume / batch.n_atoms).to(batch.stress.dtype)[:, None, None]
+    diff = torch.where(mask, output["stress"] - batch.stress, 0.0) * per_atom_volume / unit
+    return (diff**2).sum() / (9 * batch.stress_mask.sum()).clamp_min(1)
 
 
 @register_term("stress")
-class StressTerm(Term):
+class StressTerm(SupervisedTerm):
     """MSE of the stress of stress-labelled structures, as a per-atom virial (in ``unit``).
 
-    Active only on batches that carry stress labels (periodic cells); needs a conservative model
-    (the stress is the strain derivative of the energy, :class:`~piwsl.models.ForceField`).
+    Active only on batches that carry stress labels (periodic cells; a host flag, no device
+    read); needs a conservative model (the stress is the strain derivative of the energy,
+    :class:`~piwsl.models.ForceField`).
     """
-
-    config_options = ()
-
-    def __init__(self, weight: float = 1.0, unit: str = "eV") -> None:
-        super().__init__(weight)
-        self.unit = energy_factor(unit)
-
-    @classmethod
-    def from_config(cls, weight: float, convention: EnergyConvention, **options: Any) -> Term:
-        return cls(weight, convention.energy_unit)
 
     def needs(self) -> Needs:
         return Needs(forces_at=frozenset({"A"}), stress=True)

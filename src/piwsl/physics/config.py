@@ -77,15 +77,17 @@ class PhysicsConfig(BaseModel):
             "stream (state saved with state_dict)"
         ),
     )
-    evaluation: Literal["fused", "split", "three_pass"] = Field(
-        "split",
+    evaluation: Literal["auto", "fused", "split", "three_pass"] = Field(
+        "auto",
         description=(
-            "'split' (default): one fused pass over the copies that need forces (A, B; plus C in "
-            "second order), a second pass for energy-only copies (C in first order), so a "
-            "conservative model builds no force graph for C; 'fused': A, B, C in one forward pass; "
-            "'three_pass': one pass per copy. All give identical losses and gradients; on CPU "
-            "split was fastest (benchmarks/results/physics_step_cost.md). For direct-force "
-            "models split is the fused pass."
+            "how the copies A, B, C are evaluated; all modes give identical losses and gradients. "
+            "'split': one fused pass over the copies that need forces (A, B; plus C in second "
+            "order), a second pass for energy-only copies (C in first order), so a conservative "
+            "model builds no force graph for C; 'fused': A, B, C in one forward pass; "
+            "'three_pass': one pass per copy; 'auto' (default): time the modes that differ on "
+            "the first training steps with copies and keep the fastest (the choice and its "
+            "timings go into the run's summary.json; piwsl.physics.tuning). For direct-force "
+            "models, and whenever every copy needs forces, split is the fused pass."
         ),
     )
     verify_neighbors: bool = Field(

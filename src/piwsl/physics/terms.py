@@ -87,6 +87,20 @@ def _pass_groups(
         raise ValueError(f"unknown evaluation mode {mode!r}; use 'fused', 'split' or 'three_pass'")
 
 
+#: The explicit evaluation modes, in the order ``auto`` tries them.
+MODES = ("split", "fused", "three_pass")
+
+
+def candidate_modes(direct: bool, names: list[str], forces_at: tuple[str, ...]) -> list[str]:
+    """The modes whose passes differ for these copies (the first of each same set of passes)."""
+    seen: dict[str, list[list[str]]] = {}
+    for mode in MODES:
+        groups = _pass_groups(mode, direct, names, forces_at)
+        if groups not in seen.values():
+            seen[mode] = groups
+    return list(seen)
+
+
 def evaluate_copies(
     model,
     batch: Batch,

@@ -97,6 +97,10 @@ class PiwslModule(lightning.LightningModule):
         """What compiled training did (graphs, compilations, time, eager calls), or None."""
         return self._compiled.stats.as_dict() if self._compiled is not None else None
 
+    def evaluation_stats(self) -> dict[str, Any] | None:
+        """How the displaced copies were evaluated (``auto``: choice and timings), or None."""
+        return self.objective.evaluation_summary()
+
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int):
         return batch.to(device=device, non_blocking=True)
 
@@ -152,6 +156,9 @@ class PiwslModule(lightning.LightningModule):
                 f"train_{name}_weighted", value.detach(), on_step=False, on_epoch=True, batch_size=n
             )
         return total
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        self.objective.step_done()  # physics.evaluation=auto times whole steps
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from piwsl.config import Config
+from piwsl.physics.tuning import describe_choice
 from piwsl.training.builders import (
     Callbacks,
     build_callbacks,
@@ -45,7 +46,12 @@ from piwsl.training.builders import (
 )
 from piwsl.training.data import PreparedData, prepare_data
 from piwsl.training.finetune import resolve_init_from
-from piwsl.training.rundir import next_log_version, prepare_run_dir, write_summary
+from piwsl.training.rundir import (
+    keep_run_evaluation,
+    next_log_version,
+    prepare_run_dir,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,8 @@ class TrainResult:
     train_time_s: float
     stopped_by: str | None = None  # plateau, cap, time or interrupted (see stop_reason)
     compile: dict[str, Any] | None = None  # training.compile: graphs, compile time, fallbacks
+    #: physics.evaluation: the mode of the displaced copies (auto: the choice and its timings)
+    physics_evaluation: dict[str, Any] | None = None
     test_metrics: dict[str, Any] | None = None
     test_metrics_path: Path | None = None
     test_plot_path: Path | None = None
@@ -101,6 +109,7 @@ class TrainResult:
             "train_time_s": round(self.train_time_s, 2),
             "stopped_by": self.stopped_by,
             "compile": self.compile,
+            "physics_evaluation": self.physics_evaluation,
             "test_metrics": text(self.test_metrics_path),
             "test_parity_plot": text(self.test_plot_path),
             "test": self.test_metrics,
@@ -188,6 +197,8 @@ def train(
     # a pre-trained model (model.init_from) is read first: a bad file fails before anything is
     # written, and config.yaml records the architecture actually trained
     cfg, pretrained = resolve_init_from(cfg)
+    if resume:
+        cfg = keep_run_evaluation(cfg, run_dir)
     resume_from = prepare_run_dir(cfg, run_dir, resume, console)
     if cfg.training.num_threads is not None:
         torch.set_num_threads(cfg.training.num_threads)
@@ -221,6 +232,7 @@ def train(
     # earlier attempts of a resumed run included (the time saved with the last checkpoint)
     result = _result(cfg, trainer, callbacks, monitor, module.train_seconds())
     result.compile = module.compile_stats()
+    result.physics_evaluation = module.evaluation_stats()
     if trainer.is_global_zero:
         finish_run(cfg, module, data, result, console, evaluate)
     return result
@@ -277,6 +289,9 @@ def finish_run(
             f"{c['recompiles']} recompilation(s); {c['compiled_calls']} compiled and "
             f"{c['eager_calls']} eager model calls"
         )
+    auto = result.physics_evaluation
+    if auto is not None and auto["mode"] == "auto":
+        console.print(f"[bold]physics evaluation[/] {escape(describe_choice(auto))}")
     if evaluate:
         evaluate_run(cfg, data, eval_source, result, console)
     write_summary(run_dir, result.summary())

@@ -36,14 +36,15 @@ log = logging.getLogger(__name__)
 #: Top-level keys that may change when resuming.
 RESUMABLE_SECTIONS = ("training", "output", "plugins")
 #: Keys inside other sections that may change when resuming: where the prior's values are cached
-#: and computed, and the loss preset (only the starting point: the resolved terms and convention
-#: are compared).
+#: and computed, the loss preset (only the starting point: the resolved terms and convention
+#: are compared) and how the displaced copies are evaluated (the same losses, another speed).
 RESUMABLE_KEYS = (
     "prior.cache_dir",
     "prior.workers",
     "prior.executor",
     "prior.scheduler",
     "loss.preset",
+    "physics.evaluation",
 )
 
 
@@ -92,7 +93,8 @@ def check_resumed_config(recorded: dict[str, Any], cfg: Config, source: Path) ->
         shown = problems[:12] + ([f"… {len(problems) - 12} more"] if len(problems) > 12 else [])
         raise ConfigError(
             f"--resume: {str(source)!r} belongs to another run: {'; '.join(shown)}. Only "
-            "training.* and output.* (and prior.cache_dir, prior.workers) may change when "
+            "training.* and output.* (and prior.cache_dir, prior.workers, physics.evaluation) may "
+            "change when "
             "resuming; start afresh (output.overwrite=true or another --run-dir) to train with "
             "these settings, or restore this run's checkpoint"
         )
@@ -178,6 +180,29 @@ def resume_checkpoint(cfg: Config, run_dir: Path, console: Any = None) -> Path:
             opt_out="start the run afresh (output.overwrite=true)",
         )
     return last
+
+
+def keep_run_evaluation(cfg: Config, run_dir: Path) -> Config:
+    """``cfg`` for resuming the run in ``run_dir``: where ``cfg`` does not set
+    ``physics.evaluation``, the mode the run's config.yaml records, so that a run continues as
+    it began (a run trained before ``auto`` became the default continues bit for bit; an
+    ``auto`` run keeps the choice saved in its checkpoint)."""
+    from typing import get_args
+
+    from piwsl.physics.config import PhysicsConfig
+
+    saved = run_dir / "config.yaml"
+    if "evaluation" in cfg.physics.model_fields_set or not saved.is_file():
+        return cfg
+    try:
+        recorded = (read_yaml(saved).get("physics") or {}).get("evaluation")
+    except (ConfigError, OSError, AttributeError):
+        return cfg  # resume_checkpoint names what is wrong with the file
+    modes = get_args(PhysicsConfig.model_fields["evaluation"].annotation)
+    if recorded not in modes or recorded == cfg.physics.evaluation:
+        return cfg
+    physics = cfg.physics.model_copy(update={"evaluation": recorded})
+    return cfg.model_copy(update={"physics": physics})
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, console: Any = None) -> Path | None:
