@@ -182,6 +182,7 @@ def test_converged_suite_resumes_an_unfinished_run(tmp_path):
     (result,) = (tmp_path / "results" / "rmd17" / "converged").glob("*.json")
     record = json.loads(result.read_text())
     assert record["steps"] == 20 and record["stopped_by"] == "cap" and not record["resumed"]
+    assert record["code_path"] == "eager"  # ethanol trains eager; aspirin compiled
     assert [p["step"] for p in record["test_curve"]] == [10]
     assert str(ROOT) not in record["command"]  # paths relative to the checkout
     result.unlink()  # as if the attempt had been killed before writing its result
