@@ -103,6 +103,8 @@ def train_all(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     runs: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:
         for variant in args.variants:
+            if variant in args.one_seed and seed != args.seeds[0]:
+                continue
             name = f"{variant}-s{seed}"
             summary, timing = train_once(
                 args, WORK, name, overrides_of(variant, seed, args), "builtin:materials"
@@ -252,40 +254,52 @@ def relax_cells(model_path: str, tolerance_percent: float, mode: str = "free") -
 
 # ------------------------------------------------------------------------------ MD stability
 def md_stability(model_path: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    """NVT (Langevin) from each relaxed crystal: stable or not, time to failure, mean T."""
-    from piwsl import PiwslCalculator
+    """NVT (Nosé–Hoover chain) from each relaxed crystal, ``--md-trajectories`` replicas per
+    crystal advanced together (:class:`piwsl.md.potential.BatchedPotential`, one model call per
+    step): the stable count, each replica's time to failure (ps; None: stable), the median over
+    replicas censored at the run length, the failure reasons and the mean temperature (K)."""
     from piwsl.md import run_md
+    from piwsl.md.potential import BatchedPotential
 
     result = {}
-    calc = PiwslCalculator(model_path, skin=1.0)
     for atoms in reference_crystals():
         name = atoms.info["material"]
         report = run_md(
-            calc,
+            BatchedPotential(model_path, skin=1.0),
             [atoms],
             out_dir=out_dir / name,
-            ensemble="langevin",
+            ensemble="nose-hoover",
             temperature_K=args.md_temperature,
-            timestep_fs=2.0,
+            timestep_fs=MD_TIMESTEP_FS,
             length_ps=args.md_ps,
-            n_trajectories=1,
+            n_trajectories=args.md_trajectories,
+            frame_selection="sequential",
             seed=0,
             plots=False,
             progress=False,
             write_trajectories=False,
+            state_interval=0,
         )
-        summary = report.trajectories[0].summary(timestep_fs=2.0)
-        keys = (
-            "stable",
-            "failure_reason",
-            "failure_time_ps",
-            "simulated_ps",
-            "mean_temperature_K",
-            "n_bonds_checked",
-            "steps_per_s",
-        )
-        result[name] = {k: summary.get(k) for k in keys}
+        summary = report.summary
+        result[name] = {
+            "failure_times_ps": [
+                None if t.failure is None else t.failure.time_ps for t in report.trajectories
+            ],
+            **{k: summary.get(k) for k in MD_KEYS},
+        }
     return result
+
+
+MD_TIMESTEP_FS = 2.0
+MD_KEYS = (
+    "n_trajectories",
+    "n_stable",
+    "median_time_to_failure_ps_censored",
+    "mean_time_to_failure_ps_censored",
+    "failure_reasons",
+    "temperature_mean_K",
+    "steps_per_s",
+)
 
 
 # ------------------------------------------------------------------------------ report
@@ -368,46 +382,85 @@ def markdown(result: dict[str, Any]) -> str:
     for mode, title in RELAX_TITLES.items():
         if result["relaxation"].get(mode):
             lines += relaxation_lines(result, mode, title)
-    lines += [
-        f"## NVT MD stability ({result['md']['temperature_K']:.0f} K, "
-        f"{result['md']['length_ps']:g} ps, 2 fs, Langevin)",
+    return "\n".join(lines + md_lines(result)) + "\n"
+
+
+def md_cell(runs: list[dict[str, Any]], length_ps: float) -> str:
+    """One crystal's MD over some models: stable replicas of all, the median time to failure
+    (ps, stable replicas counted at the run length) and the failure reasons."""
+    times = [t for run in runs for t in run["failure_times_ps"]]
+    stable = sum(t is None for t in times)
+    median = float(np.median([length_ps if t is None else t for t in times]))
+    reasons: dict[str, int] = {}
+    for run in runs:
+        for reason, count in (run.get("failure_reasons") or {}).items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    why = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+    return f"{stable}/{len(times)} stable, median {median:.2f} ps" + (f" ({why})" if why else "")
+
+
+def md_lines(result: dict[str, Any]) -> list[str]:
+    """The MD tables: per variant (replicas of every seed pooled), then per model."""
+    md, crystals = result["md"], result["crystals"]
+    if not md["runs"]:
+        return []
+    length = md["length_ps"]
+    header = ["| model | " + " | ".join(crystals) + " |", "|---|" + "---|" * len(crystals)]
+    lines = [
         "",
-        "| model | " + " | ".join(result["crystals"]) + " |",
-        "|---|" + "---|" * len(result["crystals"]),
+        f"## NVT MD stability ({md['temperature_K']:.0f} K, {length:g} ps, "
+        f"{md['timestep_fs']:g} fs, Nosé–Hoover chain, {md['trajectories']} replicas per crystal "
+        "and model, batched)",
+        "",
+        "Stable replicas, median time to failure (ps; a stable replica counts as the run length) "
+        "and failure reasons (bond: a bond of the relaxed crystal deviates > 0.5 Å; temperature: "
+        f"above 5 × the target). Per variant, the replicas of its {len(result['seeds'])} seeds "
+        "pooled:",
+        "",
+        *header,
     ]
-    for name, md in result["md"]["runs"].items():
-        cells = [
-            (
-                "stable"
-                if md[c]["stable"]
-                else f"{md[c]['failure_reason']} at {md[c]['failure_time_ps']:.2f} ps"
-            )
-            + f" ({md[c]['mean_temperature_K']:.0f} K)"
-            for c in result["crystals"]
-        ]
+    variants: dict[str, list[dict[str, Any]]] = {}
+    for name, run in md["runs"].items():
+        variants.setdefault(name.rsplit("-s", 1)[0], []).append(run)
+    for variant, runs in variants.items():
+        cells = [md_cell([r[c] for r in runs], length) for c in crystals]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines += ["", "Per model:", "", *header]
+    for name, run in md["runs"].items():
+        cells = [md_cell([run[c]], length) for c in crystals]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--one-seed",
+        nargs="*",
+        default=[],
+        choices=list(VARIANTS),
+        help="variants trained with the first seed only (to fit the time)",
+    )
     parser.add_argument("--n-train", type=int, default=12, help="N of the sparse variants")
     parser.add_argument("--n-val", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--cap", type=int, default=300, help="step cap of every run")
+    parser.add_argument("--cap", type=int, default=3000, help="step cap of every run")
     parser.add_argument("--validate-every", type=int, default=50, help="steps, about")
-    parser.add_argument("--patience", type=int, default=2, help="validations before lr × 0.5")
-    parser.add_argument("--early-stop", type=int, default=6, help="validations without a gain")
+    parser.add_argument("--patience", type=int, default=3, help="validations before lr × 0.5")
+    parser.add_argument("--early-stop", type=int, default=8, help="validations without a gain")
     parser.add_argument("--tolerance", type=float, default=1.0, help="%% of the lattice lengths")
     parser.add_argument(
         "--relax-modes", nargs="+", default=["free", "symmetric"], choices=["free", "symmetric"]
     )
-    parser.add_argument("--md-temperature", type=float, default=600.0)
-    parser.add_argument("--md-ps", type=float, default=1.0)
-    parser.add_argument("--md-variants", nargs="+", default=["EFS", "EFS_piwsl2"])
+    with_forces = ["EFS", "EFS_piwsl2", "EF", "EFS_delta_zbl"]
+    parser.add_argument("--relax-variants", nargs="*", default=with_forces, choices=list(VARIANTS))
+    parser.add_argument("--md-temperature", type=float, default=300.0)
+    parser.add_argument("--md-ps", type=float, default=2.0)
+    parser.add_argument("--md-trajectories", type=int, default=3, help="replicas per crystal")
+    parser.add_argument("--md-variants", nargs="*", default=with_forces, choices=list(VARIANTS))
     parser.add_argument("--no-chgnet", action="store_true", help="skip CHGNet zero-shot")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="train again even if finished")
@@ -418,7 +471,7 @@ def parse_args() -> argparse.Namespace:
         args.seeds, args.cap, args.md_ps, args.validate_every = [0], 20, 0.02, 10
         if args.variants == list(VARIANTS):
             args.variants = ["EFS", "E_piwsl2"]
-        args.md_variants = ["EFS"]
+        args.md_variants = args.relax_variants = ["EFS"]
     return args
 
 
@@ -432,7 +485,9 @@ def evaluate_runs(
         for r in items:
             model = r["summary"]["best_model"] or r["summary"]["final_model"]
             run_dir = WORK / r["name"]
-            for mode in args.relax_modes if "chgnet" not in variant else ():  # prior: no stress
+            # (a model on CHGNet has no stress: the prior gives none)
+            relaxed = variant in args.relax_variants and "chgnet" not in variant
+            for mode in args.relax_modes if relaxed else ():
                 key = model_key(model, strain=RELAX_STRAIN.tolist(), tolerance=args.tolerance)
                 suffix = "" if mode == "free" else f"_{mode}"
                 relax.setdefault(mode, {})[r["name"]] = cached(
@@ -442,7 +497,13 @@ def evaluate_runs(
                 )
                 print(f"{r['name']}: cell relaxation ({mode}) {relax[mode][r['name']]}", flush=True)
             if variant in args.md_variants:
-                key = model_key(model, temperature_K=args.md_temperature, ps=args.md_ps)
+                key = model_key(
+                    model,
+                    ensemble="nose-hoover",
+                    temperature_K=args.md_temperature,
+                    ps=args.md_ps,
+                    trajectories=args.md_trajectories,
+                )
                 md[r["name"]] = cached(
                     run_dir / "md_stability.json",
                     key,
@@ -473,6 +534,7 @@ def main() -> None:
             f"~{args.validate_every} steps, lr × 0.5 after {args.patience} validations gaining "
             f"< 2 %, stop at lr0/16 or after {args.early_stop} validations without a gain or at "
             f"{args.cap} steps; batch {args.batch_size}, lr {args.lr}, seeds {args.seeds}"
+            + (f" ({', '.join(args.one_seed)}: seed {args.seeds[0]} only)" if args.one_seed else "")
         ),
         "n_train": {v: args.n_train if VARIANTS[v][1] else args.pool - args.n_val for v in runs},
         "test": test_table(runs),
@@ -513,7 +575,15 @@ def main() -> None:
     result["relaxation"] = relax
     result["tolerance_percent"] = args.tolerance
     result["crystals"] = sorted(next(iter(relax["free"].values()))) if relax.get("free") else []
-    result["md"] = {"temperature_K": args.md_temperature, "length_ps": args.md_ps, "runs": md}
+    result["seeds"] = args.seeds
+    result["md"] = {
+        "ensemble": "nose-hoover",
+        "temperature_K": args.md_temperature,
+        "length_ps": args.md_ps,
+        "timestep_fs": MD_TIMESTEP_FS,
+        "trajectories": args.md_trajectories,
+        "runs": md,
+    }
     result["wall_time_s"] = round(time.perf_counter() - start, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
