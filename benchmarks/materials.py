@@ -5,9 +5,11 @@ Every run is ``piwsl train builtin:materials`` (SchNet, 32 features, 2 interacti
 functions, 4 Å cutoff: CPU-sized) under the convergence protocol of the converged rMD17 study
 (``benchmarks/converged_protocol.py``: the plateau schedule, lr halved after validations gaining
 < 2 %, stop at lr0/16, early stop, a step cap, EMA model with the best validation score tested)
-sized to this shared CPU: validation every ~``--validate-every`` steps (50), halving after
-``--patience`` (2) such validations, early stop after ``--early-stop`` (6), a step cap of ``--cap``
-steps (300), ``--seeds`` seeds (one). Variants:
+sized to this shared CPU and chosen on validation data for the plain EFS model
+(``benchmarks/results/materials_tuning.md``): validation every ~``--validate-every`` steps (50),
+halving after ``--patience`` (3) such validations, early stop after ``--early-stop`` (8), a step
+cap of ``--cap`` steps (3000), ``--seeds`` seeds (0 1 2; ``--one-seed`` variants: the first
+only). Variants:
 
 =================  =============================================================================
 EF                 N frames with energies + forces (no stress term)
@@ -22,11 +24,12 @@ EFS_delta_zbl      N frames, energies + forces + stress, on top of ZBL (in the m
 
 Measured on the test file: energy MAE (meV/atom), force MAE (meV/Å), stress MAE
 (meV/Å³; 1 meV/Å³ = 0.160 GPa); CHGNet itself (zero-shot, per-element energy offsets fitted on
-the training energies); the cell relaxation of every trained model (each crystal's GFN1-xTB cell
-strained by +3 % and sheared, relaxed with ``ase.filters.FrechetCellFilter`` + BFGS, lattice
-parameters against GFN1-xTB's; the check: converged and every length within ``--tolerance`` %
-of the reference); NVT MD stability (Langevin, ``--md-temperature`` K,
-``--md-ps`` ps, 2 fs, from each relaxed crystal, :func:`piwsl.md.run_md`). Results:
+the training energies); the cell relaxation of the ``--relax-variants`` models (each crystal's
+GFN1-xTB cell strained by +3 % and sheared, relaxed with ``ase.filters.FrechetCellFilter`` + BFGS,
+lattice parameters against GFN1-xTB's; the check: converged and every length within
+``--tolerance`` % of the reference); NVT MD stability of the ``--md-variants`` (Nosé–Hoover
+chain, ``--md-temperature`` K, ``--md-ps`` ps, 2 fs, ``--md-trajectories`` replicas per relaxed
+crystal advanced together by :mod:`piwsl.md`'s batched integrator; time to failure). Results:
 ``benchmarks/results/materials.{json,md}``; runs under ``runs/benchmarks/materials/`` (a finished
 run with the same command is reused, and so are its relaxations and MD while its model file is
 unchanged: a second invocation with more variants only computes what is new).
@@ -343,7 +346,28 @@ def relaxation_lines(result: dict[str, Any], mode: str, title: str) -> list[str]
             for c in crystals
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return [*lines, "", "(* not converged in 500 BFGS steps)", ""]
+    lines += [
+        "",
+        "(* not converged in 500 BFGS steps.) Per variant, mean ± std over its seeds:",
+        "",
+    ]
+    lines += ["| variant | " + " | ".join(crystals) + " |", "|---|" + "---|" * len(crystals)]
+    for variant, relaxations in by_variant(runs).items():
+        cells = []
+        for c in crystals:
+            errors = [r[c]["max_length_error_percent"] for r in relaxations]
+            passed = sum(r[c]["passes"] for r in relaxations)
+            cells.append(f"{fmt(mean_std(errors), 2)} ({passed}/{len(errors)} ✓)")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def by_variant(per_model: dict[str, Any]) -> dict[str, list[Any]]:
+    """Results keyed by model name (``variant-sSEED``) grouped by variant."""
+    out: dict[str, list[Any]] = {}
+    for name, value in per_model.items():
+        out.setdefault(name.rsplit("-s", 1)[0], []).append(value)
+    return out
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -419,10 +443,7 @@ def md_lines(result: dict[str, Any]) -> list[str]:
         "",
         *header,
     ]
-    variants: dict[str, list[dict[str, Any]]] = {}
-    for name, run in md["runs"].items():
-        variants.setdefault(name.rsplit("-s", 1)[0], []).append(run)
-    for variant, runs in variants.items():
+    for variant, runs in by_variant(md["runs"]).items():
         cells = [md_cell([r[c] for r in runs], length) for c in crystals]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     lines += ["", "Per model:", "", *header]
