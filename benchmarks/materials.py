@@ -8,8 +8,11 @@ functions, 4 Å cutoff: CPU-sized) under the convergence protocol of the converg
 sized to this shared CPU and chosen on validation data for the plain EFS model
 (``benchmarks/results/materials_tuning.md``): validation every ~``--validate-every`` steps (50),
 halving after ``--patience`` (3) such validations, early stop after ``--early-stop`` (8), a step
-cap of ``--cap`` steps (3000), ``--seeds`` seeds (0 1 2; ``--one-seed`` variants: the first
-only). Variants:
+cap of ``--cap`` steps (3000), ``--seeds`` seeds (0 1 2; ``--seed-limit VARIANT=N``: the first
+N only). The energy-only variants are a regime of their own (as ``E_only_1000`` is in the rMD17
+study), chosen on validation data for the plain E model: patience ``--e-patience`` (10),
+early stop ``--e-early-stop`` (25), cap ``--e-cap`` (8000) — their validation error stays flat for
+~500 steps before it falls, which the E+F+S settings mistake for a plateau. Variants:
 
 =================  =============================================================================
 EF                 N frames with energies + forces (no stress term)
@@ -83,7 +86,13 @@ def overrides_of(variant: str, seed: int, args: argparse.Namespace) -> list[str]
     extra, sparse = VARIANTS[variant]
     n_train = args.n_train if sparse else None
     pool = args.pool - args.n_val
-    recipe = Recipe(batch_size=args.batch_size, lr=args.lr, cap_steps=args.cap)
+    energy_only = ENERGY_ONLY[0] in extra  # its own regime, like the rMD17 study's E_only_1000
+    cap, patience, early_stop = (
+        (args.e_cap, args.e_patience, args.e_early_stop)
+        if energy_only
+        else (args.cap, args.patience, args.early_stop)
+    )
+    recipe = Recipe(batch_size=args.batch_size, lr=args.lr, cap_steps=cap)
     steps_per_epoch = -(-(n_train or pool) // args.batch_size)
     every = max(1, round(args.validate_every / steps_per_epoch))
     return [
@@ -95,8 +104,8 @@ def overrides_of(variant: str, seed: int, args: argparse.Namespace) -> list[str]
         # the protocol sized small: validation every ~validate_every steps, lr halved after
         # `patience` validations gaining < 2 %, early stop after `early_stop` without a gain
         f"training.val_every_n_epochs={every}",
-        f"training.plateau_patience={args.patience}",
-        f"training.early_stopping_patience={args.early_stop}",
+        f"training.plateau_patience={patience}",
+        f"training.early_stopping_patience={early_stop}",
         *extra,
     ]
 
@@ -106,7 +115,7 @@ def train_all(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     runs: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:
         for variant in args.variants:
-            if variant in args.one_seed and seed != args.seeds[0]:
+            if seed not in args.seeds[: args.seed_limit.get(variant, len(args.seeds))]:
                 continue
             name = f"{variant}-s{seed}"
             summary, timing = train_once(
@@ -458,11 +467,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument(
-        "--one-seed",
+        "--seed-limit",
         nargs="*",
         default=[],
-        choices=list(VARIANTS),
-        help="variants trained with the first seed only (to fit the time)",
+        metavar="VARIANT=N",
+        help="train VARIANT with the first N of --seeds only (to fit the time)",
     )
     parser.add_argument("--n-train", type=int, default=12, help="N of the sparse variants")
     parser.add_argument("--n-val", type=int, default=6)
@@ -472,6 +481,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--validate-every", type=int, default=50, help="steps, about")
     parser.add_argument("--patience", type=int, default=3, help="validations before lr × 0.5")
     parser.add_argument("--early-stop", type=int, default=8, help="validations without a gain")
+    parser.add_argument("--e-cap", type=int, default=8000, help="energy-only runs: step cap")
+    parser.add_argument("--e-patience", type=int, default=10, help="energy-only runs")
+    parser.add_argument("--e-early-stop", type=int, default=25, help="energy-only runs")
     parser.add_argument("--tolerance", type=float, default=1.0, help="%% of the lattice lengths")
     parser.add_argument(
         "--relax-modes", nargs="+", default=["free", "symmetric"], choices=["free", "symmetric"]
@@ -488,8 +500,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="seconds: tiny caps, one seed")
     parser.add_argument("--out", default=str(RESULTS / "materials"))
     args = parser.parse_args()
+    try:
+        args.seed_limit = {k: int(n) for k, n in (item.split("=") for item in args.seed_limit)}
+    except ValueError:
+        parser.error(f"--seed-limit takes VARIANT=N items, got {args.seed_limit}")
+    if unknown := sorted(set(args.seed_limit) - set(VARIANTS)):
+        parser.error(f"--seed-limit: unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     if args.smoke:
         args.seeds, args.cap, args.md_ps, args.validate_every = [0], 20, 0.02, 10
+        args.e_cap = 20
         if args.variants == list(VARIANTS):
             args.variants = ["EFS", "E_piwsl2"]
         args.md_variants = args.relax_variants = ["EFS"]
@@ -554,8 +573,9 @@ def main() -> None:
             f"converged protocol sized small: validation ({args.n_val} frames) every "
             f"~{args.validate_every} steps, lr × 0.5 after {args.patience} validations gaining "
             f"< 2 %, stop at lr0/16 or after {args.early_stop} validations without a gain or at "
-            f"{args.cap} steps; batch {args.batch_size}, lr {args.lr}, seeds {args.seeds}"
-            + (f" ({', '.join(args.one_seed)}: seed {args.seeds[0]} only)" if args.one_seed else "")
+            f"{args.cap} steps (energy-only variants: {args.e_patience}, {args.e_early_stop} and "
+            f"{args.e_cap}); batch {args.batch_size}, lr {args.lr}, seeds {args.seeds}"
+            + "".join(f"; {v}: the first {n} seeds only" for v, n in args.seed_limit.items())
         ),
         "n_train": {v: args.n_train if VARIANTS[v][1] else args.pool - args.n_val for v in runs},
         "test": test_table(runs),

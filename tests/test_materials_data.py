@@ -59,7 +59,7 @@ def test_materials_config_reads_the_shipped_data():
 def test_materials_config_trains_with_the_benchmark_recipe(monkeypatch):
     """``piwsl train builtin:materials`` uses the schedule benchmarks/materials.py measured (the
     plateau protocol chosen on validation data), not a recipe of its own: every training setting
-    the benchmark passes for a run on the whole pool (as the config trains) is the config's."""
+    the benchmark passes for an E+F+S run on the whole pool (as the config trains) is the config's."""
     import importlib
     import sys
     from pathlib import Path
@@ -70,8 +70,9 @@ def test_materials_config_trains_with_the_benchmark_recipe(monkeypatch):
     materials = importlib.import_module("materials")
     args = materials.parse_args()
     args.pool = len(read_frames("builtin:materials_gfn1_train"))
+    args.n_train = args.pool - args.n_val  # the config trains on the whole pool
     settings = dict(
-        o.split("=", 1) for o in materials.overrides_of("E", 0, args) if o.startswith("training.")
+        o.split("=", 1) for o in materials.overrides_of("EFS", 0, args) if o.startswith("training.")
     )
     training = load_config("builtin:materials").training
     assert training.scheduler == settings["training.scheduler"] == "plateau"
