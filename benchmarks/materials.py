@@ -344,8 +344,7 @@ def relaxation_lines(result: dict[str, Any], mode: str, title: str) -> list[str]
         f"(✓: converged and within {tol:g} %). Check: {sum(checks)} of {len(checks)} "
         f"relaxations within {tol:g} %.",
         "",
-        "| model | " + " | ".join(crystals) + " |",
-        "|---|" + "---|" * len(crystals),
+        *crystal_header("model", crystals),
     ]
     for name, relax in runs.items():
         cells = [
@@ -360,7 +359,7 @@ def relaxation_lines(result: dict[str, Any], mode: str, title: str) -> list[str]
         "(* not converged in 500 BFGS steps.) Per variant, mean ± std over its seeds:",
         "",
     ]
-    lines += ["| variant | " + " | ".join(crystals) + " |", "|---|" + "---|" * len(crystals)]
+    lines += crystal_header("variant", crystals)
     for variant, relaxations in by_variant(runs).items():
         cells = []
         for c in crystals:
@@ -393,15 +392,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"## Test errors ({result['n_test']} frames; mean ± std over seeds)",
         "",
         "| variant | train frames | energy MAE (meV/atom) | force MAE (meV/Å) | "
-        "stress MAE (meV/Å³) | steps | stopped by |",
-        "|---|---|---|---|---|---|---|",
+        "stress MAE (meV/Å³) | steps | stopped by | training wall time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for variant, row in result["test"].items():
         n = result["n_train"][variant]
         lines.append(
             f"| {variant} | {n} | {fmt(row['energy_mae_meV_per_atom'], 2)} | "
             f"{fmt(row['forces_mae_meV_per_A'])} | {fmt(row['stress_mae_meV_per_A3'], 2)} | "
-            f"{', '.join(map(str, row['steps']))} | {', '.join(map(str, row['stopped_by']))} |"
+            f"{', '.join(map(str, row['steps']))} | {', '.join(map(str, row['stopped_by']))} | "
+            f"{', '.join(f'{t:.0f}' for t in row['wall_time_s'])} |"
         )
     zero = result.get("chgnet_zero_shot")
     if zero:
@@ -432,13 +432,16 @@ def md_cell(runs: list[dict[str, Any]], length_ps: float) -> str:
     return f"{stable}/{len(times)} stable, median {median:.2f} ps" + (f" ({why})" if why else "")
 
 
+def crystal_header(first: str, crystals: list[str]) -> list[str]:
+    return [f"| {first} | " + " | ".join(crystals) + " |", "|---|" + "---|" * len(crystals)]
+
+
 def md_lines(result: dict[str, Any]) -> list[str]:
     """The MD tables: per variant (replicas of every seed pooled), then per model."""
     md, crystals = result["md"], result["crystals"]
     if not md["runs"]:
         return []
     length = md["length_ps"]
-    header = ["| model | " + " | ".join(crystals) + " |", "|---|" + "---|" * len(crystals)]
     lines = [
         "",
         f"## NVT MD stability ({md['temperature_K']:.0f} K, {length:g} ps, "
@@ -447,15 +450,14 @@ def md_lines(result: dict[str, Any]) -> list[str]:
         "",
         "Stable replicas, median time to failure (ps; a stable replica counts as the run length) "
         "and failure reasons (bond: a bond of the relaxed crystal deviates > 0.5 Å; temperature: "
-        f"above 5 × the target). Per variant, the replicas of its {len(result['seeds'])} seeds "
-        "pooled:",
+        "above 5 × the target). Per variant, the replicas of all its seeds pooled:",
         "",
-        *header,
+        *crystal_header("variant", crystals),
     ]
     for variant, runs in by_variant(md["runs"]).items():
         cells = [md_cell([r[c] for r in runs], length) for c in crystals]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    lines += ["", "Per model:", "", *header]
+    lines += ["", "Per model:", "", *crystal_header("model", crystals)]
     for name, run in md["runs"].items():
         cells = [md_cell([run[c]], length) for c in crystals]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
