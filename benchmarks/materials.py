@@ -5,9 +5,14 @@ Every run is ``piwsl train builtin:materials`` (SchNet, 32 features, 2 interacti
 functions, 4 Å cutoff: CPU-sized) under the convergence protocol of the converged rMD17 study
 (``benchmarks/converged_protocol.py``: the plateau schedule, lr halved after validations gaining
 < 2 %, stop at lr0/16, early stop, a step cap, EMA model with the best validation score tested)
-sized to this shared CPU: validation every ~``--validate-every`` steps (50), halving after
-``--patience`` (2) such validations, early stop after ``--early-stop`` (6), a step cap of ``--cap``
-steps (300), ``--seeds`` seeds (one). Variants:
+sized to this shared CPU and chosen on validation data for the plain EFS model
+(``benchmarks/results/materials_tuning.md``): validation every ~``--validate-every`` steps (50),
+halving after ``--patience`` (3) such validations, early stop after ``--early-stop`` (8), a step
+cap of ``--cap`` steps (3000), ``--seeds`` seeds (0 1 2; ``--seed-limit VARIANT=N``: the first
+N only). The energy-only variants are a regime of their own (as ``E_only_1000`` is in the rMD17
+study), chosen on validation data for the plain E model: patience ``--e-patience`` (10),
+early stop ``--e-early-stop`` (25), cap ``--e-cap`` (8000) — their validation error stays flat for
+~500 steps before it falls, which the E+F+S settings mistake for a plateau. Variants:
 
 =================  =============================================================================
 EF                 N frames with energies + forces (no stress term)
@@ -22,11 +27,12 @@ EFS_delta_zbl      N frames, energies + forces + stress, on top of ZBL (in the m
 
 Measured on the test file: energy MAE (meV/atom), force MAE (meV/Å), stress MAE
 (meV/Å³; 1 meV/Å³ = 0.160 GPa); CHGNet itself (zero-shot, per-element energy offsets fitted on
-the training energies); the cell relaxation of every trained model (each crystal's GFN1-xTB cell
-strained by +3 % and sheared, relaxed with ``ase.filters.FrechetCellFilter`` + BFGS, lattice
-parameters against GFN1-xTB's; the check: converged and every length within ``--tolerance`` %
-of the reference); NVT MD stability (Langevin, ``--md-temperature`` K,
-``--md-ps`` ps, 2 fs, from each relaxed crystal, :func:`piwsl.md.run_md`). Results:
+the training energies); the cell relaxation of the ``--relax-variants`` models (each crystal's
+GFN1-xTB cell strained by +3 % and sheared, relaxed with ``ase.filters.FrechetCellFilter`` + BFGS,
+lattice parameters against GFN1-xTB's; the check: converged and every length within
+``--tolerance`` % of the reference); NVT MD stability of the ``--md-variants`` (Nosé–Hoover
+chain, ``--md-temperature`` K, ``--md-ps`` ps, 2 fs, ``--md-trajectories`` replicas per relaxed
+crystal advanced together by :mod:`piwsl.md`'s batched integrator; time to failure). Results:
 ``benchmarks/results/materials.{json,md}``; runs under ``runs/benchmarks/materials/`` (a finished
 run with the same command is reused, and so are its relaxations and MD while its model file is
 unchanged: a second invocation with more variants only computes what is new).
@@ -80,7 +86,13 @@ def overrides_of(variant: str, seed: int, args: argparse.Namespace) -> list[str]
     extra, sparse = VARIANTS[variant]
     n_train = args.n_train if sparse else None
     pool = args.pool - args.n_val
-    recipe = Recipe(batch_size=args.batch_size, lr=args.lr, cap_steps=args.cap)
+    energy_only = ENERGY_ONLY[0] in extra  # its own regime, like the rMD17 study's E_only_1000
+    cap, patience, early_stop = (
+        (args.e_cap, args.e_patience, args.e_early_stop)
+        if energy_only
+        else (args.cap, args.patience, args.early_stop)
+    )
+    recipe = Recipe(batch_size=args.batch_size, lr=args.lr, cap_steps=cap)
     steps_per_epoch = -(-(n_train or pool) // args.batch_size)
     every = max(1, round(args.validate_every / steps_per_epoch))
     return [
@@ -92,8 +104,8 @@ def overrides_of(variant: str, seed: int, args: argparse.Namespace) -> list[str]
         # the protocol sized small: validation every ~validate_every steps, lr halved after
         # `patience` validations gaining < 2 %, early stop after `early_stop` without a gain
         f"training.val_every_n_epochs={every}",
-        f"training.plateau_patience={args.patience}",
-        f"training.early_stopping_patience={args.early_stop}",
+        f"training.plateau_patience={patience}",
+        f"training.early_stopping_patience={early_stop}",
         *extra,
     ]
 
@@ -103,6 +115,8 @@ def train_all(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     runs: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:
         for variant in args.variants:
+            if seed not in args.seeds[: args.seed_limit.get(variant, len(args.seeds))]:
+                continue
             name = f"{variant}-s{seed}"
             summary, timing = train_once(
                 args, WORK, name, overrides_of(variant, seed, args), "builtin:materials"
@@ -252,40 +266,52 @@ def relax_cells(model_path: str, tolerance_percent: float, mode: str = "free") -
 
 # ------------------------------------------------------------------------------ MD stability
 def md_stability(model_path: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    """NVT (Langevin) from each relaxed crystal: stable or not, time to failure, mean T."""
-    from piwsl import PiwslCalculator
+    """NVT (Nosé–Hoover chain) from each relaxed crystal, ``--md-trajectories`` replicas per
+    crystal advanced together (:class:`piwsl.md.potential.BatchedPotential`, one model call per
+    step): the stable count, each replica's time to failure (ps; None: stable), the median over
+    replicas censored at the run length, the failure reasons and the mean temperature (K)."""
     from piwsl.md import run_md
+    from piwsl.md.potential import BatchedPotential
 
     result = {}
-    calc = PiwslCalculator(model_path, skin=1.0)
     for atoms in reference_crystals():
         name = atoms.info["material"]
         report = run_md(
-            calc,
+            BatchedPotential(model_path, skin=1.0),
             [atoms],
             out_dir=out_dir / name,
-            ensemble="langevin",
+            ensemble="nose-hoover",
             temperature_K=args.md_temperature,
-            timestep_fs=2.0,
+            timestep_fs=MD_TIMESTEP_FS,
             length_ps=args.md_ps,
-            n_trajectories=1,
+            n_trajectories=args.md_trajectories,
+            frame_selection="sequential",
             seed=0,
             plots=False,
             progress=False,
             write_trajectories=False,
+            state_interval=0,
         )
-        summary = report.trajectories[0].summary(timestep_fs=2.0)
-        keys = (
-            "stable",
-            "failure_reason",
-            "failure_time_ps",
-            "simulated_ps",
-            "mean_temperature_K",
-            "n_bonds_checked",
-            "steps_per_s",
-        )
-        result[name] = {k: summary.get(k) for k in keys}
+        summary = report.summary
+        result[name] = {
+            "failure_times_ps": [
+                None if t.failure is None else t.failure.time_ps for t in report.trajectories
+            ],
+            **{k: summary.get(k) for k in MD_KEYS},
+        }
     return result
+
+
+MD_TIMESTEP_FS = 2.0
+MD_KEYS = (
+    "n_trajectories",
+    "n_stable",
+    "median_time_to_failure_ps_censored",
+    "mean_time_to_failure_ps_censored",
+    "failure_reasons",
+    "temperature_mean_K",
+    "steps_per_s",
+)
 
 
 # ------------------------------------------------------------------------------ report
@@ -318,8 +344,7 @@ def relaxation_lines(result: dict[str, Any], mode: str, title: str) -> list[str]
         f"(✓: converged and within {tol:g} %). Check: {sum(checks)} of {len(checks)} "
         f"relaxations within {tol:g} %.",
         "",
-        "| model | " + " | ".join(crystals) + " |",
-        "|---|" + "---|" * len(crystals),
+        *crystal_header("model", crystals),
     ]
     for name, relax in runs.items():
         cells = [
@@ -329,7 +354,28 @@ def relaxation_lines(result: dict[str, Any], mode: str, title: str) -> list[str]
             for c in crystals
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return [*lines, "", "(* not converged in 500 BFGS steps)", ""]
+    lines += [
+        "",
+        "(* not converged in 500 BFGS steps.) Per variant, mean ± std over its seeds:",
+        "",
+    ]
+    lines += crystal_header("variant", crystals)
+    for variant, relaxations in by_variant(runs).items():
+        cells = []
+        for c in crystals:
+            errors = [r[c]["max_length_error_percent"] for r in relaxations]
+            passed = sum(r[c]["passes"] for r in relaxations)
+            cells.append(f"{fmt(mean_std(errors), 2)} ({passed}/{len(errors)} ✓)")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def by_variant(per_model: dict[str, Any]) -> dict[str, list[Any]]:
+    """Results keyed by model name (``variant-sSEED``) grouped by variant."""
+    out: dict[str, list[Any]] = {}
+    for name, value in per_model.items():
+        out.setdefault(name.rsplit("-s", 1)[0], []).append(value)
+    return out
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -346,15 +392,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"## Test errors ({result['n_test']} frames; mean ± std over seeds)",
         "",
         "| variant | train frames | energy MAE (meV/atom) | force MAE (meV/Å) | "
-        "stress MAE (meV/Å³) | steps | stopped by |",
-        "|---|---|---|---|---|---|---|",
+        "stress MAE (meV/Å³) | steps | stopped by | training wall time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for variant, row in result["test"].items():
         n = result["n_train"][variant]
         lines.append(
             f"| {variant} | {n} | {fmt(row['energy_mae_meV_per_atom'], 2)} | "
             f"{fmt(row['forces_mae_meV_per_A'])} | {fmt(row['stress_mae_meV_per_A3'], 2)} | "
-            f"{', '.join(map(str, row['steps']))} | {', '.join(map(str, row['stopped_by']))} |"
+            f"{', '.join(map(str, row['steps']))} | {', '.join(map(str, row['stopped_by']))} | "
+            f"{', '.join(f'{t:.0f}' for t in row['wall_time_s'])} |"
         )
     zero = result.get("chgnet_zero_shot")
     if zero:
@@ -368,57 +415,105 @@ def markdown(result: dict[str, Any]) -> str:
     for mode, title in RELAX_TITLES.items():
         if result["relaxation"].get(mode):
             lines += relaxation_lines(result, mode, title)
-    lines += [
-        f"## NVT MD stability ({result['md']['temperature_K']:.0f} K, "
-        f"{result['md']['length_ps']:g} ps, 2 fs, Langevin)",
+    return "\n".join(lines + md_lines(result)) + "\n"
+
+
+def md_cell(runs: list[dict[str, Any]], length_ps: float) -> str:
+    """One crystal's MD over some models: stable replicas of all, the median time to failure
+    (ps, stable replicas counted at the run length) and the failure reasons."""
+    times = [t for run in runs for t in run["failure_times_ps"]]
+    stable = sum(t is None for t in times)
+    median = float(np.median([length_ps if t is None else t for t in times]))
+    reasons: dict[str, int] = {}
+    for run in runs:
+        for reason, count in (run.get("failure_reasons") or {}).items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    why = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+    return f"{stable}/{len(times)} stable, median {median:.2f} ps" + (f" ({why})" if why else "")
+
+
+def crystal_header(first: str, crystals: list[str]) -> list[str]:
+    return [f"| {first} | " + " | ".join(crystals) + " |", "|---|" + "---|" * len(crystals)]
+
+
+def md_lines(result: dict[str, Any]) -> list[str]:
+    """The MD tables: per variant (replicas of every seed pooled), then per model."""
+    md, crystals = result["md"], result["crystals"]
+    if not md["runs"]:
+        return []
+    length = md["length_ps"]
+    lines = [
         "",
-        "| model | " + " | ".join(result["crystals"]) + " |",
-        "|---|" + "---|" * len(result["crystals"]),
+        f"## NVT MD stability ({md['temperature_K']:.0f} K, {length:g} ps, "
+        f"{md['timestep_fs']:g} fs, Nosé–Hoover chain, {md['trajectories']} replicas per crystal "
+        "and model, batched)",
+        "",
+        "Stable replicas, median time to failure (ps; a stable replica counts as the run length) "
+        "and failure reasons (bond: a bond of the relaxed crystal deviates > 0.5 Å; temperature: "
+        "above 5 × the target). Per variant, the replicas of all its seeds pooled:",
+        "",
+        *crystal_header("variant", crystals),
     ]
-    for name, md in result["md"]["runs"].items():
-        cells = [
-            (
-                "stable"
-                if md[c]["stable"]
-                else f"{md[c]['failure_reason']} at {md[c]['failure_time_ps']:.2f} ps"
-            )
-            + f" ({md[c]['mean_temperature_K']:.0f} K)"
-            for c in result["crystals"]
-        ]
+    for variant, runs in by_variant(md["runs"]).items():
+        cells = [md_cell([r[c] for r in runs], length) for c in crystals]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines += ["", "Per model:", "", *crystal_header("model", crystals)]
+    for name, run in md["runs"].items():
+        cells = [md_cell([run[c]], length) for c in crystals]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--seed-limit",
+        nargs="*",
+        default=[],
+        metavar="VARIANT=N",
+        help="train VARIANT with the first N of --seeds only (to fit the time)",
+    )
     parser.add_argument("--n-train", type=int, default=12, help="N of the sparse variants")
     parser.add_argument("--n-val", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--cap", type=int, default=300, help="step cap of every run")
+    parser.add_argument("--cap", type=int, default=3000, help="step cap of every run")
     parser.add_argument("--validate-every", type=int, default=50, help="steps, about")
-    parser.add_argument("--patience", type=int, default=2, help="validations before lr × 0.5")
-    parser.add_argument("--early-stop", type=int, default=6, help="validations without a gain")
+    parser.add_argument("--patience", type=int, default=3, help="validations before lr × 0.5")
+    parser.add_argument("--early-stop", type=int, default=8, help="validations without a gain")
+    parser.add_argument("--e-cap", type=int, default=8000, help="energy-only runs: step cap")
+    parser.add_argument("--e-patience", type=int, default=10, help="energy-only runs")
+    parser.add_argument("--e-early-stop", type=int, default=25, help="energy-only runs")
     parser.add_argument("--tolerance", type=float, default=1.0, help="%% of the lattice lengths")
     parser.add_argument(
         "--relax-modes", nargs="+", default=["free", "symmetric"], choices=["free", "symmetric"]
     )
-    parser.add_argument("--md-temperature", type=float, default=600.0)
-    parser.add_argument("--md-ps", type=float, default=1.0)
-    parser.add_argument("--md-variants", nargs="+", default=["EFS", "EFS_piwsl2"])
+    with_forces = ["EFS", "EFS_piwsl2", "EF", "EFS_delta_zbl"]
+    parser.add_argument("--relax-variants", nargs="*", default=with_forces, choices=list(VARIANTS))
+    parser.add_argument("--md-temperature", type=float, default=300.0)
+    parser.add_argument("--md-ps", type=float, default=2.0)
+    parser.add_argument("--md-trajectories", type=int, default=3, help="replicas per crystal")
+    parser.add_argument("--md-variants", nargs="*", default=with_forces, choices=list(VARIANTS))
     parser.add_argument("--no-chgnet", action="store_true", help="skip CHGNet zero-shot")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="train again even if finished")
     parser.add_argument("--smoke", action="store_true", help="seconds: tiny caps, one seed")
     parser.add_argument("--out", default=str(RESULTS / "materials"))
     args = parser.parse_args()
+    try:
+        args.seed_limit = {k: int(n) for k, n in (item.split("=") for item in args.seed_limit)}
+    except ValueError:
+        parser.error(f"--seed-limit takes VARIANT=N items, got {args.seed_limit}")
+    if unknown := sorted(set(args.seed_limit) - set(VARIANTS)):
+        parser.error(f"--seed-limit: unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     if args.smoke:
         args.seeds, args.cap, args.md_ps, args.validate_every = [0], 20, 0.02, 10
+        args.e_cap = 20
         if args.variants == list(VARIANTS):
             args.variants = ["EFS", "E_piwsl2"]
-        args.md_variants = ["EFS"]
+        args.md_variants = args.relax_variants = ["EFS"]
     return args
 
 
@@ -432,7 +527,9 @@ def evaluate_runs(
         for r in items:
             model = r["summary"]["best_model"] or r["summary"]["final_model"]
             run_dir = WORK / r["name"]
-            for mode in args.relax_modes if "chgnet" not in variant else ():  # prior: no stress
+            # (a model on CHGNet has no stress: the prior gives none)
+            relaxed = variant in args.relax_variants and "chgnet" not in variant
+            for mode in args.relax_modes if relaxed else ():
                 key = model_key(model, strain=RELAX_STRAIN.tolist(), tolerance=args.tolerance)
                 suffix = "" if mode == "free" else f"_{mode}"
                 relax.setdefault(mode, {})[r["name"]] = cached(
@@ -442,7 +539,13 @@ def evaluate_runs(
                 )
                 print(f"{r['name']}: cell relaxation ({mode}) {relax[mode][r['name']]}", flush=True)
             if variant in args.md_variants:
-                key = model_key(model, temperature_K=args.md_temperature, ps=args.md_ps)
+                key = model_key(
+                    model,
+                    ensemble="nose-hoover",
+                    temperature_K=args.md_temperature,
+                    ps=args.md_ps,
+                    trajectories=args.md_trajectories,
+                )
                 md[r["name"]] = cached(
                     run_dir / "md_stability.json",
                     key,
@@ -472,7 +575,9 @@ def main() -> None:
             f"converged protocol sized small: validation ({args.n_val} frames) every "
             f"~{args.validate_every} steps, lr × 0.5 after {args.patience} validations gaining "
             f"< 2 %, stop at lr0/16 or after {args.early_stop} validations without a gain or at "
-            f"{args.cap} steps; batch {args.batch_size}, lr {args.lr}, seeds {args.seeds}"
+            f"{args.cap} steps (energy-only variants: {args.e_patience}, {args.e_early_stop} and "
+            f"{args.e_cap}); batch {args.batch_size}, lr {args.lr}, seeds {args.seeds}"
+            + "".join(f"; {v}: the first {n} seeds only" for v, n in args.seed_limit.items())
         ),
         "n_train": {v: args.n_train if VARIANTS[v][1] else args.pool - args.n_val for v in runs},
         "test": test_table(runs),
@@ -513,7 +618,15 @@ def main() -> None:
     result["relaxation"] = relax
     result["tolerance_percent"] = args.tolerance
     result["crystals"] = sorted(next(iter(relax["free"].values()))) if relax.get("free") else []
-    result["md"] = {"temperature_K": args.md_temperature, "length_ps": args.md_ps, "runs": md}
+    result["seeds"] = args.seeds
+    result["md"] = {
+        "ensemble": "nose-hoover",
+        "temperature_K": args.md_temperature,
+        "length_ps": args.md_ps,
+        "timestep_fs": MD_TIMESTEP_FS,
+        "trajectories": args.md_trajectories,
+        "runs": md,
+    }
     result["wall_time_s"] = round(time.perf_counter() - start, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

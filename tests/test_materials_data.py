@@ -54,3 +54,36 @@ def test_materials_config_reads_the_shipped_data():
     assert cfg.data.train == ["builtin:materials_gfn1_train"]
     assert cfg.data.test == ["builtin:materials_gfn1_test"]
     assert cfg.loss.terms["stress"].weight > 0
+
+
+def test_materials_config_trains_with_the_benchmark_recipe(monkeypatch):
+    """``piwsl train builtin:materials`` uses the schedule benchmarks/materials.py measured (the
+    plateau protocol chosen on validation data), not a recipe of its own: every training setting
+    the benchmark passes for an E+F+S run on the whole pool (as the config trains) is the config's."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    monkeypatch.setattr(sys, "argv", ["materials.py"])
+    materials = importlib.import_module("materials")
+    args = materials.parse_args()
+    args.pool = len(read_frames("builtin:materials_gfn1_train"))
+    args.n_train = args.pool - args.n_val  # the config trains on the whole pool
+    settings = dict(
+        o.split("=", 1) for o in materials.overrides_of("EFS", 0, args) if o.startswith("training.")
+    )
+    training = load_config("builtin:materials").training
+    assert training.scheduler == settings["training.scheduler"] == "plateau"
+    assert training.max_epochs is None and settings["training.max_epochs"] == "null"
+    for key in (
+        "batch_size",
+        "max_steps",
+        "plateau_patience",
+        "early_stopping_patience",
+        "val_every_n_epochs",
+    ):
+        assert getattr(training, key) == int(settings[f"training.{key}"]), key
+    for key in ("lr", "plateau_factor", "plateau_threshold", "stop_lr", "ema_decay", "min_lr"):
+        assert getattr(training, key) == pytest.approx(float(settings[f"training.{key}"])), key
