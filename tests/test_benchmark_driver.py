@@ -196,3 +196,45 @@ def test_converged_suite_resumes_an_unfinished_run(tmp_path):
     assert [p["step"] for p in record["test_curve"]] == [10, 30]  # 10 kept, 30 added
     assert record["validation_curve"][0]["step"] < 20  # the curve spans both attempts
     assert (tmp_path / "results" / "converged.md").is_file()
+
+
+def test_md_survival_pools_seeds_per_cell_and_method(benchmarks, tmp_path):
+    """The MD report's survival plot pools each method's trajectories over seeds, one panel per
+    (cell, protocol); a label outside the seed scheme is a cell of its own."""
+    import importlib
+
+    md = importlib.import_module("md_stability")
+
+    def model(times: list[float | None]) -> dict:
+        runs = [{"failure_time_ps": t} for t in times]
+        return {"protocols": {"nvt300": {"length_ps": 50.0, "trajectories": runs}}}
+
+    result = {
+        "models": {
+            "aspirin-painn32_direct-EF_100-plain-s0": model([None, 12.0]),
+            "aspirin-painn32_direct-EF_100-plain-s1": model([3.0]),
+            "aspirin-painn32_direct-EF_100-piwsl_2nd-s0": model([None, None]),
+            "N300_delta_ft_plain_s1": model([None]),
+        }
+    }
+    groups = md.survival_groups(result)
+    cell = ("aspirin-painn32_direct-EF_100", "nvt300")
+    assert sorted(groups) == [("N300_delta_ft_plain", "nvt300"), cell]
+    assert groups[cell]["plain"]["times"] == [None, 12.0, 3.0]
+    assert groups[cell]["piwsl_2nd"] == {"times": [None, None], "length_ps": 50.0}
+    path = md.survival_figure(result, tmp_path / "survival.png")
+    assert path.stat().st_size > 0
+
+
+def test_converged_runs_train_aspirin_compiled(rmd17):
+    """The converged suite compiles the aspirin runs (converged_protocol.COMPILED_MOLECULES) and
+    leaves ethanol eager; an explicit --set comes after and wins."""
+    args = rmd17.parse_args(["--suite", "converged", "--seeds", "0"])
+    runs = rmd17.converged_runs(args, Path("data"))
+    compiled = {r.molecule for r in runs if "training.compile=true" in r.extra}
+    assert compiled == {"aspirin"}
+    args = rmd17.parse_args(
+        ["--suite", "converged", "--seeds", "0", "--set", "training.compile=false"]
+    )
+    run = next(r for r in rmd17.converged_runs(args, Path("data")) if r.molecule == "aspirin")
+    assert run.extra[-1] == "training.compile=false"
