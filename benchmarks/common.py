@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Where every benchmark writes its results.
+RESULTS = ROOT / "benchmarks" / "results"
 
 #: An absolute path inside a text: starts with "/", not preceded by a word character, a dot, a
 #: colon or a slash (URLs, relative paths), and runs until whitespace, a quote or a bracket.

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, command_line, git_commit, machine_info
+from common import RESULTS, ROOT, command_line, git_commit, machine_info
 from rmd17 import N_TRAIN, REGIMES, aggregate, load_records
 
 from piwsl.data import read_frames, split_indices
@@ -34,7 +34,6 @@ from piwsl.errors import PiwslError
 
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
 PACKAGED = ROOT / "src" / "piwsl" / "datasets"  # ethanol only
-RESULTS = ROOT / "benchmarks" / "results"
 #: The folders of per-run results the committed table was made from.
 DEFAULT_RUNS = [
     "grid",

@@ -18,10 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import command_line, git_commit, machine_info
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from common import ROOT, command_line, git_commit, machine_info
 
 #: The README main job's model (PaiNN with conservative forces).
 MODEL = [

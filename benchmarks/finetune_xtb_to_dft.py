@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import portable
+from common import RESULTS, ROOT, portable
 from finetune_workflow import (
     MODEL,
     PIWSL_2ND,
@@ -55,8 +55,6 @@ from finetune_workflow import (
     write_json,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 STEM = "finetune_xtb_to_dft"
 
 DFT_TRAIN = "builtin:ethanol_train"

@@ -29,8 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from common import RESULTS, ROOT
 
 #: name → (backend, options, repeats, cap in s for the whole measurement)
 METHODS: dict[str, tuple[str, dict, int, float]] = {

@@ -34,7 +34,7 @@ import mace  # first: before e3nn
 import numpy as np
 import torch
 from ase import Atoms
-from common import git_commit, machine_info
+from common import ROOT, git_commit, machine_info
 from mace import data as mace_data
 from mace.modules.loss import WeightedEnergyForcesLoss
 from mace.tools import AtomicNumberTable, torch_geometric
@@ -45,7 +45,6 @@ from piwsl.models import build_model
 from piwsl.models.mace import to_mace_module
 from piwsl.objective import EnergyTerm, ForcesTerm, Objective
 
-ROOT = Path(__file__).resolve().parents[1]
 HPARAMS = {
     "num_channels": 16,
     "max_L": 1,

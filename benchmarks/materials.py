@@ -52,11 +52,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import ROOT, command_line, git_commit, machine_info, portable, relative
+from common import RESULTS, ROOT, command_line, git_commit, machine_info, portable, relative
 from converged_protocol import Recipe
 from finetune_workflow import train_once, write_json
 
-RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "runs" / "benchmarks" / "materials"
 CHGNET = "ase:chgnet.model.dynamics.CHGNetCalculator"
 PIWSL_2ND = [

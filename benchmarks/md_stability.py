@@ -44,6 +44,7 @@ from typing import Any
 
 from common import (
     BASELINES,
+    RESULTS,
     ROOT,
     command_line,
     git_commit,
@@ -53,7 +54,6 @@ from common import (
 )
 
 DATA = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_test_01.npz"
-RESULTS = ROOT / "benchmarks" / "results"
 #: per (model, protocol) run folder: its summary and what it depends on (resume key)
 DONE_NAME = "benchmark_run.json"
 

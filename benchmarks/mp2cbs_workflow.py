@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import portable
+from common import RESULTS, ROOT, portable
 from finetune_workflow import (
     PIWSL_2ND,
     PLAIN,
@@ -66,8 +66,6 @@ from finetune_workflow import (
     write_json,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 STEM = "mp2cbs_workflow"
 
 PBE_TRAIN, PBE_TEST = "builtin:ethanol_train", "builtin:ethanol_test"

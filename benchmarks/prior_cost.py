@@ -26,10 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import git_commit, machine_info
+from common import RESULTS, ROOT, git_commit, machine_info
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
 MOLECULES = ("aspirin", "ethanol", "malonaldehyde", "naphthalene", "toluene")
 PAINN = {"features": 64, "interactions": 3, "n_rbf": 20, "forces": "conservative"}

@@ -50,9 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import converged_protocol as converged
-from common import ROOT, baseline_of, command_line, git_commit, machine_info, relative
+from common import RESULTS, ROOT, baseline_of, command_line, git_commit, machine_info, relative
 
-RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
 PACKAGED = ROOT / "src" / "piwsl" / "datasets"  # ethanol only, used when DATA is absent
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from common import git_commit, machine_info
+from common import ROOT, git_commit, machine_info
 
 from piwsl.data import read_frames
 from piwsl.data.batch import Batch, Graph, collate
@@ -56,7 +56,6 @@ from piwsl.models.compiled import CompiledForceField
 from piwsl.objective import EnergyTerm, ForcesTerm, Objective, SpatialTerm, TaylorTerm
 from piwsl.physics import PhysicsConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
 MODELS = {
     "schnet": {"name": "schnet", "features": 64, "interactions": 3, "n_rbf": 32},
