@@ -46,6 +46,8 @@ RESUMABLE_KEYS = (
     "loss.preset",
     "physics.evaluation",
 )
+#: What the --resume error lists as changeable (from the two tuples above).
+RESUMABLE = ", ".join([*(f"{s}.*" for s in RESUMABLE_SECTIONS), *RESUMABLE_KEYS])
 
 
 def differences(old: Any, new: Any, key: str = "") -> list[str]:
@@ -93,10 +95,8 @@ def check_resumed_config(recorded: dict[str, Any], cfg: Config, source: Path) ->
         shown = problems[:12] + ([f"… {len(problems) - 12} more"] if len(problems) > 12 else [])
         raise ConfigError(
             f"--resume: {str(source)!r} belongs to another run: {'; '.join(shown)}. Only "
-            "training.* and output.* (and prior.cache_dir, prior.workers, physics.evaluation) may "
-            "change when "
-            "resuming; start afresh (output.overwrite=true or another --run-dir) to train with "
-            "these settings, or restore this run's checkpoint"
+            f"{RESUMABLE} may change when resuming; start afresh (output.overwrite=true or "
+            "another --run-dir) to train with these settings, or restore this run's checkpoint"
         )
 
 
