@@ -339,14 +339,11 @@ def compare_methods(result: dict[str, Any]) -> list[dict[str, Any]]:
         censored_times,
     )
 
-    pooled: dict[tuple[str, str, str], list[float]] = {}
-    for label, model in result["models"].items():
-        key = seed_group(label)
-        for name, s in (model["protocols"] if key else {}).items():
-            times = [t["failure_time_ps"] for t in s.get("trajectories", [])]
-            pooled.setdefault((key[0], key[1], name), []).extend(
-                censored_times(times, s["length_ps"]).tolist()
-            )
+    pooled = {
+        (cell, method, name): censored_times(slot["times"], slot["length_ps"]).tolist()
+        for (cell, name), methods in survival_groups(result).items()
+        for method, slot in methods.items()
+    }
     rows = []
     for (cell, method, name), times in sorted(pooled.items()):
         base = pooled.get((cell, BASELINES.get(method, ""), name))
