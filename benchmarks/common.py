@@ -90,7 +90,9 @@ def machine_info(**extra: Any) -> dict[str, Any]:
 
 
 def git_commit() -> str:
-    """HEAD's hash, with ``" (+ uncommitted changes)"`` when tracked files are modified."""
+    """HEAD's hash, with ``" (+ uncommitted changes)"`` when tracked files are modified; where
+    the checkout has no git (a copy on a lent machine), ``$PIWSL_BENCHMARK_COMMIT`` or
+    ``unknown``."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
@@ -103,7 +105,7 @@ def git_commit() -> str:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("PIWSL_BENCHMARK_COMMIT", "unknown")
     return head + (" (+ uncommitted changes)" if dirty else "")
 
 

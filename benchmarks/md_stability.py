@@ -139,6 +139,8 @@ def fingerprint(checkpoint: Path, data: str, name: str, args: argparse.Namespace
     """What a finished (model, protocol) run depends on: reused only when all of it matches."""
     from dataclasses import asdict
 
+    from piwsl.io.hashing import file_hash
+
     config = asdict(protocol_config(name, args))
     config.pop("progress")
     stat = checkpoint.stat()
@@ -146,6 +148,7 @@ def fingerprint(checkpoint: Path, data: str, name: str, args: argparse.Namespace
         "checkpoint": relative(checkpoint),
         "checkpoint_size": stat.st_size,
         "checkpoint_mtime": stat.st_mtime,
+        "checkpoint_sha256": file_hash(checkpoint),
         "data": relative(data),
         "protocol": name,
         "config": config,
@@ -172,9 +175,26 @@ def finished(
         return None
     from piwsl.md.report import jsonable
 
-    if saved.get("fingerprint") != jsonable(fingerprint(checkpoint, data, name, args)):
+    if not same_run(
+        saved.get("fingerprint") or {}, jsonable(fingerprint(checkpoint, data, name, args))
+    ):
         return None
     return saved["summary"]
+
+
+def same_run(saved: dict, now: dict) -> bool:
+    """Whether a finished run's fingerprint matches this one's. The device may differ (the run
+    records its own: the same model on a GPU machine or this one). A checkpoint whose content hash
+    matches may have another mtime (a copy on another machine); fingerprints written before the
+    hash was recorded compare the mtime."""
+    ignore = {"device", "checkpoint_sha256"}
+    if "checkpoint_sha256" in saved:
+        if saved["checkpoint_sha256"] != now.get("checkpoint_sha256"):
+            return False
+        ignore.add("checkpoint_mtime")
+    return {k: v for k, v in saved.items() if k not in ignore} == {
+        k: v for k, v in now.items() if k not in ignore
+    }
 
 
 @functools.cache
@@ -205,6 +225,7 @@ def run_protocol(
     )
     summary = dict(report.summary)
     summary["run_dir"] = relative(run_dir.resolve())
+    summary["device"] = args.device
     report_file = run_dir / "md_report.json"  # the library records the paths it was given
     report_file.write_text(portable(report_file.read_text()))
     summary["elapsed_s"] = time.perf_counter() - start
@@ -307,7 +328,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f" | {fmt(s['median_time_to_failure_ps_censored'])}"
                 f" | {s['failure_reasons'] or '—'}"
                 f" | {fmt(drift)} | {fmt(fluct)} | {fmt(s['hr_error_pooled_stable'], '.4f')}"
-                f" | {fmt(s['steps_per_s'], '.1f')} | {fmt(100 * s['calculator_share'], '.0f')} % |"
+                f" | {fmt(s['steps_per_s'], '.1f')}{on_device(s)} | {fmt(100 * s['calculator_share'], '.0f')} % |"
             )
     lines += comparison_lines(result.get("comparisons", []))
     if result.get("not_run"):
@@ -318,6 +339,12 @@ def markdown(result: dict[str, Any]) -> str:
         for name, s in model["protocols"].items():
             lines.append(f"- {label} / {name}: `{s['run_dir']}`")
     return "\n".join(lines) + "\n"
+
+
+def on_device(summary: dict) -> str:
+    """`` (cuda)`` after the speed of a run that ran on a device other than the CPU."""
+    device = summary.get("device", "cpu")
+    return "" if device == "cpu" else f" ({device})"
 
 
 def seed_group(label: str) -> tuple[str, str] | None:

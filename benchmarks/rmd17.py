@@ -386,20 +386,89 @@ def run_warnings(stderr: str) -> list[str]:
     return list(seen)[:50]
 
 
+def last_override(command: list[str], key: str, default: str) -> str:
+    """The value the last ``key=value`` of ``command`` sets (a later override wins), or
+    ``default``."""
+    values = [a.split("=", 1)[1] for a in command if a.startswith(key + "=")]
+    return values[-1] if values else default
+
+
+def log_attempt(run_dir: Path, command: list[str], header: dict, resumed: bool) -> list[dict]:
+    """Append this attempt (date, commit, machine, accelerator, code path) to the run's
+    ``attempts.jsonl`` and return every attempt so far: a run resumed on another machine (a GPU
+    machine, then this one) says so in its result."""
+    machine = header["machine"]
+    accelerator = last_override(command, "training.accelerator", "auto")
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and machine.get("cuda"))
+    attempt = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": header["commit"],
+        "resumed": resumed,
+        "device": f"cuda ({machine.get('cuda')})" if on_gpu else f"cpu ({machine.get('cpu')})",
+        "code_path": code_path(command),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "attempts.jsonl"
+    with log.open("a") as handle:
+        handle.write(json.dumps(attempt) + "\n")
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def code_path(command: list[str]) -> str:
+    """``compiled`` or ``eager``: what the last ``training.compile`` override of the run says."""
+    return "compiled" if last_override(command, "training.compile", "false") == "true" else "eager"
+
+
+def train(command: list[str], env: dict, deadline: float | None) -> tuple[int | None, str, str]:
+    """Run ``command``; stop it when ``deadline`` (``time.monotonic``) passes: return code
+    ``None``, and the run resumes from its last checkpoint next time."""
+    proc = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        return None, out, err
+
+
 def execute(
-    run: Run, work: Path, out: Path, threads: int, header: dict, resume: bool = True
+    run: Run,
+    work: Path,
+    out: Path,
+    threads: int,
+    header: dict,
+    resume: bool = True,
+    deadline: float | None = None,
 ) -> dict:
     """Train one run (resuming its last checkpoint when a killed earlier attempt left one) and
-    write its result file atomically; a failure leaves ``<name>.failed.json``."""
+    write its result file atomically; a failure leaves ``<name>.failed.json``. A run whose result
+    appeared since the driver started (another driver, another machine) is not trained again; a
+    run still training at ``deadline`` is stopped and resumes next time (``stopped: deadline``)."""
+    result = out / f"{run.name}.json"
+    if resume and result.exists():
+        return {**json.loads(result.read_text()), "skipped": "finished elsewhere"}
+    if deadline is not None and time.monotonic() >= deadline:
+        return {"name": run.name, "skipped": "deadline"}
     run_dir = work / run.name
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     command = run.command(run_dir, threads)
     resumed = resume and (run_dir / "checkpoints" / "last.ckpt").is_file()
     if resumed:
         command.append("--resume")
+    attempts = log_attempt(run_dir, command, header, resumed)
     start = time.perf_counter()
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    returncode, stdout, stderr = train(command, env, deadline)
     wall = time.perf_counter() - start
+    if returncode is None:
+        return {"name": run.name, "skipped": "deadline", "wall_time_s": round(wall, 1)}
     record = {
         "name": run.name,
         **run.settings(),
@@ -409,34 +478,41 @@ def execute(
         "threads": threads,
         "wall_time_s": round(wall, 1),
         "resumed": resumed,
-        "returncode": proc.returncode,
-        "code_path": "compiled" if "training.compile=true" in command else "eager",
-        "warnings": run_warnings(proc.stderr),
+        "returncode": returncode,
+        "code_path": code_path(command),
+        "attempts": attempts,
+        "warnings": run_warnings(stderr),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     summary = run_dir / "summary.json"
-    if proc.returncode == 0 and summary.exists():
-        s = json.loads(summary.read_text())
-        record.update(
-            steps=s.get("steps"),
-            epochs=s.get("epochs"),
-            train_time_s=s.get("train_time_s"),
-            stopped_by=s.get("stopped_by"),
-            monitor=s.get("monitor"),
-            best_score=s.get("best_score"),
-            compile=s.get("compile"),
-            test=s.get("test"),
-            validation_curve=validation_curve(run_dir),
-        )
-        curve = run_dir / "test_curve.json"
-        if curve.is_file():
-            record["test_curve"] = json.loads(curve.read_text())
+    if returncode == 0 and summary.exists():
+        record.update(finished_run(run_dir))
         tmp = out / f".{run.name}.json.tmp"
         tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, out / f"{run.name}.json")
+        os.replace(tmp, result)
     else:
-        record["error"] = (proc.stderr or proc.stdout)[-3000:]
+        record["error"] = (stderr or stdout)[-3000:]
         (out / f"{run.name}.failed.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def finished_run(run_dir: Path) -> dict:
+    """What a finished run's folder says: steps, stopping, test errors and the learning curves."""
+    s = json.loads((run_dir / "summary.json").read_text())
+    record = {
+        "steps": s.get("steps"),
+        "epochs": s.get("epochs"),
+        "train_time_s": s.get("train_time_s"),
+        "stopped_by": s.get("stopped_by"),
+        "monitor": s.get("monitor"),
+        "best_score": s.get("best_score"),
+        "compile": s.get("compile"),
+        "test": s.get("test"),
+        "validation_curve": validation_curve(run_dir),
+    }
+    curve = run_dir / "test_curve.json"
+    if curve.is_file():
+        record["test_curve"] = json.loads(curve.read_text())
     return record
 
 
@@ -563,14 +639,16 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
         "",
         "## Runs",
         "",
-        "| run | E MAE (meV) | F MAE (meV/Å) | steps | stopped by | train time (s) | code | commit |",
-        "|---|---:|---:|---:|---|---:|---|---|",
+        "| run | E MAE (meV) | F MAE (meV/Å) | steps | stopped by | train time (s) | code | trained on "
+        "| commit |",
+        "|---|---:|---:|---:|---|---:|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: r["name"]):
         e, f = test_errors(r)
         lines.append(
             f"| {r['name']} | {fmt(e)} | {fmt(f)} | {r.get('steps')} | {r.get('stopped_by') or '—'} "
-            f"| {fmt(r.get('train_time_s'), 0)} | {r.get('code_path', 'eager')} | {r['commit'][:8]} |"
+            f"| {fmt(r.get('train_time_s'), 0)} | {r.get('code_path', 'eager')} "
+            f"| {trained_on(r)} | {r['commit'][:8]} |"
         )
     lines += warnings_section(records)
     if failed:
@@ -579,6 +657,19 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
             last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
             lines.append(f"- {r['name']}: `{last[0]}`")
     return "\n".join(lines) + "\n"
+
+
+def trained_on(record: dict) -> str:
+    """Where a run trained, attempt by attempt (``cpu``, ``cuda (NVIDIA H200) → cpu``); results
+    written before attempts were logged trained on the machine they record."""
+    attempts = record.get("attempts") or [
+        {"device": "cuda" if record.get("machine", {}).get("cuda") else "cpu"}
+    ]
+    devices = [
+        a["device"].split(" (")[0] if a["device"].startswith("cpu") else a["device"]
+        for a in attempts
+    ]
+    return " → ".join(d for k, d in enumerate(devices) if k == 0 or d != devices[k - 1])
 
 
 def warnings_section(records: list[dict]) -> list[str]:
@@ -764,6 +855,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra piwsl overrides for every run, e.g. training.batch_size=8",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start no run after SECONDS and stop those still training then (they resume from "
+        "their checkpoints at the next start): for a machine lent for a fixed time",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--work", default=str(ROOT / "runs" / "benchmarks"))
     parser.add_argument("--results", default=str(RESULTS))
@@ -797,6 +896,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
         args.tag = args.tag or "quick"
     return args
+
+
+def train_all(
+    todo: list[Run], args: argparse.Namespace, out: Path, stem: Path, header: dict
+) -> None:
+    """Train ``todo``, ``--jobs`` at a time, rewriting the summary after each finished run;
+    with ``--stop-after`` nothing starts after the deadline and what is still training then
+    stops, to resume from its checkpoint at the next start."""
+    start = time.perf_counter()
+    deadline = None if args.stop_after is None else time.monotonic() + args.stop_after
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [
+            pool.submit(
+                execute, run, Path(args.work), out, args.threads, header, not args.rerun, deadline
+            )
+            for run in todo
+        ]
+        for k, future in enumerate(as_completed(futures), 1):
+            record = future.result()
+            elapsed = time.perf_counter() - start
+            eta = elapsed / k * (len(todo) - k)
+            if record.get("skipped"):
+                print(f"[{k}/{len(todo)}] {record['name']}: not trained ({record['skipped']})")
+                continue
+            e, f = test_errors(record)
+            print(
+                f"[{k}/{len(todo)}] {record['name']}: E {fmt(e)} meV, F {fmt(f)} meV/Å, "
+                f"{record['wall_time_s']:.0f} s (rc={record['returncode']}); ETA {eta / 60:.0f} min",
+                flush=True,
+            )
+            header["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            write_summary(out, stem, header)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -860,24 +991,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(runs)} runs in the slice, {len(runs) - len(todo)} already done, {len(todo)} to train",
         flush=True,
     )
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [
-            pool.submit(execute, run, Path(args.work), out, args.threads, header, not args.rerun)
-            for run in todo
-        ]
-        for k, future in enumerate(as_completed(futures), 1):
-            record = future.result()
-            e, f = test_errors(record)
-            elapsed = time.perf_counter() - start
-            eta = elapsed / k * (len(todo) - k)
-            print(
-                f"[{k}/{len(todo)}] {record['name']}: E {fmt(e)} meV, F {fmt(f)} meV/Å, "
-                f"{record['wall_time_s']:.0f} s (rc={record['returncode']}); ETA {eta / 60:.0f} min",
-                flush=True,
-            )
-            header["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-            write_summary(out, stem, header)
+    train_all(todo, args, out, stem, header)
     write_summary(out, stem, header)
     print(f"summary: {stem.with_suffix('.md')}")
 

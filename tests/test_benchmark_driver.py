@@ -183,6 +183,7 @@ def test_converged_suite_resumes_an_unfinished_run(tmp_path):
     record = json.loads(result.read_text())
     assert record["steps"] == 20 and record["stopped_by"] == "cap" and not record["resumed"]
     assert record["code_path"] == "eager"  # ethanol trains eager; aspirin compiled
+    assert [a["device"].split(" (")[0] for a in record["attempts"]] == ["cpu"]
     assert [p["step"] for p in record["test_curve"]] == [10]
     assert str(ROOT) not in record["command"]  # paths relative to the checkout
     result.unlink()  # as if the attempt had been killed before writing its result
@@ -193,6 +194,7 @@ def test_converged_suite_resumes_an_unfinished_run(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     record = json.loads(result.read_text())
     assert record["resumed"] and record["steps"] == 40
+    assert [a["resumed"] for a in record["attempts"]] == [False, True]  # both attempts logged
     assert [p["step"] for p in record["test_curve"]] == [10, 30]  # 10 kept, 30 added
     assert record["validation_curve"][0]["step"] < 20  # the curve spans both attempts
     assert (tmp_path / "results" / "converged.md").is_file()
@@ -238,3 +240,56 @@ def test_converged_runs_train_aspirin_compiled(rmd17):
     )
     run = next(r for r in rmd17.converged_runs(args, Path("data")) if r.molecule == "aspirin")
     assert run.extra[-1] == "training.compile=false"
+
+
+def test_driver_records_where_and_how_each_attempt_trained(rmd17, tmp_path):
+    """The last ``training.compile`` override decides the code path; each attempt is logged with
+    its device, and a run that moved from a GPU machine to this one says so."""
+    command = ["piwsl", "training.compile=true", "training.compile=false"]
+    assert rmd17.code_path(command) == "eager"
+    assert rmd17.code_path(["training.compile=true"]) == "compiled"
+    gpu = {"commit": "abc", "machine": {"cuda": "NVIDIA H200", "cpu": "x86"}}
+    cpu = {"commit": "abc", "machine": {"cuda": None, "cpu": "Xeon"}}
+    rmd17.log_attempt(tmp_path, ["training.accelerator=gpu"], gpu, resumed=False)
+    attempts = rmd17.log_attempt(tmp_path, ["training.accelerator=auto"], cpu, resumed=True)
+    assert [a["device"] for a in attempts] == ["cuda (NVIDIA H200)", "cpu (Xeon)"]
+    assert rmd17.trained_on({"attempts": attempts}) == "cuda (NVIDIA H200) → cpu"
+    assert rmd17.trained_on({"machine": {"cuda": None}}) == "cpu"  # before attempts were logged
+
+
+def test_driver_stops_at_the_deadline_and_skips_runs_finished_elsewhere(rmd17, tmp_path):
+    """A training still running at the deadline is stopped (to resume later); a run whose
+    result another driver wrote meanwhile is not trained again."""
+    start = rmd17.time.monotonic()
+    code, _, _ = rmd17.train(
+        [sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ), start + 1.0
+    )
+    assert code is None and rmd17.time.monotonic() - start < 30
+    args = rmd17.parse_args(["--suite", "converged", "--seeds", "0"])
+    run = rmd17.converged_runs(args, tmp_path)[0]
+    (tmp_path / f"{run.name}.json").write_text(json.dumps({"name": run.name, "steps": 7}))
+    header = {"commit": "abc", "machine": {}}
+    record = rmd17.execute(run, tmp_path / "work", tmp_path, 1, header)
+    assert record["skipped"] == "finished elsewhere" and record["steps"] == 7
+    (tmp_path / f"{run.name}.json").unlink()
+    late = rmd17.execute(run, tmp_path / "work", tmp_path, 1, header, deadline=start)
+    assert late == {"name": run.name, "skipped": "deadline"}
+    assert not (tmp_path / "work").exists()  # nothing started
+
+
+def test_md_run_reused_across_machines_by_content(benchmarks, tmp_path):
+    """A finished MD run is reused when only the device or, with equal content hashes, the
+    checkpoint's mtime differ (a copy run on a GPU machine); older fingerprints without a hash
+    still compare the mtime."""
+    import importlib
+
+    md = importlib.import_module("md_stability")
+    now = {"checkpoint": "m.pt", "checkpoint_mtime": 2.0, "checkpoint_sha256": "aa",
+           "device": "cpu", "protocol": "nvt300"}  # fmt: skip
+    assert md.same_run({**now, "checkpoint_mtime": 1.0, "device": "cuda"}, now)
+    assert not md.same_run({**now, "checkpoint_sha256": "bb"}, now)
+    assert not md.same_run({**now, "protocol": "nve300"}, now)
+    old = {k: v for k, v in now.items() if k != "checkpoint_sha256"}
+    assert md.same_run(old, now)
+    assert not md.same_run({**old, "checkpoint_mtime": 1.0}, now)
+    assert md.on_device({"device": "cuda"}) == " (cuda)" and md.on_device({}) == ""

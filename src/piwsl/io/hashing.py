@@ -1,8 +1,10 @@
-"""Structure hashes: the key of a structure in the labelling journal and the prior cache."""
+"""Hashes: the key of a structure in the labelling journal and the prior cache, and the content
+hash of a file (a model file copied to another machine is the same model)."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,3 +25,12 @@ def structure_hash(numbers: Any, positions: Any, cell: Any = None, pbc: Any = No
 def atoms_hash(atoms: Any) -> str:
     """:func:`structure_hash` of an ``ase.Atoms``."""
     return structure_hash(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+
+
+def file_hash(path: str | Path) -> str:
+    """SHA-256 (hex, 16 characters) of a file's bytes."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
