@@ -2,10 +2,10 @@
 # The converged study (issue #15) on a lent GPU machine: one prepared, time-boxed run that brings
 # everything back to resume here. Several runs share the one GPU and the machine's CPU cores:
 #
-#   - MD on the GPU: the aspirin E+F N=100 models of seeds 1–2 (the MD list of converged_md.sh
-#     that this checkout has not run), one process per model, NVE then NVT;
-#   - training on the GPU: the aspirin E+F N=50 cells (eager);
-#   - training on the CPU cores: the ethanol E+F N=50 cells (eager, as here).
+#   - MD on the GPU: the models carried in .gpu/runs (by default the aspirin E+F N=100 models of
+#     converged_md.sh whose MD has not run here), one process per model, NVE then NVT;
+#   - training: one rmd17.py driver per line of $PLAN ("gpu|cpu JOBS SLICE-OPTIONS"; default
+#     the aspirin E+F N=50 cells on the GPU, eager, and the ethanol ones on the CPU cores).
 #
 # At STOP seconds everything still running stops; training resumes from its last checkpoint and MD
 # from its last saved state (every 2,000 steps) when this checkout's drivers are started again. Each
@@ -44,14 +44,15 @@ print('torch', torch.__version__, 'GPU', torch.cuda.is_available() and torch.cud
 touch logs/.start
 log "ready in $W/main"
 
-# 2. The CUDA tests of the suite (skipped on machines without a GPU).
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_device.py >logs/test_device.log 2>&1 &
+# 2. The CUDA tests of the suite (skipped on machines without a GPU; NO_TESTS=1: not run).
+[ -n "${NO_TESTS:-}" ] || timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_device.py >logs/test_device.log 2>&1 &
 
 # 3. MD of the models carried in .gpu/runs, on the GPU.
 MD=(python3 benchmarks/md_stability.py --batched --trajectories 8 --out benchmarks/results/md_converged
   --no-progress --device "$GPU")
 md_pids=()
 for model in .gpu/runs/benchmarks/*/best_model.pt; do
+  [ -f "$model" ] || continue
   model=runs/${model#.gpu/runs/}
   name=$(basename "$(dirname "$model")")
   ("${MD[@]}" "$model" --protocols nve300 && "${MD[@]}" "$model" --protocols nvt300) \
@@ -59,13 +60,22 @@ for model in .gpu/runs/benchmarks/*/best_model.pt; do
   md_pids+=($!)
 done
 
-# 4. The grid cells: aspirin E+F N=50 on the GPU, ethanol E+F N=50 on the CPU cores.
-GRID=(python3 benchmarks/rmd17.py --suite converged --regimes EF_50 --stop-after $((STOP - SECONDS)))
-"${GRID[@]}" --molecules aspirin --jobs 3 --set training.accelerator=$ACCELERATOR training.compile=false \
-  >logs/grid_gpu.log 2>&1 &
-grid_gpu=$!
-"${GRID[@]}" --molecules ethanol --jobs 5 --set training.accelerator=cpu >logs/grid_cpu.log 2>&1 &
-grid_cpu=$!
+# 4. The grid cells, one driver per line of $PLAN: "gpu|cpu JOBS SLICE-OPTIONS" (GPU runs eager).
+: "${PLAN:=gpu 3 --molecules aspirin --regimes EF_50
+cpu 5 --molecules ethanol --regimes EF_50}"
+grids=()
+k=0
+while read -r where jobs slice; do
+  [ -n "$where" ] || continue
+  k=$((k + 1))
+  set_gpu=()
+  [ "$where" = gpu ] && set_gpu=(--set "training.accelerator=$ACCELERATOR" training.compile=false)
+  [ "$where" = cpu ] && set_gpu=(--set training.accelerator=cpu)
+  # shellcheck disable=SC2086  # the slice options are words
+  python3 benchmarks/rmd17.py --suite converged --stop-after $((STOP - SECONDS)) --jobs "$jobs" \
+    $slice "${set_gpu[@]}" >"logs/grid_${k}_$where.log" 2>&1 &
+  grids+=($!)
+done <<<"$PLAN"
 
 while ((SECONDS < STOP)); do
   sleep 20
@@ -73,9 +83,9 @@ while ((SECONDS < STOP)); do
 done
 log "stopping"
 for pid in "${md_pids[@]}"; do pkill -TERM -P "$pid"; kill -TERM "$pid"; done 2>/dev/null
-wait "$grid_gpu" "$grid_cpu"
-log "grid drivers done"; tail -n 3 logs/grid_gpu.log logs/grid_cpu.log logs/test_device.log
-grep -h "steps/s" logs/md_*.log
+wait "${grids[@]}"
+log "grid drivers done"; tail -n 3 logs/grid_*.log logs/test_device.log
+grep -h "steps/s" logs/md_*.log 2>/dev/null
 
 # 5. Back: the new results, the run folders (finished: without checkpoints; stopped: with them),
 #    the MD folders of the carried models, the logs.

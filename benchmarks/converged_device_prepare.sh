@@ -4,7 +4,7 @@
 # models of converged_md.sh whose MD has not run here —, the commit) and .whl/ (the wheels of the
 # packages that machine lacks, for its Python 3.12). Commit first: the results record .gpu/COMMIT.
 #
-#   bash benchmarks/converged_device_prepare.sh [RUN_NAME ...]
+#   bash benchmarks/converged_device_prepare.sh [RUN_NAME ...]   # "none": no MD models
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for d in /.gpu/ /.whl/; do grep -qx "$d" .git/info/exclude || echo "$d" >>.git/info/exclude; done
@@ -20,6 +20,7 @@ if (($# == 0)); then
   done
 fi
 for name in "$@"; do
+  [ "$name" = none ] && continue
   mkdir -p ".gpu/runs/benchmarks/$name"
   cp "runs/benchmarks/$name/best_model.pt" ".gpu/runs/benchmarks/$name/"
 done

@@ -404,7 +404,8 @@ def log_attempt(run_dir: Path, command: list[str], header: dict, resumed: bool) 
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "commit": header["commit"],
         "resumed": resumed,
-        "device": f"cuda ({machine.get('cuda')})" if on_gpu else f"cpu ({machine.get('cpu')})",
+        "device": f"cuda ({machine.get('cuda')})" if on_gpu else "cpu",
+        "host": f"{machine.get('cpu')}, {machine.get('cpu_count')} cores",
         "code_path": code_path(command),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -660,16 +661,19 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
 
 
 def trained_on(record: dict) -> str:
-    """Where a run trained, attempt by attempt (``cpu``, ``cuda (NVIDIA H200) → cpu``); results
-    written before attempts were logged trained on the machine they record."""
+    """Where a run trained, attempt by attempt (``cpu (2 cores)``, ``cuda (NVIDIA H200) → cpu
+    (2 cores)``); results written before attempts were logged trained on the machine they
+    record."""
+    machine = record.get("machine", {})
     attempts = record.get("attempts") or [
-        {"device": "cuda" if record.get("machine", {}).get("cuda") else "cpu"}
-    ]
-    devices = [
-        a["device"].split(" (")[0] if a["device"].startswith("cpu") else a["device"]
+        {"device": f"cuda ({machine['cuda']})" if machine.get("cuda") else "cpu",
+         "host": f"{machine.get('cpu')}, {machine.get('cpu_count')} cores"}
+    ]  # fmt: skip
+    places = [
+        a["device"] if a["device"] != "cpu" else f"cpu ({a['host'].rsplit(', ', 1)[-1]})"
         for a in attempts
     ]
-    return " → ".join(d for k, d in enumerate(devices) if k == 0 or d != devices[k - 1])
+    return " → ".join(p for k, p in enumerate(places) if k == 0 or p != places[k - 1])
 
 
 def warnings_section(records: list[dict]) -> list[str]:

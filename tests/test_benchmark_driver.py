@@ -183,7 +183,7 @@ def test_converged_suite_resumes_an_unfinished_run(tmp_path):
     record = json.loads(result.read_text())
     assert record["steps"] == 20 and record["stopped_by"] == "cap" and not record["resumed"]
     assert record["code_path"] == "eager"  # ethanol trains eager; aspirin compiled
-    assert [a["device"].split(" (")[0] for a in record["attempts"]] == ["cpu"]
+    assert [a["device"] for a in record["attempts"]] == ["cpu"]
     assert [p["step"] for p in record["test_curve"]] == [10]
     assert str(ROOT) not in record["command"]  # paths relative to the checkout
     result.unlink()  # as if the attempt had been killed before writing its result
@@ -248,13 +248,15 @@ def test_driver_records_where_and_how_each_attempt_trained(rmd17, tmp_path):
     command = ["piwsl", "training.compile=true", "training.compile=false"]
     assert rmd17.code_path(command) == "eager"
     assert rmd17.code_path(["training.compile=true"]) == "compiled"
-    gpu = {"commit": "abc", "machine": {"cuda": "NVIDIA H200", "cpu": "x86"}}
-    cpu = {"commit": "abc", "machine": {"cuda": None, "cpu": "Xeon"}}
+    gpu = {"commit": "abc", "machine": {"cuda": "NVIDIA H200", "cpu": "x86", "cpu_count": 16}}
+    cpu = {"commit": "abc", "machine": {"cuda": None, "cpu": "Xeon", "cpu_count": 2}}
     rmd17.log_attempt(tmp_path, ["training.accelerator=gpu"], gpu, resumed=False)
     attempts = rmd17.log_attempt(tmp_path, ["training.accelerator=auto"], cpu, resumed=True)
-    assert [a["device"] for a in attempts] == ["cuda (NVIDIA H200)", "cpu (Xeon)"]
-    assert rmd17.trained_on({"attempts": attempts}) == "cuda (NVIDIA H200) → cpu"
-    assert rmd17.trained_on({"machine": {"cuda": None}}) == "cpu"  # before attempts were logged
+    assert [a["device"] for a in attempts] == ["cuda (NVIDIA H200)", "cpu"]
+    assert attempts[1]["host"] == "Xeon, 2 cores"
+    assert rmd17.trained_on({"attempts": attempts}) == "cuda (NVIDIA H200) → cpu (2 cores)"
+    old = {"machine": {"cuda": None, "cpu": "Xeon", "cpu_count": 2}}  # before attempts were logged
+    assert rmd17.trained_on(old) == "cpu (2 cores)"
 
 
 def test_driver_stops_at_the_deadline_and_skips_runs_finished_elsewhere(rmd17, tmp_path):
