@@ -7,12 +7,17 @@
 # the script can be started again at any time. The report of all finished runs is rewritten after
 # each run.
 #
+# Several copies may run at once (one per free core): each (model, protocol) run is taken under a
+# lock (flock) in $OUT/locks, and a copy skips the runs another copy holds.
+#
 #   bash benchmarks/converged_md.sh            # from the checkout, after benchmarks/rmd17.py --suite converged
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=benchmarks/results/md_converged
 RUNS=runs/benchmarks
 MD=(python benchmarks/md_stability.py --batched --trajectories 8 --out "$OUT" --no-progress)
+BUSY=75  # flock's exit status when another copy holds the lock
+mkdir -p "$OUT/locks"
 models() {  # seed by seed: the aspirin EF_100 models, the energy-only Δ models, the MP2/CBS Δ model
   for s in 0 1 2; do
     for m in painn32_conservative-EF_100-plain painn32_conservative-EF_100-piwsl_2nd \
@@ -25,10 +30,16 @@ models() {  # seed by seed: the aspirin EF_100 models, the energy-only Δ models
   done
   return 0
 }
+run() {  # one (model, protocol) run, unless another copy of this script holds it
+  local model=$1 protocol=$2 label
+  label=$(basename "$(dirname "${model%%::*}")")
+  flock -n -E "$BUSY" "$OUT/locks/$label-$protocol.lock" "${MD[@]}" "$model" --protocols "$protocol" \
+    || { local rc=$?; [ "$rc" -eq "$BUSY" ] && echo "[$label $protocol] another copy runs it"; [ "$rc" -eq "$BUSY" ]; }
+}
 mapfile -t ALL < <(models)
 for model in "${ALL[@]}"; do
   for protocol in nvt300 nve300; do
-    "${MD[@]}" "$model" --protocols "$protocol"
-    "${MD[@]}" --summary-only "${ALL[@]}" --protocols nvt300 nve300  # the report so far
+    run "$model" "$protocol"
+    flock "$OUT/locks/report.lock" "${MD[@]}" --summary-only "${ALL[@]}" --protocols nvt300 nve300
   done
 done
