@@ -474,7 +474,8 @@ def survival_figure(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, with the defaults that depend on ``--quick`` filled in."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "checkpoints",
@@ -541,26 +542,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be ≥ 1")
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+    if not args.checkpoints and not args.untrained_schnet:
+        parser.error("give at least one checkpoint (or --untrained-schnet)")
     if args.trajectories is None:
         args.trajectories = QUICK_TRAJECTORIES if args.quick else 5
     if args.quick and args.length is None:
         args.length = QUICK_LENGTH_PS
-    pairs = expand_checkpoints(args.checkpoints, args.data)
-    paths, datas = [p for p, _ in pairs], [d for _, d in pairs]
-    labels = model_labels(paths)
-    tmp = None
-    if args.untrained_schnet:
-        tmp = tempfile.TemporaryDirectory()
-        paths.append(untrained_schnet(Path(tmp.name) / "untrained_schnet.pt", args.seed))
-        datas.append(args.data)
-        labels.append("untrained_schnet")
-    if not paths:
-        parser.error("give at least one checkpoint (or --untrained-schnet)")
+    return args
 
+
+def report_header(args: argparse.Namespace) -> dict[str, Any]:
+    """What the report records beside its models: command, commit, machine and settings."""
     result: dict[str, Any] = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "command": command_line([shlex.quote(a) for a in sys.argv[1:]]),
@@ -585,6 +577,36 @@ def main(argv: list[str] | None = None) -> int:
             "interactions, cutoff 5 Å): its steps/s is the MD throughput of a small "
             "piwsl model; its stability numbers mean nothing"
         )
+    return result
+
+
+def write_report(result: dict[str, Any], out: Path) -> None:
+    """``md_stability.json``, ``md_stability.md`` and the survival plot in ``out``."""
+    from piwsl.md.report import jsonable
+
+    out.mkdir(parents=True, exist_ok=True)
+    plot = survival_figure(result, out / "md_stability_survival.png")
+    result["survival_plot"] = relative(plot.resolve())
+    (out / "md_stability.json").write_text(json.dumps(jsonable(result), indent=2, default=str))
+    (out / "md_stability.md").write_text(markdown(result))
+    print(f"wrote {out / 'md_stability.json'} and {out / 'md_stability.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    pairs = expand_checkpoints(args.checkpoints, args.data)
+    paths, datas = [p for p, _ in pairs], [d for _, d in pairs]
+    labels = model_labels(paths)
+    tmp = None
+    if args.untrained_schnet:
+        tmp = tempfile.TemporaryDirectory()
+        paths.append(untrained_schnet(Path(tmp.name) / "untrained_schnet.pt", args.seed))
+        datas.append(args.data)
+        labels.append("untrained_schnet")
+    result = report_header(args)
     names = [n for n in PROTOCOLS if not args.protocols or n in args.protocols]
     tasks = [
         (label, path, data, name)
@@ -607,14 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{label} / {name}" for label, _, _, name in tasks if (label, name) not in summaries
     ]
     result["comparisons"] = compare_methods(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    from piwsl.md.report import jsonable
-
-    plot = survival_figure(result, args.out / "md_stability_survival.png")
-    result["survival_plot"] = relative(plot.resolve())
-    (args.out / "md_stability.json").write_text(json.dumps(jsonable(result), indent=2, default=str))
-    (args.out / "md_stability.md").write_text(markdown(result))
-    print(f"wrote {args.out / 'md_stability.json'} and {args.out / 'md_stability.md'}")
+    write_report(result, args.out)
     return 0
 
 

@@ -393,6 +393,63 @@ def test_the_run_stops_when_the_plateau_schedule_reaches_stop_lr(tiny_data, tmp_
         config_from_dict(tiny_config(tiny_data, tmp_path, training={"stop_lr": 1e-7}))
 
 
+def _best_state(run: Path) -> dict:
+    """The best-score ModelCheckpoint's state in ``run``'s last checkpoint."""
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    (state,) = (
+        v
+        for k, v in ckpt["callbacks"].items()
+        if k.startswith("ModelCheckpoint{") and "'monitor': None" not in k
+    )
+    return state
+
+
+def test_a_moved_run_folder_resumes_with_its_best_score(tiny_data, tmp_path, recwarn):
+    """A run folder copied elsewhere (another machine, another name) resumes with its best
+    validation score and best checkpoint, read in the new folder (Lightning alone drops both when
+    the checkpoint folder changed)."""
+    import shutil
+
+    from piwsl.training import train
+
+    first, moved = tmp_path / "there", tmp_path / "here"
+    train(config_from_dict(tiny_config(tiny_data, first)), evaluate=False)
+    before = _best_state(first)
+    shutil.move(first, moved)
+    result = train(
+        config_from_dict(tiny_config(tiny_data, moved, training={"max_epochs": 4})),
+        resume=True,
+        evaluate=False,
+    )
+    assert result.epochs == 4
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
+    after = _best_state(moved)
+    assert after["dirpath"] == str(moved / "checkpoints")
+    assert Path(after["best_model_path"]).is_file()
+    assert Path(after["best_model_path"]).parent == moved / "checkpoints"
+    assert float(after["best_model_score"]) <= float(before["best_model_score"])
+
+
+def test_relocated_moves_only_the_paths_under_the_old_folder():
+    from piwsl.training.callbacks import relocated
+
+    state = {
+        "dirpath": "/a/run/checkpoints",
+        "best_model_path": "/a/run/checkpoints/best.ckpt",
+        "last_model_path": "",
+        "kth_best_model_path": "/a/run/checkpoints2/x.ckpt",  # a sibling, not inside
+        "best_k_models": {"/a/run/checkpoints/best.ckpt": 1.0},
+        "best_model_score": 1.0,
+    }
+    out = relocated(state, "/a/run/checkpoints", "/b/checkpoints")
+    assert out["best_model_path"] == "/b/checkpoints/best.ckpt"
+    assert (
+        out["kth_best_model_path"] == "/a/run/checkpoints2/x.ckpt" and out["last_model_path"] == ""
+    )
+    assert out["best_k_models"] == {"/b/checkpoints/best.ckpt": 1.0}
+    assert out["best_model_score"] == 1.0 and state["dirpath"] == "/a/run/checkpoints"
+
+
 def test_resume_with_early_stopping_and_validation_every_epoch(tiny_data, tmp_path):
     """Early stopping is checked after validations: a resumed run (no score yet) used to raise."""
     from piwsl.training import train

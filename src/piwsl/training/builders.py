@@ -208,16 +208,15 @@ class Callbacks:
 def build_callbacks(cfg: Config, data: PreparedData, run_dir: Path, monitor: str) -> Callbacks:
     """Best and last checkpoints, early stopping, the learning-rate floor, the test curve and
     the progress bar."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from piwsl.training.callbacks import (
         ConfiguredEarlyStopping,
         LearningRateFloor,
+        RunCheckpoint,
         training_progress_bar,
     )
 
     ckpt_dir = run_dir / "checkpoints"
-    best = ModelCheckpoint(
+    best = RunCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
         monitor=monitor,
@@ -228,7 +227,7 @@ def build_callbacks(cfg: Config, data: PreparedData, run_dir: Path, monitor: str
     )
     # Lightning's save_last only copies when a top-k checkpoint is written; a separate callback
     # writes last.ckpt after every epoch, so --resume always starts from the latest epoch.
-    last = ModelCheckpoint(
+    last = RunCheckpoint(
         dirpath=ckpt_dir,
         filename="last",
         monitor=None,

@@ -8,6 +8,8 @@ file or a pipe, :class:`PlainProgressBar` writes a plain line every
 Lightning's own checkpoint writer goes through an fsspec transaction; piwsl writes local
 checkpoints itself — to a temporary file in the same folder, fsync, then ``os.replace`` — so a
 run killed at any moment leaves either the previous checkpoint or the new one, never a torn file.
+A run folder may move between attempts (copied from a cluster or a GPU machine, renamed):
+:class:`RunCheckpoint` reads the paths the checkpoint recorded under the old folder in the new one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    ProgressBar,
+    TQDMProgressBar,
+)
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from piwsl.models.io import atomic_save
@@ -34,6 +42,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         atomic_save(checkpoint, path)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that resumes in a run folder that moved: Lightning keeps the best
+    score, the best checkpoints and the last path only when the checkpoint folder is where it was
+    (else a resumed run forgets its best score and points at a file on another machine). In piwsl
+    the folder is always ``<run>/checkpoints``, so another folder means the run moved, and every
+    path recorded under the old folder is read under the new one."""
+
+    @property
+    def state_key(self) -> str:
+        """Lightning's ``ModelCheckpoint`` key, so that checkpoints written with it resume."""
+        return "ModelCheckpoint" + super().state_key[len(type(self).__qualname__) :]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            state_dict = relocated(state_dict, str(old), str(new))
+        super().load_state_dict(state_dict)
+
+
+def relocated(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """A ``ModelCheckpoint`` state with the paths under ``old`` moved under ``new``."""
+
+    def move(path: Any) -> Any:
+        if isinstance(path, str) and (path == old or path.startswith(old.rstrip("/") + "/")):
+            return new + path[len(old) :]
+        return path
+
+    out = {**state, "dirpath": new}
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        out[key] = move(state.get(key))
+    out["best_k_models"] = {move(k): v for k, v in (state.get("best_k_models") or {}).items()}
+    return out
 
 
 class PiwslProgressBar(TQDMProgressBar):
