@@ -109,8 +109,8 @@ def git_commit() -> str:
     return head + (" (+ uncommitted changes)" if dirty else "")
 
 
-#: method → the method it is compared with (the method names of benchmarks/rmd17.py): the
-#: physics terms against plain training, the physics terms on a Δ correction against Δ alone.
+#: method → the method it is compared with (the method names of benchmarks/rmd17_cells.py):
+#: the physics terms against plain training, the physics terms on a Δ correction against Δ alone.
 BASELINES = {"piwsl_2nd": "plain", "piwsl": "plain", "delta_piwsl_2nd": "delta"}
 
 

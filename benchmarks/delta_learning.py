@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from common import RESULTS, ROOT, command_line, git_commit, machine_info
-from rmd17 import N_TRAIN, REGIMES, aggregate, load_records
+from rmd17_cells import N_TRAIN, REGIMES
+from rmd17_report import aggregate, load_records
 
 from piwsl.data import read_frames, split_indices
 from piwsl.errors import PiwslError
@@ -105,8 +106,8 @@ def xtb_alone(molecule: str, regime: str, seeds: list[int], args) -> dict[str, l
 
 
 def collect(run_dirs: list[Path]) -> dict[tuple, dict[str, dict]]:
-    """Energy-only runs of the Δ table, grouped by :func:`rmd17.aggregate`; a run found in two
-    folders (plain runs are copied next to the Δ runs) counts once."""
+    """Energy-only runs of the Δ table, grouped by :func:`rmd17_report.aggregate`; a run found in
+    two folders (plain runs are copied next to the Δ runs) counts once."""
     runs = {r["name"]: r for folder in run_dirs for r in load_records(folder)}
     wanted = [r for r in runs.values() if r["regime"] in REGIMES_USED and r["method"] in METHODS]
     return aggregate(wanted)

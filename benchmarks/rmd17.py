@@ -38,10 +38,8 @@ import argparse
 import csv
 import itertools
 import json
-import math
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -50,102 +48,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import converged_protocol as converged
-from common import RESULTS, ROOT, baseline_of, command_line, git_commit, machine_info, relative
+from common import RESULTS, ROOT, command_line, git_commit, machine_info, relative
+from rmd17_cells import (
+    GRID_SLICE,
+    MODELS,
+    N_TRAIN,
+    PAPER_UNITS,
+    REGIMES,
+    method_overrides,
+    safe,
+)
+from rmd17_report import batch_size_of, fmt, test_errors, write_summary
 
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
 PACKAGED = ROOT / "src" / "piwsl" / "datasets"  # ethanol only, used when DATA is absent
-
-MODELS: dict[str, list[str]] = {
-    "schnet": [
-        "model.name=schnet",
-        "model.hparams={features: 64, interactions: 3, n_rbf: 32}",
-    ],
-    "painn_conservative": [
-        "model.name=painn",
-        "model.hparams={features: 64, interactions: 3, n_rbf: 20, forces: conservative}",
-    ],
-    "painn_direct": [
-        "model.name=painn",
-        "model.hparams={features: 64, interactions: 3, n_rbf: 20, forces: direct}",
-    ],
-    "mace": [  # a CPU-sized MACE (mace-torch backend): 16 channels, L ≤ 1, correlation 2
-        "model.name=mace",
-        "model.hparams={num_channels: 16, max_L: 1, correlation: 2, num_interactions: 2}",
-    ],
-    "schnet_tiny": [  # the --quick smoke test
-        "model.name=schnet",
-        "model.hparams={features: 16, interactions: 1, n_rbf: 8}",
-    ],
-    **converged.MODELS,
-}
-
-NO_PHYSICS = ["physics.taylor_weight=0", "physics.spatial_weight=0"]
-PAPER_PHYSICS = ["physics.taylor_weight=1.2", "physics.spatial_weight=0.01"]
-XTB = ["prior.name=gfn2-xtb"]
-
-#: Methods. PIWSL weights are the paper's (per kcal²/mol², δ = 0.05 Å); noisy-node jitter ≤ δ.
-METHODS: dict[str, list[str]] = {
-    "plain": NO_PHYSICS,
-    "noisy": [*NO_PHYSICS, "training.position_noise=0.05"],
-    "piwsl": PAPER_PHYSICS,
-    "piwsl_2nd": [*PAPER_PHYSICS, "physics.second_order=true"],
-    "piwsl_anchored": [*PAPER_PHYSICS, "physics.anchor_to_labels=true"],
-    "delta": [*NO_PHYSICS, *XTB],
-    "delta_piwsl_2nd": [*PAPER_PHYSICS, "physics.second_order=true", *XTB],
-}
-
-#: Short names of the parameters of a variant, ``piwsl_2nd[delta=0.01,taylor=12]``.
-VARIANT_KEYS = {
-    "delta": "physics.perturbation_scale",
-    "taylor": "physics.taylor_weight",
-    "spatial": "physics.spatial_weight",
-    "noise": "training.position_noise",
-    "lr": "training.lr",
-    "fraction": "physics.fraction",
-    "every": "physics.every_n_steps",
-}
-
-#: Every loss in the paper's convention (total energies in kcal/mol), the one in which its
-#: physics weights (1.2, 0.01) were tuned.
-PAPER_UNITS = [
-    "loss.energy_unit=kcal/mol",
-    "loss.per_atom_energy=false",
-    "physics.weight_energy_unit=kcal/mol",
-]
-
-ENERGY_ONLY = ["data.train_labels=energy", "loss.force_weight=0"]
-
-#: Regimes: label set, training-set size (validation: 50 further frames of the train file).
-REGIMES: dict[str, list[str]] = {
-    "E_only_1000": ["data.n_train=950", "data.n_val=50", *ENERGY_ONLY],
-    "E_only_100": ["data.n_train=100", "data.n_val=50", *ENERGY_ONLY],
-    "EF_50": ["data.n_train=50", "data.n_val=50", "data.train_labels=all"],
-    "EF_100": ["data.n_train=100", "data.n_val=50", "data.train_labels=all"],
-    "EF_1000": ["data.n_train=950", "data.n_val=50", "data.train_labels=all"],
-    "EF_950": ["data.n_train=950", "data.n_val=50", "data.train_labels=all"],  # core suite
-}
-N_TRAIN = {"E_only_1000": 950, "E_only_100": 100, "EF_50": 50, "EF_100": 100, "EF_1000": 950}
-N_TRAIN["EF_950"] = 950
-
-
-def method_overrides(method: str) -> list[str]:
-    """Overrides of a method name, with optional ``[key=value,...]`` variant parameters."""
-    match = re.fullmatch(r"([a-z0-9_]+)(?:\[(.*)\])?", method)
-    if not match or match.group(1) not in METHODS:
-        raise SystemExit(f"unknown method {method!r}; known: {', '.join(METHODS)} (+[key=value])")
-    overrides = list(METHODS[match.group(1)])
-    for item in filter(None, (match.group(2) or "").split(",")):
-        key, _, value = item.partition("=")
-        if key not in VARIANT_KEYS:
-            raise SystemExit(
-                f"unknown variant key {key!r} in {method!r}; known: {list(VARIANT_KEYS)}"
-            )
-        overrides.append(f"{VARIANT_KEYS[key]}={value}")
-    return overrides
-
-
-def safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 
 
 @dataclass
@@ -518,307 +434,8 @@ def finished_run(run_dir: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-def fmt(x: float | None, digits: int = 1) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def test_errors(record: dict) -> tuple[float | None, float | None]:
-    t = record.get("test") or {}
-    return t.get("energy_mae_meV"), t.get("forces_mae_meV_per_A")
-
-
-def batch_size_of(overrides: list[str]) -> int:
-    """The batch size a run's overrides set (16, the built-in config's, when none does)."""
-    given = [o.split("=", 1)[1] for o in overrides if o.startswith("training.batch_size=")]
-    return int(given[-1]) if given else 16
-
-
-def load_records(folder: Path) -> list[dict]:
-    """The per-run result files of a folder (finished runs only)."""
-    return [
-        json.loads(p.read_text())
-        for p in sorted(folder.glob("*.json"))
-        if not p.name.endswith(".failed.json")
-    ]
-
-
-def aggregate(records: list[dict]) -> dict[tuple, dict[str, dict]]:
-    """{(molecule, regime, model): {method: {E: [..], F: [..], steps, time}}}."""
-    groups: dict[tuple, dict[str, dict]] = {}
-    for r in records:
-        key = (r["molecule"], r["regime"], r["model"])
-        slot = groups.setdefault(key, {}).setdefault(
-            r["method"], {"E": [], "F": [], "steps": [], "time": [], "val": [], "stopped": []}
-        )
-        if r.get("best_score") is not None:
-            slot["val"].append(r["best_score"])
-        e, f = test_errors(r)
-        if e is not None:
-            slot["E"].append(e)
-        if f is not None:
-            slot["F"].append(f)
-        slot["batch"] = batch_size_of([*r["overrides"], *r.get("budget", [])])
-        slot["steps"].append(r.get("steps") or 0)
-        slot["time"].append(r.get("train_time_s") or 0.0)
-        slot["stopped"].append(r.get("stopped_by"))
-    return groups
-
-
-def stopped_counts(reasons: list[str | None]) -> str:
-    """``plateau 2, cap 1`` from the runs' stop reasons (— where none was recorded)."""
-    known = [r for r in reasons if r]
-    if not known:
-        return "—"
-    return ", ".join(f"{r} {known.count(r)}" for r in sorted(set(known)))
-
-
-def ordered(names, reference: list[str]) -> list[str]:
-    known = [m for m in reference if m in names]
-    return known + sorted(set(names) - set(known))
-
-
-def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> str:
-    groups = aggregate(records)
-    commands = header.get("commands") or [header["command"]]
-    lines = [
-        f"# rMD17 benchmark — suite `{header['suite']}`",
-        "",
-        "Commands that fed this summary (runs and rewrites, oldest first):",
-        "",
-        *[f"- `{c}`" for c in commands],
-        "",
-        f"Summary written at commit `{header['commit']}` (each run: its own commit, below)  ",
-        f"Machine: {header['machine']['platform']}, {header['machine']['cpu_count']} CPUs, "
-        f"torch {header['machine']['torch']}; {header['threads']} thread(s) per run, "
-        f"{header['jobs']} run(s) at a time  ",
-        f"Budget: {header['budget']}  ",
-        f"Written: {header['date']}",
-        "",
-        f"Test set: all frames of the rMD17 split-{header.get('split', '01')} test file (1,000). Errors of the checkpoint "
-        "with the best validation score (force MAE; energy MAE where training has no forces). "
-        "Energy MAE in meV (total energy), force MAE in meV/Å; mean ± standard deviation over "
-        "seeds (n). Ratio = baseline / method (> 1: the method is better); the baseline is plain "
-        "training, for Δ + PIWSL it is Δ alone. Training frames and "
-        "validation frames differ per seed.",
-        "",
-        "The validation column is what model selection saw: the best validation energy MAE (meV) "
-        "in the energy-only regimes, force MAE (meV/Å) with forces; choose variants by it, "
-        "never by the test columns.",
-        "",
-        "| molecule | regime | model | method | n | validation | E MAE (meV) | F MAE (meV/Å) "
-        "| E ratio | F ratio | steps × batch | train time (s) | stopped by |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for key in sorted(groups, key=lambda k: (k[0], list(N_TRAIN).index(k[1]), k[2])):
-        methods = groups[key]
-        for method in ordered(methods, list(METHODS)):
-            # the reference: plain training (at equal wall-clock: the time-limited plain runs);
-            # the physics terms on a Δ correction against Δ alone (common.BASELINES)
-            base_name = baseline_of(method, set(methods))
-            base = methods.get(base_name) if base_name else None
-            s = methods[method]
-            em, es = mean_std(s["E"])
-            fm, fs = mean_std(s["F"])
-            er = fr = None
-            if base and method != base_name and base["E"] and s["E"]:
-                er = statistics.fmean(base["E"]) / em
-            if base and method != base_name and base["F"] and s["F"]:
-                fr = statistics.fmean(base["F"]) / fm
-            lines.append(
-                f"| {key[0]} | {key[1]} | {key[2]} | {method} | {len(s['E'])} "
-                f"| {fmt(mean_std(s['val'])[0])} | {fmt(em)} ± {fmt(es)} | {fmt(fm)} ± {fmt(fs)} | {fmt(er, 2)} | {fmt(fr, 2)} "
-                f"| {statistics.median(s['steps']):.0f} × {s['batch']} "
-                f"| {statistics.median(s['time']):.0f} | {stopped_counts(s['stopped'])} |"
-            )
-    lines += [
-        "",
-        "## Runs",
-        "",
-        "| run | E MAE (meV) | F MAE (meV/Å) | steps | stopped by | train time (s) | code | trained on "
-        "| commit |",
-        "|---|---:|---:|---:|---|---:|---|---|---|",
-    ]
-    for r in sorted(records, key=lambda r: r["name"]):
-        e, f = test_errors(r)
-        lines.append(
-            f"| {r['name']} | {fmt(e)} | {fmt(f)} | {r.get('steps')} | {r.get('stopped_by') or '—'} "
-            f"| {fmt(r.get('train_time_s'), 0)} | {r.get('code_path', 'eager')} "
-            f"| {trained_on(r)} | {r['commit'][:8]} |"
-        )
-    lines += warnings_section(records)
-    if failed:
-        lines += ["", "## Failed runs", ""]
-        for r in failed:
-            last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
-            lines.append(f"- {r['name']}: `{last[0]}`")
-    return "\n".join(lines) + "\n"
-
-
-def trained_on(record: dict) -> str:
-    """Where a run trained, attempt by attempt (``cpu (2 cores)``, ``cuda (NVIDIA H200) → cpu
-    (2 cores)``); results written before attempts were logged trained on the machine they
-    record."""
-    machine = record.get("machine", {})
-    attempts = record.get("attempts") or [
-        {"device": f"cuda ({machine['cuda']})" if machine.get("cuda") else "cpu",
-         "host": f"{machine.get('cpu')}, {machine.get('cpu_count')} cores"}
-    ]  # fmt: skip
-    places = [
-        a["device"] if a["device"] != "cpu" else f"cpu ({a['host'].rsplit(', ', 1)[-1]})"
-        for a in attempts
-    ]
-    return " → ".join(p for k, p in enumerate(places) if k == 0 or p != places[k - 1])
-
-
-def warnings_section(records: list[dict]) -> list[str]:
-    """Markdown lines: each distinct warning the runs printed, with how many runs printed it."""
-    counts: dict[str, list[str]] = {}
-    for r in records:
-        for text in r.get("warnings") or []:
-            counts.setdefault(text, []).append(r["name"])
-    if not counts:
-        recorded = sum("warnings" in r for r in records)
-        return ["", f"Warnings: none in the {recorded} run(s) that record them."]
-    lines = ["", "## Warnings", "", "| runs | warning |", "|---:|---|"]
-    for text, names in sorted(counts.items(), key=lambda kv: -len(kv[1])):
-        example = "" if len(names) > 1 else f" ({names[0]})"
-        lines.append(f"| {len(names)} | {text.replace('|', '/')[:300]}{example} |")
-    return lines
-
-
-def plot(records: list[dict], stem: Path) -> list[Path]:
-    """Error vs training size (per molecule, model and label regime) and learning curves."""
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    groups = aggregate(records)
-
-    def kind_of(regime: str) -> str:
-        return "E" if regime.startswith("E_only") else "EF"
-
-    panels = sorted({(m, mo, kind_of(r)) for (m, r, mo) in groups})
-    if panels:
-        fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 6), squeeze=False)
-        for col, (molecule, model, kind) in enumerate(panels):
-            for row, (quantity, unit) in enumerate((("E", "meV"), ("F", "meV/Å"))):
-                ax = axes[row][col]
-                methods = sorted(
-                    {
-                        m
-                        for (mol, reg, mo), d in groups.items()
-                        if (mol, mo) == (molecule, model) and kind_of(reg) == kind
-                        for m in d
-                    }
-                )
-                for method in ordered(methods, list(METHODS)):
-                    xs, ys, es = [], [], []
-                    for (mol, reg, mo), d in groups.items():
-                        if (mol, mo) != (molecule, model) or kind_of(reg) != kind:
-                            continue
-                        if method in d and d[method][quantity]:
-                            m, s = mean_std(d[method][quantity])
-                            xs.append(N_TRAIN[reg])
-                            ys.append(m)
-                            es.append(s)
-                    if xs:
-                        order = sorted(range(len(xs)), key=xs.__getitem__)
-                        ax.errorbar(
-                            [xs[i] for i in order],
-                            [ys[i] for i in order],
-                            [es[i] for i in order],
-                            marker="o",
-                            capsize=3,
-                            label=method,
-                        )
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-                sizes = sorted({N_TRAIN[r] for (mol, r, mo) in groups if kind_of(r) == kind})
-                ax.set_xticks(sizes, [str(n) for n in sizes])
-                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-                ax.set_xlabel("training frames")
-                ax.set_ylabel(f"test {quantity} MAE ({unit})")
-                label = "energy-only" if kind == "E" else "energies + forces"
-                ax.set_title(f"{molecule}, {model}\n{label}", fontsize=9)
-                ax.grid(alpha=0.3, which="both")
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        path = stem.with_name(stem.name + "_errors.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-
-    curves = [
-        r
-        for r in records
-        if r.get("validation_curve") and r["seed"] == min(x["seed"] for x in records)
-    ]
-    keys = sorted({(r["molecule"], r["regime"], r["model"]) for r in curves})
-    if keys:
-        ncol = min(4, len(keys))
-        nrow = math.ceil(len(keys) / ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.8 * nrow), squeeze=False)
-        for ax, key in zip(axes.flat, keys, strict=False):
-            for r in sorted(
-                (r for r in curves if (r["molecule"], r["regime"], r["model"]) == key),
-                key=lambda r: r["method"],
-            ):
-                monitor = r.get("monitor") or "val_forces_mae_meV_per_A"
-                pts = [(p["step"], p[monitor]) for p in r["validation_curve"] if monitor in p]
-                if pts:
-                    ax.plot(*zip(*pts, strict=True), label=r["method"], lw=1)
-            unit = "meV/Å" if "forces" in (monitor or "") else "meV"
-            ax.set_title(f"{key[0]} {key[1]} {key[2]}", fontsize=8)
-            ax.set_xlabel("step")
-            ax.set_ylabel(f"val {'F' if unit == 'meV/Å' else 'E'} MAE ({unit})")
-            ax.set_yscale("log")
-            ax.legend(fontsize=6)
-        for ax in list(axes.flat)[len(keys) :]:
-            ax.axis("off")
-        fig.tight_layout()
-        path = stem.with_name(stem.name + "_curves.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
-def write_summary(out: Path, stem: Path, header: dict) -> None:
-    records = load_records(out)
-    done = {r["name"] for r in records}
-    failed = [json.loads(p.read_text()) for p in sorted(out.glob("*.failed.json"))]
-    failed = [r for r in failed if r["name"] not in done]
-    stem.with_suffix(".md").write_text(summary_markdown(header, records, failed))
-    compact = [
-        {k: v for k, v in r.items() if k not in ("validation_curve", "machine")} for r in records
-    ]
-    stem.with_suffix(".json").write_text(json.dumps({**header, "runs": compact}, indent=1) + "\n")
-    if records:
-        plot(records, stem)
-        if any(r.get("test_curve") for r in records):
-            converged.plot_test_curves(records, stem.with_name(stem.name + "_test_curves.png"))
-
-
-#: The default slice of the grid / walltime / legacy suites.
-GRID_SLICE = {
-    "molecules": ["ethanol", "aspirin"],
-    "regimes": ["E_only_1000", "E_only_100", "EF_50", "EF_100"],
-    "models": ["schnet", "painn_direct"],
-    "methods": ["plain", "piwsl", "piwsl_2nd"],
-}
-
-
-# --------------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The driver's command line: suite, slice, budget, machine use and output options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--suite", choices=["grid", "walltime", "converged", "core", "method"], default="grid"
@@ -876,6 +493,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--summary-only", action="store_true", help="rewrite the summary, train nothing"
     )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options of ``argv``: the suite's default slice filled in, methods and batch options
+    checked, ``--quick`` expanded to its tiny grid."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.suite != "converged":
         for key, default in GRID_SLICE.items():

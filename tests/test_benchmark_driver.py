@@ -33,17 +33,33 @@ def rmd17(benchmarks):
     return importlib.import_module("rmd17")
 
 
-def test_method_variants_become_overrides(rmd17):
+@pytest.fixture
+def rmd17_cells(benchmarks):
+    """The benchmark's cells (models, methods, regimes) as a module."""
+    import importlib
 
-    overrides = rmd17.method_overrides("piwsl_2nd[delta=0.01,taylor=12]")
+    return importlib.import_module("rmd17_cells")
+
+
+@pytest.fixture
+def rmd17_report(benchmarks):
+    """The benchmark's summary writer as a module."""
+    import importlib
+
+    return importlib.import_module("rmd17_report")
+
+
+def test_method_variants_become_overrides(rmd17_cells):
+
+    overrides = rmd17_cells.method_overrides("piwsl_2nd[delta=0.01,taylor=12]")
     assert "physics.second_order=true" in overrides
     assert overrides[-2:] == ["physics.perturbation_scale=0.01", "physics.taylor_weight=12"]
-    cheaper = rmd17.method_overrides("piwsl_2nd[fraction=0.25,every=4]")
+    cheaper = rmd17_cells.method_overrides("piwsl_2nd[fraction=0.25,every=4]")
     assert cheaper[-2:] == ["physics.fraction=0.25", "physics.every_n_steps=4"]
     with pytest.raises(SystemExit, match="unknown method"):
-        rmd17.method_overrides("piwsl_3rd")
+        rmd17_cells.method_overrides("piwsl_3rd")
     with pytest.raises(SystemExit, match="unknown variant key"):
-        rmd17.method_overrides("piwsl[dleta=0.1]")
+        rmd17_cells.method_overrides("piwsl[dleta=0.1]")
 
 
 def test_quick_run_writes_results_and_resumes(tmp_path):
@@ -92,7 +108,7 @@ def test_quick_run_writes_results_and_resumes(tmp_path):
     assert summary.count("- `python benchmarks/rmd17.py --quick") == 2
 
 
-def test_split_atoms_per_batch_and_run_warnings(tmp_path, rmd17):
+def test_split_atoms_per_batch_and_run_warnings(tmp_path, rmd17, rmd17_report):
     import numpy as np
 
     packaged = ROOT / "src" / "piwsl" / "datasets"
@@ -129,7 +145,7 @@ def test_split_atoms_per_batch_and_run_warnings(tmp_path, rmd17):
         "warning: file 'x.xyz': bond lengths are 1.93× the covalent ones",
         "/venv/lib/x.py:12: UserWarning: the lr scheduler ...",
     ]
-    lines = rmd17.warnings_section(
+    lines = rmd17_report.warnings_section(
         [{"name": "a", "warnings": ["warning: w1"]}, {"name": "b", "warnings": ["warning: w1"]}]
     )
     assert "| 2 | warning: w1 |" in lines
@@ -242,7 +258,7 @@ def test_converged_runs_train_aspirin_compiled(rmd17):
     assert run.extra[-1] == "training.compile=false"
 
 
-def test_driver_records_where_and_how_each_attempt_trained(rmd17, tmp_path):
+def test_driver_records_where_and_how_each_attempt_trained(rmd17, rmd17_report, tmp_path):
     """The last ``training.compile`` override decides the code path; each attempt is logged with
     its device, and a run that moved from a GPU machine to this one says so."""
     command = ["piwsl", "training.compile=true", "training.compile=false"]
@@ -254,9 +270,9 @@ def test_driver_records_where_and_how_each_attempt_trained(rmd17, tmp_path):
     attempts = rmd17.log_attempt(tmp_path, ["training.accelerator=auto"], cpu, resumed=True)
     assert [a["device"] for a in attempts] == ["cuda (NVIDIA H200)", "cpu"]
     assert attempts[1]["host"] == "Xeon, 2 cores"
-    assert rmd17.trained_on({"attempts": attempts}) == "cuda (NVIDIA H200) → cpu (2 cores)"
+    assert rmd17_report.trained_on({"attempts": attempts}) == "cuda (NVIDIA H200) → cpu (2 cores)"
     old = {"machine": {"cuda": None, "cpu": "Xeon", "cpu_count": 2}}  # before attempts were logged
-    assert rmd17.trained_on(old) == "cpu (2 cores)"
+    assert rmd17_report.trained_on(old) == "cpu (2 cores)"
 
 
 def test_driver_stops_at_the_deadline_and_skips_runs_finished_elsewhere(rmd17, tmp_path):
