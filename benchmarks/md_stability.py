@@ -217,7 +217,9 @@ def run_protocol(
     torch.set_num_threads(args.threads)
     structures = _structures(data)
     config = protocol_config(name, args)
-    calc = make_calculator(checkpoint, device=args.device, skin=args.skin, batched=args.batched)
+    calc = make_calculator(
+        checkpoint, device=args.device, skin=args.skin, batched=args.batched, compile=args.compile
+    )
     run_dir = run_dir_of(args, label, name)
     start = time.perf_counter()
     report = run_md(
@@ -226,6 +228,7 @@ def run_protocol(
     summary = dict(report.summary)
     summary["run_dir"] = relative(run_dir.resolve())
     summary["device"] = args.device
+    summary["compiled"] = args.compile
     report_file = run_dir / "md_report.json"  # the library records the paths it was given
     report_file.write_text(portable(report_file.read_text()))
     summary["elapsed_s"] = time.perf_counter() - start
@@ -342,9 +345,11 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def on_device(summary: dict) -> str:
-    """`` (cuda)`` after the speed of a run that ran on a device other than the CPU."""
-    device = summary.get("device", "cpu")
-    return "" if device == "cpu" else f" ({device})"
+    """After the speed of a run: `` (cuda)`` where it ran on a device other than the CPU,
+    `` (compiled)`` where the model ran compiled."""
+    notes = [summary.get("device", "cpu")] if summary.get("device", "cpu") != "cpu" else []
+    notes += ["compiled"] if summary.get("compiled") else []
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def seed_group(label: str) -> tuple[str, str] | None:
@@ -474,8 +479,8 @@ def survival_figure(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The options, with the defaults that depend on ``--quick`` filled in."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "checkpoints",
@@ -523,6 +528,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="all trajectories of a (model, protocol) as one batch of replicas (nve, nose-hoover)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="with --batched: the model as one compiled graph (the same function, faster)",
+    )
     parser.add_argument("--skin", type=float, default=1.0, metavar="Å")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -539,6 +549,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run again even where a finished run with the same settings exists",
     )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, with the defaults that depend on ``--quick`` filled in."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be ≥ 1")

@@ -311,3 +311,4 @@ def test_md_run_reused_across_machines_by_content(benchmarks, tmp_path):
     assert md.same_run(old, now)
     assert not md.same_run({**old, "checkpoint_mtime": 1.0}, now)
     assert md.on_device({"device": "cuda"}) == " (cuda)" and md.on_device({}) == ""
+    assert md.on_device({"device": "cuda", "compiled": True}) == " (cuda, compiled)"

@@ -191,6 +191,24 @@ def test_no_gradient_calls_run_eagerly(frames):
     assert compiled.stats.eager_reasons == {"no gradient": 1}
 
 
+@pytest.mark.parametrize("key", list(TINY))
+def test_inference_calls_run_compiled_when_asked(key, frames):
+    """``inference=True`` (``piwsl md --compile``): calls without a gradient run one compiled
+    forward graph for every batch size, energies and forces equal to the eager model's; a lone
+    structure still runs eagerly."""
+    eager = tiny_model(key).eval()
+    compiled = CompiledForceField(copy.deepcopy(eager), backend="aot_eager", inference=True)
+    data = batches(frames)
+    with torch.no_grad():
+        for batch in data:
+            got = compiled(batch, create_graph=False)
+            expected = eager(batch, create_graph=False)
+            torch.testing.assert_close(got["energy"], expected["energy"], rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(got["forces"], expected["forces"], rtol=1e-4, atol=1e-5)
+    assert compiled.stats.graphs == 1 and compiled.stats.compiled_calls == len(data) - 1
+    assert compiled.stats.eager_reasons == {"fewer than 2 structures, atoms or edges": 1}
+
+
 def test_inductor_compiled_steps_equal_eager(frames):
     """The real code path: inductor-generated kernels, forward and compiled backward.
 

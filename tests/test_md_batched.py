@@ -204,6 +204,24 @@ def test_batched_run_equals_the_serial_runner_in_nve(tiny_model):
         np.testing.assert_allclose(b.thermo["total_eV"], a.thermo["total_eV"], atol=1e-7)
 
 
+def test_compiled_batched_md_follows_the_eager_run(tiny_model):
+    """``--compile``: the batched potential's model as one compiled graph gives the eager run's
+    trajectories to float32 rounding; without --batched it is a clear error."""
+    from piwsl.md.cli import make_calculator
+
+    frames = [f.to_atoms() for f in read_frames("builtin:ethanol_test")[:4]]
+    cfg = md_config(ensemble="nose-hoover")
+    eager = run_md(BatchedPotential(tiny_model, skin=0.5), frames, cfg)
+    fast = BatchedPotential(tiny_model, skin=0.5, compile="aot_eager")
+    compiled = run_md(fast, frames, cfg)
+    assert fast.model.stats.compiled_calls > 0 and fast.model.stats.eager_calls == 0
+    for a, b in zip(eager.trajectories, compiled.trajectories, strict=True):
+        assert a.n_steps == b.n_steps == 20
+        np.testing.assert_allclose(b.frames[-1], a.frames[-1], atol=1e-4)
+    with pytest.raises(ConfigError, match="add --batched"):
+        make_calculator("model.pt", compile=True)
+
+
 def test_batched_nose_hoover_runs_with_failures_per_replica(tiny_model, tmp_path):
     """One replica is pushed apart (a bond breaks): it fails at its own step, the others go on."""
     frames = [f.to_atoms() for f in read_frames("builtin:ethanol_test")[:4]]

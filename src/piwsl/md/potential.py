@@ -33,11 +33,19 @@ class BatchedPotential:
         skin: float = 0.5,
         dtype: torch.dtype | None = None,
         allow_prior_mismatch: bool = False,
+        compile: bool | str = False,
     ) -> None:
+        """``compile``: run the model's energy and forces as one compiled graph (True: with
+        inductor; a string: that ``torch.compile`` backend, e.g. ``"aot_eager"`` in tests)."""
         if not skin >= 0:
             raise ValueError(f"skin must be ≥ 0 Å, got {skin}")
         ready = inference_model(model, device, dtype, allow_prior_mismatch)
         self.model, self.device, self.dtype = ready.model, ready.device, ready.dtype
+        if compile:  # the model's energy and forces as one compiled graph (piwsl.models.compiled)
+            from piwsl.models.compiled import CompiledForceField
+
+            backend = compile if isinstance(compile, str) else "inductor"
+            self.model = CompiledForceField(ready.model, backend=backend, inference=True)
         self.source, self.skin = ready.source, float(skin)
         self.prior: Prior | None = ready.prior
         self.model_s = 0.0
