@@ -147,6 +147,22 @@ def _log_axes(ax) -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
+#: One colour per method in every panel (plain training always the same colour).
+METHOD_COLORS = {
+    "plain": "C0",
+    "piwsl_2nd": "C1",
+    "piwsl": "C3",
+    "delta": "C2",
+    "delta_piwsl_2nd": "C4",
+}
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Legend order: the methods of METHOD_COLORS first, in its order."""
+    order = list(METHOD_COLORS)
+    return (order.index(method) if method in order else len(order), method)
+
+
 def plot_test_curves(records: list[dict], path) -> None:
     """Test force MAE (meV/Å) against training steps, one panel per (molecule, regime, model),
     every method on a shared axis: the mean over seeds (line) and each seed (faint)."""
@@ -165,8 +181,8 @@ def plot_test_curves(records: list[dict], path) -> None:
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
         runs = [r for r in records if (r["molecule"], r["regime"], r["model"]) == panel]
-        for k, method in enumerate(sorted({r["method"] for r in runs})):
-            color = f"C{k}"
+        for method in sorted({r["method"] for r in runs}, key=method_rank):
+            color = METHOD_COLORS.get(method, "C7")
             series = {}
             for r in (r for r in runs if r["method"] == method and r.get("test_curve")):
                 pts = [(p["step"], p["forces_mae_meV_per_A"]) for p in r["test_curve"]]
