@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from common import RESULTS, ROOT, command_line, git_commit, machine_info
-from rmd17_cells import N_TRAIN, REGIMES
+from rmd17_cells import N_TRAIN, REGIMES, last_override
 from rmd17_report import aggregate, load_records
 
 from piwsl.data import read_frames, split_indices
@@ -55,8 +55,7 @@ TARGET = 4.0  # issue #9: Δ alone ≥ 4× lower force MAE than plain at N = 100
 
 def n_val(regime: str) -> int:
     """Validation frames of a regime (from the grid driver's overrides)."""
-    given = [o.split("=", 1)[1] for o in REGIMES[regime] if o.startswith("data.n_val=")]
-    return int(given[-1]) if given else 0
+    return int(last_override(REGIMES[regime], "data.n_val", "0"))
 
 
 def n_label(regime: str) -> str:

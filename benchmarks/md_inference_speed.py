@@ -28,12 +28,9 @@ def replica_batch(model, data: str, replicas: int, skin: float):
     """The first ``replicas`` frames of ``data`` as one batch, as the batched MD potential
     collates them."""
     from piwsl.data import read_frames
-    from piwsl.data.batch import Graph, collate
+    from piwsl.data.batch import frames_to_batch
 
-    frames = read_frames(data)[:replicas]
-    return collate(
-        [Graph.from_frame(f, model.cutoff, skin, frame_id=k) for k, f in enumerate(frames)]
-    )
+    return frames_to_batch(read_frames(data)[:replicas], model.cutoff, skin)
 
 
 def timed(call, batch, calls: int) -> float:

@@ -55,10 +55,13 @@ from rmd17_cells import (
     N_TRAIN,
     PAPER_UNITS,
     REGIMES,
+    last_override,
     method_overrides,
     safe,
 )
 from rmd17_report import batch_size_of, fmt, test_errors, write_summary
+
+from piwsl.io.journal import JsonLines
 
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
 PACKAGED = ROOT / "src" / "piwsl" / "datasets"  # ethanol only, used when DATA is absent
@@ -302,11 +305,8 @@ def run_warnings(stderr: str) -> list[str]:
     return list(seen)[:50]
 
 
-def last_override(command: list[str], key: str, default: str) -> str:
-    """The value the last ``key=value`` of ``command`` sets (a later override wins), or
-    ``default``."""
-    values = [a.split("=", 1)[1] for a in command if a.startswith(key + "=")]
-    return values[-1] if values else default
+#: The first line of a run's ``attempts.jsonl`` (a :class:`piwsl.io.journal.JsonLines` journal).
+ATTEMPTS_HEADER = {"journal": "rmd17 attempts", "format": 1}
 
 
 def log_attempt(run_dir: Path, command: list[str], header: dict, resumed: bool) -> list[dict]:
@@ -324,11 +324,11 @@ def log_attempt(run_dir: Path, command: list[str], header: dict, resumed: bool) 
         "host": f"{machine.get('cpu')}, {machine.get('cpu_count')} cores",
         "code_path": code_path(command),
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = run_dir / "attempts.jsonl"
-    with log.open("a") as handle:
-        handle.write(json.dumps(attempt) + "\n")
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    journal = JsonLines(run_dir / "attempts.jsonl", ATTEMPTS_HEADER, owner="rmd17.py")
+    journal.append(attempt)  # a torn line of a killed driver is cut, never read
+    lines = journal.lines()
+    journal.close()
+    return [r for r in map(json.loads, lines) if "device" in r]  # the header is not an attempt
 
 
 def code_path(command: list[str]) -> str:

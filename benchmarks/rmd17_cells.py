@@ -98,6 +98,13 @@ def method_overrides(method: str) -> list[str]:
     return overrides
 
 
+def last_override(overrides: list[str], key: str, default: str) -> str:
+    """The value the last ``key=value`` of ``overrides`` (or a command line) sets — a later
+    override wins —, or ``default``."""
+    values = [a.split("=", 1)[1] for a in overrides if a.startswith(key + "=")]
+    return values[-1] if values else default
+
+
 def safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import converged_protocol as converged
 from common import baseline_of
-from rmd17_cells import METHODS, N_TRAIN
+from rmd17_cells import METHODS, N_TRAIN, last_override
 
 
 def fmt(x: float | None, digits: int = 1) -> str:
@@ -31,8 +31,7 @@ def test_errors(record: dict) -> tuple[float | None, float | None]:
 
 def batch_size_of(overrides: list[str]) -> int:
     """The batch size a run's overrides set (16, the built-in config's, when none does)."""
-    given = [o.split("=", 1)[1] for o in overrides if o.startswith("training.batch_size=")]
-    return int(given[-1]) if given else 16
+    return int(last_override(overrides, "training.batch_size", "16"))
 
 
 def load_records(folder: Path) -> list[dict]:

@@ -296,13 +296,7 @@ class CompiledForceField:
             graph = trace(function, state_inputs(em, names) + geometry_tensors(batch))
             check_symbolic(graph, len(names))
         except Exception as err:  # any tracing failure: train eagerly, say why
-            log.warning(
-                "%s: %s cannot be traced into one graph (%s: %s); these calls run eagerly",
-                self.option,
-                what,
-                type(err).__name__,
-                str(err).splitlines()[0] if str(err) else "",
-            )
+            self._warn_eager(f"{what} cannot be traced into one graph", err)
             return None
         built = (torch.compile(graph, backend=self._backend_fn, fullgraph=True), names)
         self.stats.graphs += 1
@@ -316,6 +310,13 @@ class CompiledForceField:
             time.perf_counter() - start,
         )
         return built
+
+    def _warn_eager(self, text: str, err: Exception) -> None:
+        """Warn that a kind of call runs eagerly: ``text`` and the error's first line."""
+        first = str(err).splitlines()[0] if str(err) else ""
+        log.warning(
+            "%s: %s (%s: %s); these calls run eagerly", self.option, text, type(err).__name__, first
+        )
 
     def _agrees(
         self, graph: tuple[Callable, list[str]], batch: Batch, forces: bool, what: str,
@@ -333,13 +334,7 @@ class CompiledForceField:
             try:
                 fast = self._run(graph, batch)
             except Exception as err:  # a backend failure: run eagerly, say why
-                log.warning(
-                    "%s: compiling %s failed (%s: %s); these calls run eagerly",
-                    self.option,
-                    what,
-                    type(err).__name__,
-                    str(err).splitlines()[0] if str(err) else "",
-                )
+                self._warn_eager(f"compiling {what} failed", err)
                 return False
         tol = 1e-3 if batch.positions.dtype == torch.float32 else 1e-7
         n_atoms = batch.n_atoms.to(torch.float64)
