@@ -2,7 +2,9 @@
 # MD robustness of the converged models (issue #15): 8 trajectories per model of 50 ps Nosé–Hoover
 # NVT at 300 K (Δt = 0.5 fs, start frames from the test split) and 20 ps NVE from 300 K, all
 # trajectories of a model as one batch of replicas. Model by model (the E + F models of all seeds
-# first, then the Δ models, then the MP2/CBS model), each model's NVT run and then its NVE run, so drift and survival arrive together; each
+# first, the paper's first-order cell included, then seed by seed the aspirin Δ, the ethanol MP2/CBS
+# and the aspirin Δ + PIWSL models), each model's NVT run and then its NVE run, so drift and
+# survival arrive together; each
 # (model, protocol) run is reused when finished and a killed one resumes from its saved state, so
 # the script can be started again at any time. The report of all finished runs is rewritten after
 # each run.
@@ -21,25 +23,23 @@ RUNS=runs/benchmarks
 MD=(python benchmarks/md_stability.py --batched --compile --trajectories 8 --out "$OUT" --no-progress)
 BUSY=75  # flock's exit status when another copy holds the lock
 mkdir -p "$OUT/locks"
-models() {  # the E + F models of every seed first (fast, compiled), then the Δ models (GFN2-xTB
-  # at every step), then the MP2/CBS Δ model
+models() {  # the E + F models of every seed first (fast, compiled), then seed by seed the models
+  # that evaluate GFN2-xTB at every step (Δ, MP2/CBS, Δ + PIWSL: ~1–3 h each)
   local s m f
   for s in 0 1 2; do
     for m in painn32_conservative-EF_100-plain painn32_conservative-EF_100-piwsl_2nd \
-             painn32_direct-EF_100-plain painn32_direct-EF_100-piwsl_2nd; do
+             painn32_direct-EF_100-plain painn32_direct-EF_100-piwsl_2nd painn32_direct-EF_100-piwsl; do
       f="$RUNS/aspirin-$m-s$s/best_model.pt"
       [ -f "$f" ] && echo "$f"
     done
   done
   for s in 0 1 2; do
-    for m in painn32_conservative-E_only_1000-delta painn32_conservative-E_only_1000-delta_piwsl_2nd; do
-      f="$RUNS/aspirin-$m-s$s/best_model.pt"
-      [ -f "$f" ] && echo "$f"
-    done
-  done
-  for s in 0 1 2; do
+    f="$RUNS/aspirin-painn32_conservative-E_only_1000-delta-s$s/best_model.pt"
+    [ -f "$f" ] && echo "$f"
     f="runs/mp2cbs/N300_delta_ft_plain_s$s/best_model.pt"
     [ -f "$f" ] && echo "$f::builtin:ethanol_test"
+    f="$RUNS/aspirin-painn32_conservative-E_only_1000-delta_piwsl_2nd-s$s/best_model.pt"
+    [ -f "$f" ] && echo "$f"
   done
   return 0
 }
