@@ -20,7 +20,6 @@ is in the ``label`` extra). A molecule without data files gets "—" in the xTB 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from rmd17_report import aggregate, load_records
 
 from piwsl.data import read_frames, split_indices
 from piwsl.errors import PiwslError
+from piwsl.io.atomic import write_json, write_text
 
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
 PACKAGED = ROOT / "src" / "piwsl" / "datasets"  # ethanol only
@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     text = markdown(header, rows)
-    out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({**header, "rows": records}, indent=1) + "\n")
+    write_text(out.with_suffix(".md"), text)
+    write_json(out.with_suffix(".json"), {**header, "rows": records}, indent=1)
     print(text)
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 from common import ROOT, command_line, git_commit, machine_info
 
+from piwsl.io.atomic import write_json
+
 #: The README main job's model (PaiNN with conservative forces).
 MODEL = [
     "model.name=painn",
@@ -76,12 +78,6 @@ def run_logged(cmd: list[str], log: Path, threads: int) -> float:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def pick(metrics: dict[str, Any] | None) -> dict[str, Any]:

@@ -55,6 +55,8 @@ from finetune_workflow import (
     write_json,
 )
 
+from piwsl.io.atomic import write_text
+
 STEM = "finetune_xtb_to_dft"
 
 DFT_TRAIN = "builtin:ethanol_train"
@@ -428,7 +430,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         lines += ["", "## What the numbers show", "", *[f"- {x}" for x in findings]]
     if result.get("notes"):
         lines += ["", "## Notes", "", *[f"- {x}" for x in result["notes"]]]
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def seed_mean(result: dict[str, Any], n: int, variant: str, key: str) -> tuple[float, int] | None:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from common import RESULTS, ROOT
 
+from piwsl.io.atomic import write_json, write_text
+
 #: name → (backend, options, repeats, cap in s for the whole measurement)
 METHODS: dict[str, tuple[str, dict, int, float]] = {
     "gfn2-xtb": ("gfn2-xtb", {}, 20, 60),
@@ -443,7 +445,7 @@ def write_md(result: dict, path: Path) -> None:
             "labels (conventional HF + MP2 gradients) share one reference.",
         ]
     lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
+    write_text(path, "\n".join(lines))
 
 
 def write_executors_md(result: dict, path: Path) -> None:
@@ -505,7 +507,7 @@ def write_executors_md(result: dict, path: Path) -> None:
         "",
         *result.get("notes", []),
     ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def executors_main(out: Path, rounds: int) -> int:
@@ -521,7 +523,7 @@ def executors_main(out: Path, rounds: int) -> int:
         "summary": executor_summary(rows),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "label_cost_executors.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "label_cost_executors.json", result, indent=2)
     write_executors_md(result, out / "label_cost_executors.md")
     print((out / "label_cost_executors.md").read_text())
     return 0
@@ -560,7 +562,7 @@ def main() -> int:
         path = Path(args.out) / "label_cost.json"
         result = json.loads(path.read_text())
         result["projection"] = projection(result["rows"])
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(path, result, indent=2)
         write_md(result, Path(args.out) / "label_cost.md")
         return 0
     if args.one_df_hf_check:
@@ -598,7 +600,7 @@ def main() -> int:
         "df_hf_check": check,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "label_cost.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(out / "label_cost.json", result, indent=2)
     write_md(result, out / "label_cost.md")
     print((out / "label_cost.md").read_text())
     return 0

@@ -41,6 +41,7 @@ from mace.tools import AtomicNumberTable, torch_geometric
 from mace.tools.torch_tools import default_dtype
 
 from piwsl.data import frames_to_batch, read_frames
+from piwsl.io.atomic import write_json, write_text
 from piwsl.models import build_model
 from piwsl.models.mace import to_mace_module
 from piwsl.objective import EnergyTerm, ForcesTerm, Objective
@@ -243,8 +244,8 @@ def main() -> None:
     print(text)
     if not args.no_write:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "mace_step_time.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "mace_step_time.md").write_text(text)
+        write_json(args.out / "mace_step_time.json", report, indent=2)
+        write_text(args.out / "mace_step_time.md", text)
 
 
 if __name__ == "__main__":

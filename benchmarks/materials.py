@@ -56,6 +56,8 @@ from common import RESULTS, ROOT, command_line, git_commit, machine_info, portab
 from converged_protocol import Recipe
 from finetune_workflow import train_once, write_json
 
+from piwsl.io.atomic import write_text
+
 WORK = ROOT / "runs" / "benchmarks" / "materials"
 CHGNET = "ase:chgnet.model.dynamics.CHGNetCalculator"
 PIWSL_2ND = [
@@ -630,7 +632,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out.with_suffix(".json"), result)
-    out.with_suffix(".md").write_text(markdown(result))
+    write_text(out.with_suffix(".md"), markdown(result))
     print(f"wrote {relative(out.with_suffix('.md'))}")
 
 

@@ -45,13 +45,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from common import ROOT, command_line, git_commit, machine_info
+
+from piwsl.io.atomic import atomic_path, write_json
 
 #: name → (builder, supercell repetition); the builders give the conventional cells
 MATERIALS = ("si", "rutile", "anatase", "li2o")
@@ -107,10 +108,8 @@ def unit_cell(name: str):
 def write_atomic(frames: list, path: Path) -> None:
     import ase.io
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    ase.io.write(str(tmp), frames, format="extxyz")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        ase.io.write(str(tmp), frames, format="extxyz")
 
 
 def relax(name: str, work: Path) -> Any:
@@ -197,7 +196,7 @@ def force_constants(name: str, work: Path, step: float = 0.02) -> dict[str, floa
         moved.positions[i] += step * direction
         forces = backend.compute(moved)["forces"]
         out[chemical_symbols[z]] = float(-(forces[i] - base[i]) @ direction / step)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(path, out, indent=2)
     return out
 
 
@@ -312,7 +311,7 @@ def main() -> None:
         "temperatures_K": args.temperatures,
         "force_constants_eV_per_A2": {m: force_constants(m, work) for m in args.materials},
     }
-    (out_dir / "materials_gfn1.provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out_dir / "materials_gfn1.provenance.json", record, indent=2)
 
 
 if __name__ == "__main__":

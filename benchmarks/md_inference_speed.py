@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from common import RESULTS, ROOT, command_line, git_commit, machine_info, relative
 
+from piwsl.io.atomic import write_json, write_text
+
 DATA = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_test_01.npz"
 
 
@@ -128,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         result["models"].append(measure(path, args))
         print(json.dumps(result["models"][-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "md_inference_speed.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "md_inference_speed.md").write_text(markdown(result))
+    write_json(args.out / "md_inference_speed.json", result, indent=1)
+    write_text(args.out / "md_inference_speed.md", markdown(result))
     print(f"wrote {relative(args.out / 'md_inference_speed.md')}")
     return 0
 

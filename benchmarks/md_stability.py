@@ -32,8 +32,6 @@ import functools
 import glob
 import json
 import multiprocessing
-import os
-import re
 import shlex
 import sys
 import tempfile
@@ -43,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    BASELINES,
     RESULTS,
     ROOT,
     command_line,
@@ -52,6 +49,9 @@ from common import (
     portable,
     relative,
 )
+from md_stability_report import compare_methods, write_report
+
+from piwsl.io.atomic import write_json, write_text
 
 DATA = ROOT.parent / "shared" / "data" / "rmd17" / "rmd17_aspirin_test_01.npz"
 #: per (model, protocol) run folder: its summary and what it depends on (resume key)
@@ -230,16 +230,15 @@ def run_protocol(
     summary["device"] = args.device
     summary["compiled"] = args.compile
     report_file = run_dir / "md_report.json"  # the library records the paths it was given
-    report_file.write_text(portable(report_file.read_text()))
+    write_text(report_file, portable(report_file.read_text()))
     summary["elapsed_s"] = time.perf_counter() - start
     summary["trajectories"] = [
         {k: v for k, v in t.summary(config.timestep_fs).items() if k not in ("files",)}
         for t in report.trajectories
     ]
     done = {"fingerprint": fingerprint(checkpoint, data, name, args), "summary": summary}
-    tmp = run_dir / (DONE_NAME + ".tmp")
-    tmp.write_text(json.dumps(jsonable(done), indent=2, default=str))
-    os.replace(tmp, run_dir / DONE_NAME)  # atomic: a killed run leaves no half-written summary
+    # atomic: a killed run leaves no half-written summary
+    write_json(run_dir / DONE_NAME, jsonable(done), indent=2, default=str)
     print(
         f"[{label} {name}] stable {summary['n_stable']}/{summary['n_trajectories']}, "
         f"{summary['steps_per_s']:.1f} steps/s, "
@@ -280,203 +279,6 @@ def run_all(
         for future in as_completed(futures):
             out[futures[future]] = future.result()
     return out
-
-
-def fmt(value: Any, spec: str = ".3g") -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return format(value, spec)
-    return str(value)
-
-
-def markdown(result: dict[str, Any]) -> str:
-    lines = [
-        f"# MD stability ({Path(str(result['data'])).stem})",
-        "",
-        f"- date (UTC): {result['date_utc']}",
-        f"- command: `{result['command']}`",
-        f"- git commit: {result['git_commit']}",
-        f"- machine: {result['machine']['cpu']} ({result['machine']['cpu_count']} cores), "
-        f"torch {result['machine']['torch']} with {result['machine']['torch_threads']} thread(s), "
-        f"OMP_NUM_THREADS={result['machine']['OMP_NUM_THREADS']}",
-        f"- mode: {'QUICK smoke run' if result['quick'] else 'full protocol'}; start frames and "
-        f"reference h(r): `{result['data']}`; Δt {result['timestep_fs']} fs; "
-        f"{result['trajectories']} trajectories per protocol; "
-        f"NVT thermostat: {result['thermostat']}",
-        "- failure checks: "
-        + ("bond and temperature OFF (--no-checks)" if result["no_checks"] else "all on"),
-        "- failure: a start-structure bond deviating > 0.5 Å from its start length"
-        " (Fu et al. 2023), NaN/inf energy or forces, or temperature > 5 × target",
-        "- time to failure is censored at the run length for stable trajectories (so it is a lower"
-        " bound whenever some runs are stable); drift = slope of a linear fit of E_tot/atom vs t;"
-        " h(r) error = ∫|h_MD(r) − h_test(r)| dr over the stable runs (0..2)",
-    ]
-    if result.get("note"):
-        lines.append(f"- note: {result['note']}")
-    lines += [
-        "",
-        "| model | protocol | stable | mean TTF (ps) | median TTF (ps) | failures | "
-        "NVE drift (meV/atom/ps) | NVE fluct. (meV/atom) | h(r) error | steps/s per replica | model share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, model in result["models"].items():
-        for name, s in model["protocols"].items():
-            drift = s.get("energy_drift_meV_per_atom_per_ps_mean")
-            fluct = s.get("energy_fluctuation_meV_per_atom_mean")
-            lines.append(
-                f"| {label} | {name} ({s['length_ps']:g} ps)"
-                f" | {s['n_stable']}/{s['n_trajectories']}"
-                f" | {fmt(s['mean_time_to_failure_ps_censored'])}"
-                f" | {fmt(s['median_time_to_failure_ps_censored'])}"
-                f" | {s['failure_reasons'] or '—'}"
-                f" | {fmt(drift)} | {fmt(fluct)} | {fmt(s['hr_error_pooled_stable'], '.4f')}"
-                f" | {fmt(s['steps_per_s'], '.1f')}{on_device(s)} | {fmt(100 * s['calculator_share'], '.0f')} % |"
-            )
-    lines += comparison_lines(result.get("comparisons", []))
-    if result.get("not_run"):
-        lines += ["", f"Not run yet ({len(result['not_run'])}): " + "; ".join(result["not_run"])]
-    lines += ["", "![survival](md_stability_survival.png)"]
-    lines += ["", "Plots (energy, temperature, survival, h(r)) are in each run folder:", ""]
-    for label, model in result["models"].items():
-        for name, s in model["protocols"].items():
-            lines.append(f"- {label} / {name}: `{s['run_dir']}`")
-    return "\n".join(lines) + "\n"
-
-
-def on_device(summary: dict) -> str:
-    """After the speed of a run: `` (cuda)`` where it ran on a device other than the CPU,
-    `` (compiled)`` where the model ran compiled."""
-    notes = [summary.get("device", "cpu")] if summary.get("device", "cpu") != "cpu" else []
-    notes += ["compiled"] if summary.get("compiled") else []
-    return f" ({', '.join(notes)})" if notes else ""
-
-
-def seed_group(label: str) -> tuple[str, str] | None:
-    """``molecule-model-regime-method-sN`` → (``molecule-model-regime``, method), else None."""
-    parts = label.split("-")
-    if len(parts) < 5 or not re.fullmatch(r"s\d+", parts[-1]):
-        return None
-    return "-".join(parts[:-2]), parts[-2]
-
-
-def compare_methods(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Time to failure of each method against its baseline (``BASELINES``), trajectories pooled
-    over seeds: mean and median (censored at the run length) with percentile-bootstrap 95 %
-    intervals, and the difference method − baseline with its interval."""
-    from piwsl.md.metrics import (
-        STATISTICS,
-        bootstrap_difference,
-        bootstrap_interval,
-        censored_times,
-    )
-
-    pooled = {
-        (cell, method, name): censored_times(slot["times"], slot["length_ps"]).tolist()
-        for (cell, name), methods in survival_groups(result).items()
-        for method, slot in methods.items()
-    }
-    rows = []
-    for (cell, method, name), times in sorted(pooled.items()):
-        base = pooled.get((cell, BASELINES.get(method, ""), name))
-        if base is None:
-            continue
-        row = {"cell": cell, "protocol": name, "method": method, "baseline": BASELINES[method]}
-        for stat in ("mean", "median"):
-            for who, x in (("baseline", base), ("method", times)):
-                row[f"{who}_{stat}_ps"] = float(STATISTICS[stat](x))
-                row[f"{who}_{stat}_ci_ps"] = bootstrap_interval(x, stat)
-                row[f"n_{who}"] = len(x)
-            row[f"{stat}_difference"] = bootstrap_difference(base, times, stat)
-        rows.append(row)
-    return rows
-
-
-def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
-    if not rows:
-        return []
-    lines = [
-        "",
-        "## Method against its baseline (trajectories pooled over seeds)",
-        "",
-        "Time to failure in ps, censored at the run length; [95 % percentile-bootstrap interval];"
-        " difference = method − baseline.",
-        "",
-        "| cell | protocol | baseline → method | n | mean TTF | median TTF | Δ mean | Δ median |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-
-    def ci(row, who, stat):
-        lo, hi = row[f"{who}_{stat}_ci_ps"]
-        return f"{row[f'{who}_{stat}_ps']:.2f} [{lo:.2f}, {hi:.2f}]"
-
-    for r in rows:
-        dm, dd = r["mean_difference"], r["median_difference"]
-        lines.append(
-            f"| {r['cell']} | {r['protocol']} | {r['baseline']} → {r['method']} "
-            f"| {r['n_baseline']} / {r['n_method']} "
-            f"| {ci(r, 'baseline', 'mean')} → {ci(r, 'method', 'mean')} "
-            f"| {ci(r, 'baseline', 'median')} → {ci(r, 'method', 'median')} "
-            f"| {dm['difference']:+.2f} [{dm['low']:+.2f}, {dm['high']:+.2f}] "
-            f"| {dd['difference']:+.2f} [{dd['low']:+.2f}, {dd['high']:+.2f}] |"
-        )
-    return lines
-
-
-def survival_groups(result: dict[str, Any]) -> dict[tuple[str, str], dict[str, dict]]:
-    """(cell, protocol) → method → the failure times of its trajectories pooled over seeds
-    (None: stable) and the run length. A label outside the ``molecule-…-method-sN`` scheme is
-    a cell of its own (its seed suffix dropped)."""
-    groups: dict[tuple[str, str], dict[str, dict]] = {}
-    for label, model in result["models"].items():
-        cell, method = seed_group(label) or (re.sub(r"[-_]s\d+$", "", label),) * 2
-        for name, s in model["protocols"].items():
-            slot = groups.setdefault((cell, name), {}).setdefault(
-                method, {"times": [], "length_ps": s["length_ps"]}
-            )
-            slot["times"] += [t["failure_time_ps"] for t in s.get("trajectories", [])]
-    return groups
-
-
-def survival_figure(result: dict[str, Any], path: Path) -> Path:
-    """Fraction of stable trajectories vs time: one panel per cell (row) and protocol (column),
-    one line per method with its trajectories pooled over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from piwsl.md.metrics import survival_curve
-
-    groups = survival_groups(result)
-    cells = sorted({cell for cell, _ in groups})
-    names = [n for n in PROTOCOLS if any(name == n for _, name in groups)]
-    fig, axes = plt.subplots(
-        max(1, len(cells)), max(1, len(names)), figsize=(4.2 * max(1, len(names)),
-        2.8 * max(1, len(cells))), squeeze=False,
-    )  # fmt: skip
-    for i, cell in enumerate(cells):
-        for j, name in enumerate(names):
-            ax = axes[i][j]
-            methods = groups.get((cell, name), {})
-            order = sorted(methods, key=lambda m: (m in BASELINES, m))  # baselines first
-            for k, (method, slot) in enumerate((m, methods[m]) for m in order):
-                t, alive = survival_curve(slot["times"], slot["length_ps"])
-                n = len(slot["times"])
-                ax.step(  # wider lines first: coinciding curves stay visible
-                    t, alive, where="post", color=f"C{k}", lw=max(1.0, 3.5 - 1.2 * k),
-                    alpha=0.8, label=f"{method} ({n} trajectories)",
-                )  # fmt: skip
-            ax.set_title(f"{cell}\n{name}", fontsize=8)
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("time (ps)")
-            ax.set_ylabel("fraction stable")
-            if ax.lines:
-                ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -594,18 +396,6 @@ def report_header(args: argparse.Namespace) -> dict[str, Any]:
             "piwsl model; its stability numbers mean nothing"
         )
     return result
-
-
-def write_report(result: dict[str, Any], out: Path) -> None:
-    """``md_stability.json``, ``md_stability.md`` and the survival plot in ``out``."""
-    from piwsl.md.report import jsonable
-
-    out.mkdir(parents=True, exist_ok=True)
-    plot = survival_figure(result, out / "md_stability_survival.png")
-    result["survival_plot"] = relative(plot.resolve())
-    (out / "md_stability.json").write_text(json.dumps(jsonable(result), indent=2, default=str))
-    (out / "md_stability.md").write_text(markdown(result))
-    print(f"wrote {out / 'md_stability.json'} and {out / 'md_stability.md'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,8 @@ from finetune_workflow import (
     write_json,
 )
 
+from piwsl.io.atomic import write_text
+
 STEM = "mp2cbs_workflow"
 
 PBE_TRAIN, PBE_TEST = "builtin:ethanol_train", "builtin:ethanol_test"
@@ -391,7 +393,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     if findings:
         lines += ["", "## What the numbers show", "", *[f"- {x}" for x in findings]]
     lines += ["", "Commands of the individual runs: `runs` in the JSON."]
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 #: comparisons the summary states: (first variant, second variant, what it measures)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import random
 import statistics
 import time
@@ -26,6 +25,7 @@ from common import ROOT, command_line, git_commit, machine_info, relative
 from piwsl.data import read_frames
 from piwsl.data.batch import collate
 from piwsl.data.dataset import GraphDataset
+from piwsl.io.atomic import write_json, write_text
 from piwsl.models import build_model
 from piwsl.objective import LossConfig, Objective
 from piwsl.physics import PhysicsConfig
@@ -320,8 +320,8 @@ def main() -> None:
         return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(markdown(result))
+    write_json(out.with_suffix(".json"), result, indent=2)
+    write_text(out.with_suffix(".md"), markdown(result))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 

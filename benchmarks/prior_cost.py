@@ -19,7 +19,6 @@ commit. Untrained weights cost what trained ones do. About a minute on one core.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, git_commit, machine_info
+
+from piwsl.io.atomic import write_json, write_text
 
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
 MOLECULES = ("aspirin", "ethanol", "malonaldehyde", "naphthalene", "toluene")
@@ -179,10 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(
-        json.dumps({**meta, "results": rows}, indent=2) + "\n", encoding="utf-8"
-    )
-    out.with_suffix(".md").write_text(markdown(rows, meta), encoding="utf-8")
+    write_json(out.with_suffix(".json"), {**meta, "results": rows}, indent=2)
+    write_text(out.with_suffix(".md"), markdown(rows, meta))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0
 

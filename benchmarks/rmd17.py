@@ -61,6 +61,7 @@ from rmd17_cells import (
 )
 from rmd17_report import batch_size_of, fmt, test_errors, write_summary
 
+from piwsl.io.atomic import write_json
 from piwsl.io.journal import JsonLines
 
 DATA = ROOT.parent / "shared" / "data" / "rmd17"
@@ -404,12 +405,10 @@ def execute(
     summary = run_dir / "summary.json"
     if returncode == 0 and summary.exists():
         record.update(finished_run(run_dir))
-        tmp = out / f".{run.name}.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, result)
+        write_json(result, record, indent=1)
     else:
         record["error"] = (stderr or stdout)[-3000:]
-        (out / f"{run.name}.failed.json").write_text(json.dumps(record, indent=1) + "\n")
+        write_json(out / f"{run.name}.failed.json", record, indent=1)
     return record
 
 

@@ -13,6 +13,8 @@ import converged_protocol as converged
 from common import baseline_of
 from rmd17_cells import METHODS, N_TRAIN, last_override
 
+from piwsl.io.atomic import write_json, write_text
+
 
 def fmt(x: float | None, digits: int = 1) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
@@ -311,11 +313,11 @@ def write_summary(out: Path, stem: Path, header: dict) -> None:
     done = {r["name"] for r in records}
     failed = [json.loads(p.read_text()) for p in sorted(out.glob("*.failed.json"))]
     failed = [r for r in failed if r["name"] not in done]
-    stem.with_suffix(".md").write_text(summary_markdown(header, records, failed))
+    write_text(stem.with_suffix(".md"), summary_markdown(header, records, failed))
     compact = [
         {k: v for k, v in r.items() if k not in ("validation_curve", "machine")} for r in records
     ]
-    stem.with_suffix(".json").write_text(json.dumps({**header, "runs": compact}, indent=1) + "\n")
+    write_json(stem.with_suffix(".json"), {**header, "runs": compact}, indent=1)
     if records:
         plot(records, stem)
         if any(r.get("test_curve") for r in records):

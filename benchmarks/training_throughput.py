@@ -50,6 +50,7 @@ from common import ROOT, git_commit, machine_info
 
 from piwsl.data import read_frames
 from piwsl.data.batch import Batch, Graph, collate
+from piwsl.io.atomic import write_json, write_text
 from piwsl.models import build_model
 from piwsl.models.base import trusted_species
 from piwsl.models.compiled import CompiledForceField
@@ -529,14 +530,8 @@ def write(report: dict, args: argparse.Namespace) -> None:
     if args.no_write:
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    for suffix, text in (
-        ("json", json.dumps(report, indent=1) + "\n"),
-        ("md", markdown(report)),
-    ):
-        path = args.out / f"{args.name}.{suffix}"
-        tmp = path.with_suffix(f".{suffix}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)  # atomic
+    write_json(args.out / f"{args.name}.json", report, indent=1)
+    write_text(args.out / f"{args.name}.md", markdown(report))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,14 @@ def rmd17_report(benchmarks):
     return importlib.import_module("rmd17_report")
 
 
+@pytest.fixture
+def md_report(benchmarks):
+    """The MD benchmark's report writer as a module."""
+    import importlib
+
+    return importlib.import_module("md_stability_report")
+
+
 def test_method_variants_become_overrides(rmd17_cells):
 
     overrides = rmd17_cells.method_overrides("piwsl_2nd[delta=0.01,taylor=12]")
@@ -216,32 +224,68 @@ def test_converged_suite_resumes_an_unfinished_run(tmp_path):
     assert (tmp_path / "results" / "converged.md").is_file()
 
 
-def test_md_survival_pools_seeds_per_cell_and_method(benchmarks, tmp_path):
+def md_model(times: list[float | None], length: float = 50.0, **summary) -> dict:
+    """A model entry of the MD report: one protocol whose trajectories fail at ``times``."""
+    import numpy as np
+
+    censored = [length if t is None else t for t in times]
+    runs = [{"failure_time_ps": t} for t in times]
+    protocol = "nvt300" if length == 50.0 else "nve300"
+    return {
+        "protocols": {
+            protocol: {
+                "length_ps": length, "trajectories": runs, "n_trajectories": len(times),
+                "n_stable": sum(t is None for t in times),
+                "mean_time_to_failure_ps_censored": float(np.mean(censored)), **summary,
+            }
+        }
+    }  # fmt: skip
+
+
+def test_md_survival_pools_seeds_per_cell_and_method(md_report, tmp_path):
     """The MD report's survival plot pools each method's trajectories over seeds, one panel per
     (cell, protocol); a label outside the seed scheme is a cell of its own."""
-    import importlib
-
-    md = importlib.import_module("md_stability")
-
-    def model(times: list[float | None]) -> dict:
-        runs = [{"failure_time_ps": t} for t in times]
-        return {"protocols": {"nvt300": {"length_ps": 50.0, "trajectories": runs}}}
-
     result = {
         "models": {
-            "aspirin-painn32_direct-EF_100-plain-s0": model([None, 12.0]),
-            "aspirin-painn32_direct-EF_100-plain-s1": model([3.0]),
-            "aspirin-painn32_direct-EF_100-piwsl_2nd-s0": model([None, None]),
-            "N300_delta_ft_plain_s1": model([None]),
+            "aspirin-painn32_direct-EF_100-plain-s0": md_model([None, 12.0]),
+            "aspirin-painn32_direct-EF_100-plain-s1": md_model([3.0]),
+            "aspirin-painn32_direct-EF_100-piwsl_2nd-s0": md_model([None, None]),
+            "N300_delta_ft_plain_s1": md_model([None]),
         }
     }
-    groups = md.survival_groups(result)
+    groups = md_report.survival_groups(result)
     cell = ("aspirin-painn32_direct-EF_100", "nvt300")
     assert sorted(groups) == [("N300_delta_ft_plain", "nvt300"), cell]
     assert groups[cell]["plain"]["times"] == [None, 12.0, 3.0]
     assert groups[cell]["piwsl_2nd"] == {"times": [None, None], "length_ps": 50.0}
-    path = md.survival_figure(result, tmp_path / "survival.png")
+    path = md_report.survival_figure(result, tmp_path / "survival.png")
     assert path.stat().st_size > 0
+
+
+def test_md_report_pools_each_method_over_its_seeds(md_report):
+    """Per cell and method: stable trajectories summed over seeds, the mean time to failure over
+    all of them (not the mean of the seeds' means), h(r) and drift over the seeds that have them;
+    baselines are listed before the methods."""
+    result = {
+        "protocols": {"nvt300": {}, "nve300": {}},
+        "models": {
+            "aspirin-m-EF_100-piwsl_2nd-s0": md_model([2.0], 20.0, energy_drift_meV_per_atom_per_ps_mean=3.0),
+            "aspirin-m-EF_100-plain-s0": md_model([None, 5.0], hr_error_pooled_stable=0.2),
+            "aspirin-m-EF_100-plain-s1": md_model([None, None, None, 10.0], hr_error_pooled_stable=0.4),
+        },
+    }  # fmt: skip
+    rows = md_report.pooled_rows(result)
+    assert [(r["protocol"], r["method"]) for r in rows] == [
+        ("nvt300", "plain"),
+        ("nve300", "piwsl_2nd"),
+    ]
+    plain = rows[0]
+    assert plain["seeds"] == 2 and (plain["stable"], plain["trajectories"]) == (4, 6)
+    assert plain["mean_ttf_ps"] == pytest.approx((50 + 5 + 3 * 50 + 10) / 6)
+    assert plain["hr_error_mean"] == pytest.approx(0.3) and plain["drift_mean"] is None
+    assert rows[1]["drift_mean"] == 3.0 and rows[1]["hr_error_mean"] is None
+    table = "\n".join(md_report.pooled_lines(rows))
+    assert "| aspirin-m-EF_100 | nvt300 | plain | 2 | 4/6 |" in table
 
 
 def test_converged_runs_train_aspirin_compiled(rmd17):
@@ -310,5 +354,6 @@ def test_md_run_reused_across_machines_by_content(benchmarks, tmp_path):
     old = {k: v for k, v in now.items() if k != "checkpoint_sha256"}
     assert md.same_run(old, now)
     assert not md.same_run({**old, "checkpoint_mtime": 1.0}, now)
-    assert md.on_device({"device": "cuda"}) == " (cuda)" and md.on_device({}) == ""
-    assert md.on_device({"device": "cuda", "compiled": True}) == " (cuda, compiled)"
+    report = importlib.import_module("md_stability_report")
+    assert report.on_device({"device": "cuda"}) == " (cuda)" and report.on_device({}) == ""
+    assert report.on_device({"device": "cuda", "compiled": True}) == " (cuda, compiled)"

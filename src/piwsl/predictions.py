@@ -19,7 +19,6 @@ labels (e.g. to distil a model).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from piwsl.data.frames import Frame
+from piwsl.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,9 @@ def write_predictions(
     """Write :func:`prediction_atoms` to extxyz at ``path`` (atomically); returns the path."""
     import ase.io
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    ase.io.write(str(tmp), prediction_atoms(frames, predictions, model), format="extxyz")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        ase.io.write(str(tmp), prediction_atoms(frames, predictions, model), format="extxyz")
+    return Path(path)
 
 
 def predict_file(

@@ -8,7 +8,6 @@ table ``piwsl train`` and ``piwsl evaluate`` print.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from piwsl.evaluation.metrics import compute_metrics, offset_note
 from piwsl.evaluation.nonconservative import nonconservativeness
 from piwsl.evaluation.plots import parity_plot
 from piwsl.evaluation.predict import as_force_field, predict
+from piwsl.io.atomic import write_json
 from piwsl.priors.base import PriorUse
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def evaluate_model(
     if write_predictions or not labelled:
         _write_predictions(frames, predictions, metrics, out_dir / f"{name}_predictions.extxyz")
     metrics_path = out_dir / f"{name}_metrics.json"
-    metrics_path.write_text(json.dumps(_finite_or_none(metrics), indent=2, sort_keys=True) + "\n")
+    write_json(metrics_path, _finite_or_none(metrics), sort_keys=True)
     if plot and labelled:
         parity_plot(frames, predictions, metrics, out_dir / f"{name}_parity.png")
     return metrics

@@ -1,11 +1,14 @@
-"""What labelling, the prior cache and MD share: executors, journals, structure hashes.
+"""What labelling, training, the prior cache and MD share: executors, journals, structure
+hashes, atomic writes.
 
 - :mod:`piwsl.io.executors` — one unit of work per task on this process, a local process pool
   or a Dask cluster (:mod:`piwsl.io.dask_executor`), results streamed back as they complete
 - :mod:`piwsl.io.journal` — append-only, fsynced JSON-lines journals (torn lines cut, locking)
 - :mod:`piwsl.io.hashing` — the SHA-256 key of a structure
+- :mod:`piwsl.io.atomic` — every file piwsl writes for later: temporary file, fsync, rename
 """
 
+from piwsl.io.atomic import atomic_path, write_json, write_text
 from piwsl.io.executors import (
     EXECUTORS,
     Executor,
@@ -24,9 +27,12 @@ __all__ = [
     "ExecutorSpec",
     "JsonLines",
     "TaskLost",
+    "atomic_path",
     "atoms_hash",
     "limit_threads",
     "make_executor",
     "structure_hash",
     "worker_name",
+    "write_json",
+    "write_text",
 ]

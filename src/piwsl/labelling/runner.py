@@ -38,7 +38,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from piwsl.errors import ConfigError, DataError
+from piwsl.io.atomic import atomic_path, write_json
 from piwsl.io.executors import ExecutorSpec, TaskLost, make_executor, worker_name
 from piwsl.io.hashing import atoms_hash, structure_hash
 from piwsl.io.journal import JsonLines
@@ -477,17 +477,12 @@ def write_output(
             info["REF_error"] = str(record.get("error", "unknown error"))
             summary.failed.append({"index": i, "error": info["REF_error"]})
         out_images.append(atoms)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    ase.io.write(str(tmp), out_images, format="extxyz")
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, output)
+    with atomic_path(output) as tmp:
+        ase.io.write(str(tmp), out_images, format="extxyz")
 
 
 def _write_summary(output: Path, summary: LabelSummary) -> None:
-    path = output.with_name(output.name + ".summary.json")
-    path.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
+    write_json(output.with_name(output.name + ".summary.json"), asdict(summary))
 
 
 def label_file(input_path: str | Path, output: str | Path, **kwargs: Any) -> LabelSummary:

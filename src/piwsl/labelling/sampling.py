@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from piwsl.errors import ConfigError
+from piwsl.io.atomic import atomic_path
 
 
 @dataclass
@@ -157,13 +158,8 @@ def _thermalize(atoms, temperature_K: float, rng) -> None:
 
 def write_samples(frames: list, path: str | Path) -> Path:
     """Write sampled frames to extxyz (atomically)."""
-    import os
-
     import ase.io
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    ase.io.write(str(tmp), frames, format="extxyz")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        ase.io.write(str(tmp), frames, format="extxyz")
+    return Path(path)

@@ -9,7 +9,6 @@ meV/atom, vs time, ps; thermostatted runs also their conserved quantity where on
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
+from piwsl.io.atomic import write_json
 from piwsl.md.metrics import (
     DistanceHistogram,
     distance_histogram,
@@ -136,12 +136,7 @@ class MDReport:
         return jsonable(out)
 
     def write_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_dict())
 
 
 DEFINITIONS = {

@@ -9,8 +9,6 @@ for inference to add.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 
 from piwsl import __version__
 from piwsl.errors import CheckpointError
+from piwsl.io.atomic import atomic_path
 
 FORMAT = "piwsl-model"
 FORMAT_VERSION = 1
@@ -29,18 +28,8 @@ READABLE_VERSIONS = (FORMAT_VERSION, PRIOR_FORMAT_VERSION)
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename (never a torn file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def model_state(model) -> dict[str, Any]:

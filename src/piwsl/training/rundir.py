@@ -20,7 +20,6 @@ run written with the old loss keys resumes under their new spelling.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 from piwsl.config import Config, config_from_dict, read_yaml
 from piwsl.errors import CheckpointError, ConfigError
+from piwsl.io.atomic import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, console: Any = Non
         for name in ("best_model.pt", "final_model.pt", "summary.json"):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    write_text(run_dir / "config.yaml", cfg.to_yaml())
     return resume_from
 
 
@@ -238,8 +238,4 @@ def next_log_version(run_dir: Path) -> int:
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     """``summary.json`` of the run (written whole, then renamed)."""
-    path = run_dir / "summary.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_json(run_dir / "summary.json", summary)

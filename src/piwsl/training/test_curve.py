@@ -11,7 +11,6 @@ selection, which sees validation data only.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from piwsl.data.frames import Frame
+from piwsl.io.atomic import write_json
 
 #: The metrics kept per point (units in the names).
 KEPT = (
@@ -41,13 +41,7 @@ def read_curve(path: Path) -> list[dict[str, Any]]:
 
 def write_curve(path: Path, records: list[dict[str, Any]]) -> None:
     """Write the records atomically (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(sorted(records, key=lambda r: r["step"]), handle, indent=1)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_json(path, sorted(records, key=lambda r: r["step"]), indent=1)
 
 
 class TestCurve(Callback):
