@@ -309,12 +309,10 @@ def ratios(
     return out
 
 
-def write_markdown(path: Path, result: dict[str, Any]) -> None:
-    h = result["header"]
+def header_lines(h: dict[str, Any]) -> list[str]:
+    """Title, provenance and set-up paragraph of the report, up to the "Steps" heading."""
     m = h["machine"]
-    lab = result.get("label") or {}
-    pre = result.get("pretrain")
-    lines = [
+    return [
         "# Fine-tuning: GFN2-xTB energies+forces → DFT energies only (rMD17 ethanol)",
         "",
         f"Command: `{h['command']}`  ",
@@ -333,6 +331,14 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "## Steps",
         "",
     ]
+
+
+def step_lines(result: dict[str, Any]) -> list[str]:
+    """One bullet per finished step: xTB labelling of each split, then the pre-training."""
+    h = result["header"]
+    lab = result.get("label") or {}
+    pre = result.get("pretrain")
+    lines = []
     for split in ("train", "test"):
         if split in lab:
             r = lab[split]
@@ -351,7 +357,50 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
             f"({fmt(t['energy_mae_meV_per_atom'], 2)} meV/atom), F "
             f"{fmt(t['forces_mae_meV_per_A'])} meV/Å"
         )
-    lines += [
+    return lines
+
+
+def zero_shot_rows(n: int, zs: dict[str, Any]) -> list[str]:
+    """DFT-table rows of one size without fine-tuning: xTB itself and the zero-shot model."""
+    lines = []
+    g = zs["gfn2_xtb_vs_dft"]
+    if g.get("forces_mae_meV_per_A") is not None:
+        lines.append(
+            f"| {n} | GFN2-xTB itself (1 constant offset fitted on the N) | — "
+            f"| {fmt(g['energy_mae_meV'])} | {fmt(g['energy_mae_meV_per_atom'], 2)} "
+            f"| {fmt(g['forces_mae_meV_per_A'])} | {fmt(g['forces_rmse_meV_per_A'])} "
+            "| — | — | — | — | — | — |"
+        )
+    t = zs["test"]
+    lines.append(
+        f"| {n} | xTB-pre-trained, zero-shot (E0s re-fitted on the N) | — "
+        f"| {fmt(t['energy_mae_meV'])} | {fmt(t['energy_mae_meV_per_atom'], 2)} "
+        f"| {fmt(t['forces_mae_meV_per_A'])} | {fmt(t['forces_rmse_meV_per_A'])} "
+        "| — | — | 0 | 0 | — | — |"
+    )
+    return lines
+
+
+def run_row(n: int, variant: str, seed: int, r: dict[str, Any]) -> str:
+    """DFT-table row of one fine-tuning run."""
+    t = r["test"]
+    last = r.get("test_final_model") or {}
+    return (
+        f"| {n} | {variant} | {seed} | {fmt(t['energy_mae_meV'])} "
+        f"| {fmt(t['energy_mae_meV_per_atom'], 2)} | {fmt(t['forces_mae_meV_per_A'])} "
+        f"| {fmt(t['forces_rmse_meV_per_A'])} "
+        f"| {fmt(last.get('energy_mae_meV'))} "
+        f"| {fmt(last.get('forces_mae_meV_per_A'))} "
+        f"| {r['epochs']} | {r['steps']} "
+        f"| {fmt(r['train_ms_per_step_incl_validation'], 0)} "
+        f"| {fmt(r['wall_time_s'], 0)} |"
+    )
+
+
+def dft_table_lines(result: dict[str, Any]) -> list[str]:
+    """The "DFT test errors" section: baselines and every run, per size."""
+    h = result["header"]
+    lines = [
         "",
         "## DFT test errors",
         "",
@@ -362,55 +411,42 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     for n in h["sizes"]:
         zs = result["zero_shot"].get(str(n))
         if zs:
-            g = zs["gfn2_xtb_vs_dft"]
-            if g.get("forces_mae_meV_per_A") is not None:
-                lines.append(
-                    f"| {n} | GFN2-xTB itself (1 constant offset fitted on the N) | — "
-                    f"| {fmt(g['energy_mae_meV'])} | {fmt(g['energy_mae_meV_per_atom'], 2)} "
-                    f"| {fmt(g['forces_mae_meV_per_A'])} | {fmt(g['forces_rmse_meV_per_A'])} "
-                    "| — | — | — | — | — | — |"
-                )
-            t = zs["test"]
-            lines.append(
-                f"| {n} | xTB-pre-trained, zero-shot (E0s re-fitted on the N) | — "
-                f"| {fmt(t['energy_mae_meV'])} | {fmt(t['energy_mae_meV_per_atom'], 2)} "
-                f"| {fmt(t['forces_mae_meV_per_A'])} | {fmt(t['forces_rmse_meV_per_A'])} "
-                "| — | — | 0 | 0 | — | — |"
-            )
+            lines += zero_shot_rows(n, zs)
         for variant in VARIANTS:
             for seed in h["seeds"]:
                 r = result["runs"].get(run_name(n, variant, seed))
-                if not r:
-                    continue
-                t = r["test"]
-                lines.append(
-                    f"| {n} | {variant} | {seed} | {fmt(t['energy_mae_meV'])} "
-                    f"| {fmt(t['energy_mae_meV_per_atom'], 2)} | {fmt(t['forces_mae_meV_per_A'])} "
-                    f"| {fmt(t['forces_rmse_meV_per_A'])} "
-                    f"| {fmt((r.get('test_final_model') or {}).get('energy_mae_meV'))} "
-                    f"| {fmt((r.get('test_final_model') or {}).get('forces_mae_meV_per_A'))} "
-                    f"| {r['epochs']} | {r['steps']} "
-                    f"| {fmt(r['train_ms_per_step_incl_validation'], 0)} "
-                    f"| {fmt(r['wall_time_s'], 0)} |"
-                )
-    if result["ratios"]:
-        lines += [
-            "",
-            "## plain / PIWSL (> 1: PIWSL better)",
-            "",
-            "| N | start | seed | E MAE ratio | F MAE ratio | E MAE ratio, last weights "
-            "| F MAE ratio, last weights |",
-            "|---:|---|---|---:|---:|---:|---:|",
-        ]
-        for r in result["ratios"]:
-            lines.append(
-                f"| {r['N']} | {r['start']} | {r['seed']} "
-                f"| {fmt(r['energy_mae_plain_over_piwsl'], 2)} "
-                f"| {fmt(r['forces_mae_plain_over_piwsl'], 2)} "
-                f"| {fmt(r['energy_mae_plain_over_piwsl_last_weights'], 2)} "
-                f"| {fmt(r['forces_mae_plain_over_piwsl_last_weights'], 2)} |"
-            )
-    lines += [
+                if r:
+                    lines.append(run_row(n, variant, seed, r))
+    return lines
+
+
+def ratio_table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The "plain / PIWSL" section, one row per size, start and seed (empty without ratios)."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## plain / PIWSL (> 1: PIWSL better)",
+        "",
+        "| N | start | seed | E MAE ratio | F MAE ratio | E MAE ratio, last weights "
+        "| F MAE ratio, last weights |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['N']} | {r['start']} | {r['seed']} "
+            f"| {fmt(r['energy_mae_plain_over_piwsl'], 2)} "
+            f"| {fmt(r['forces_mae_plain_over_piwsl'], 2)} "
+            f"| {fmt(r['energy_mae_plain_over_piwsl_last_weights'], 2)} "
+            f"| {fmt(r['forces_mae_plain_over_piwsl_last_weights'], 2)} |"
+        )
+    return lines
+
+
+def closing_lines(result: dict[str, Any]) -> list[str]:
+    """Explanation of the variants and columns, then the findings and notes sections."""
+    h = result["header"]
+    lines = [
         "",
         "Variants: `ft_*` start from the xTB-pre-trained best_model.pt (`model.init_from`, "
         f"`model.e0s_on_init=refit`, lr {h['finetune_lr']}); `scratch_*` are new models "
@@ -430,6 +466,18 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         lines += ["", "## What the numbers show", "", *[f"- {x}" for x in findings]]
     if result.get("notes"):
         lines += ["", "## Notes", "", *[f"- {x}" for x in result["notes"]]]
+    return lines
+
+
+def write_markdown(path: Path, result: dict[str, Any]) -> None:
+    """Write the report of ``result`` as markdown to ``path``."""
+    lines = [
+        *header_lines(result["header"]),
+        *step_lines(result),
+        *dft_table_lines(result),
+        *ratio_table_lines(result["ratios"]),
+        *closing_lines(result),
+    ]
     write_text(path, "\n".join(lines) + "\n")
 
 

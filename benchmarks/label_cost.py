@@ -362,9 +362,10 @@ def projection(rows: list[dict]) -> dict:
     return out
 
 
-def write_md(result: dict, path: Path) -> None:
+def cost_header_lines(result: dict) -> list[str]:
+    """Title, provenance (command, commit, machine, versions) and the method paragraph."""
     m = result["machine"]
-    lines = [
+    return [
         "# Reference-labelling cost per ethanol frame (rMD17 ethanol frame 0, 9 atoms)",
         "",
         f"Command: `{result['command']}`  ",
@@ -385,11 +386,17 @@ def write_md(result: dict, path: Path) -> None:
         "single-threaded process is the better measure on this shared machine: wall times "
         "include waiting for a core.",
         "",
+    ]
+
+
+def cost_table_lines(rows: list[dict]) -> list[str]:
+    """The per-method timing table (a skipped or failed method shows its status)."""
+    lines = [
         "| method | wall s per frame (median) | wall min | CPU s (median) | repeats | "
         "basis functions | forces |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for r in result["rows"]:
+    for r in rows:
         if r.get("wall_s_median") is None:
             lines.append(f"| {r['method']} | {r['status']} | | | | | |")
             continue
@@ -398,53 +405,71 @@ def write_md(result: dict, path: Path) -> None:
             f"{r['cpu_s_median']:.3g} | {r['repeats']} | {r.get('n_basis') or ''} | "
             f"{'yes' if r['has_forces'] else 'no'} |"
         )
-    p = result["projection"]
-    lines += ["", "## Projected cost of the MP2/CBS(DZ,TZ) ethanol set", ""]
-    if "total_core_hours" in p:
-        lines += [
-            "CPU seconds of the single-threaded runs (≈ wall time on an idle core):",
-            "",
-            f"- 300 training frames, CBS energies only: 300 × {p['cbs_energy_s_per_frame']:.1f} s "
-            f"= {p['train_core_hours']:.2f} core-hours",
-            f"- 100 test frames, CBS energies + CBS MP2 forces: 100 × "
-            f"{p['cbs_forces_s_per_frame']:.1f} s = {p['test_core_hours']:.2f} core-hours "
-            f"(of which the cc-pVTZ HF + MP2 gradients take about "
-            f"{p.get('tz_gradient_part_s_estimate', float('nan')):.0f} s per frame: the "
-            "MP2 gradient row for cc-pVTZ was skipped by its 60 s cap, but the CBS-forces row "
-            "includes it)",
-            f"- total {p['total_core_hours']:.2f} core-hours: {p['wall_hours_1_worker']:.2f} h "
-            f"wall with one worker, about {p['wall_hours_2_workers_if_both_cores_free']:.2f} h "
-            "with `--workers 2` if both cores of this machine were free.",
-            *(
-                [
-                    f"- with a density-fitted HF reference for the 300 energy-only frames "
-                    f"(`--set density_fit_hf=true`, {p['cbs_energy_df_hf_s_per_frame']:.1f} s "
-                    f"per frame): total {p['total_core_hours_df_hf_train']:.2f} core-hours."
-                ]
-                if "total_core_hours_df_hf_train" in p
-                else []
-            ),
-            f"- at the wall times measured here under load (other jobs sharing the 2 cores), one "
-            f"worker would take {p.get('total_hours_at_measured_wall_times_1_worker', 0):.2f} h.",
-        ]
-    else:
+    return lines
+
+
+def projection_lines(p: dict) -> list[str]:
+    """The "Projected cost" section from :func:`projection`'s numbers."""
+    lines = ["", "## Projected cost of the MP2/CBS(DZ,TZ) ethanol set", ""]
+    if "total_core_hours" not in p:
         lines.append("Not projected: a CBS measurement was skipped or failed (see the table).")
-    c = result.get("df_hf_check")
-    if c:
-        diffs = ", ".join(f"{x:.3f}" for x in c["df_minus_conventional_meV"])
-        lines += [
-            "",
-            "## Density-fitted HF reference: accuracy",
-            "",
-            f"CBS(DZ,TZ) energy with DF-HF minus conventional HF on {c['frames']}: {diffs} meV "
-            f"per molecule; spread {c['spread_of_difference_meV']:.3f} meV, against a spread of "
-            f"{c['spread_of_energies_meV']:.0f} meV of the energies themselves. Only the spread "
-            "affects relative energies (what a potential learns); it is far below the errors of "
-            "ML potentials (meV per atom), so `density_fit_hf=true` is a sound choice for the "
-            "energy-only set. The default stays conventional HF so that energy-only and force "
-            "labels (conventional HF + MP2 gradients) share one reference.",
-        ]
-    lines.append("")
+        return lines
+    lines += [
+        "CPU seconds of the single-threaded runs (≈ wall time on an idle core):",
+        "",
+        f"- 300 training frames, CBS energies only: 300 × {p['cbs_energy_s_per_frame']:.1f} s "
+        f"= {p['train_core_hours']:.2f} core-hours",
+        f"- 100 test frames, CBS energies + CBS MP2 forces: 100 × "
+        f"{p['cbs_forces_s_per_frame']:.1f} s = {p['test_core_hours']:.2f} core-hours "
+        f"(of which the cc-pVTZ HF + MP2 gradients take about "
+        f"{p.get('tz_gradient_part_s_estimate', float('nan')):.0f} s per frame: the "
+        "MP2 gradient row for cc-pVTZ was skipped by its 60 s cap, but the CBS-forces row "
+        "includes it)",
+        f"- total {p['total_core_hours']:.2f} core-hours: {p['wall_hours_1_worker']:.2f} h "
+        f"wall with one worker, about {p['wall_hours_2_workers_if_both_cores_free']:.2f} h "
+        "with `--workers 2` if both cores of this machine were free.",
+    ]
+    if "total_core_hours_df_hf_train" in p:
+        lines.append(
+            f"- with a density-fitted HF reference for the 300 energy-only frames "
+            f"(`--set density_fit_hf=true`, {p['cbs_energy_df_hf_s_per_frame']:.1f} s "
+            f"per frame): total {p['total_core_hours_df_hf_train']:.2f} core-hours."
+        )
+    lines.append(
+        f"- at the wall times measured here under load (other jobs sharing the 2 cores), one "
+        f"worker would take {p.get('total_hours_at_measured_wall_times_1_worker', 0):.2f} h."
+    )
+    return lines
+
+
+def df_hf_check_lines(c: dict | None) -> list[str]:
+    """The "Density-fitted HF reference: accuracy" section (empty without a check result)."""
+    if not c:
+        return []
+    diffs = ", ".join(f"{x:.3f}" for x in c["df_minus_conventional_meV"])
+    return [
+        "",
+        "## Density-fitted HF reference: accuracy",
+        "",
+        f"CBS(DZ,TZ) energy with DF-HF minus conventional HF on {c['frames']}: {diffs} meV "
+        f"per molecule; spread {c['spread_of_difference_meV']:.3f} meV, against a spread of "
+        f"{c['spread_of_energies_meV']:.0f} meV of the energies themselves. Only the spread "
+        "affects relative energies (what a potential learns); it is far below the errors of "
+        "ML potentials (meV per atom), so `density_fit_hf=true` is a sound choice for the "
+        "energy-only set. The default stays conventional HF so that energy-only and force "
+        "labels (conventional HF + MP2 gradients) share one reference.",
+    ]
+
+
+def write_md(result: dict, path: Path) -> None:
+    """Write the labelling-cost report of ``result`` as markdown to ``path``."""
+    lines = [
+        *cost_header_lines(result),
+        *cost_table_lines(result["rows"]),
+        *projection_lines(result["projection"]),
+        *df_hf_check_lines(result.get("df_hf_check")),
+        "",
+    ]
     write_text(path, "\n".join(lines))
 
 

@@ -307,9 +307,10 @@ def label_lines(labels: dict) -> list[str]:
     return lines
 
 
-def write_markdown(path: Path, result: dict[str, Any]) -> None:
-    h, m = result["header"], result["header"]["machine"]
-    lines = [
+def header_lines(h: dict[str, Any]) -> list[str]:
+    """Title, provenance and the reference/model/training paragraph of the report."""
+    m = h["machine"]
+    return [
         "# Energy-only high-accuracy workflow: PBE pre-training → MP2/CBS energies (ethanol)",
         "",
         f"Command: `{h['command']}`  ",
@@ -326,22 +327,26 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"{h['finetune_steps']} steps, batch {h['batch_size']}, paper loss units (kcal/mol); "
         "PIWSL = second order, λ_PITC 1.2, λ_PISC 0.01 per kcal²/mol², δ 0.05 Å. Errors on the "
         "MP2/CBS test frames, best-validation checkpoint, mean ± std over seeds.",
-        "",
-        "## Labels",
-        "",
-        *label_lines(result["labels"]),
     ]
-    check = result.get("force_check")
-    if check:
-        lines.append(
-            f"- check of the finite-difference forces (test frame 0) against analytic CBS forces "
-            f"({check['analytic']}): mean |ΔF| {check['mean_abs_diff_meV_per_A']} meV/Å, max "
-            f"{check['max_abs_diff_meV_per_A']} meV/Å (mean |F| "
-            f"{check['mean_abs_force_meV_per_A']} meV/Å); energy difference from density "
-            f"fitting {check['energy_diff_meV']} meV; {check['cpu_time_s']} CPU s for the "
-            "analytic frame"
-        )
-    lines.append("")
+
+
+def force_check_lines(check: dict[str, Any] | None) -> list[str]:
+    """The bullet on finite-difference vs analytic CBS forces (empty without a check)."""
+    if not check:
+        return []
+    return [
+        f"- check of the finite-difference forces (test frame 0) against analytic CBS forces "
+        f"({check['analytic']}): mean |ΔF| {check['mean_abs_diff_meV_per_A']} meV/Å, max "
+        f"{check['max_abs_diff_meV_per_A']} meV/Å (mean |F| "
+        f"{check['mean_abs_force_meV_per_A']} meV/Å); energy difference from density "
+        f"fitting {check['energy_diff_meV']} meV; {check['cpu_time_s']} CPU s for the "
+        "analytic frame"
+    ]
+
+
+def pretrain_lines(result: dict[str, Any]) -> list[str]:
+    """One bullet per finished pre-training (PBE, and PBE − GFN2-xTB for the Δ route)."""
+    lines = []
     for key, title in (("pretrain", "PBE"), ("pretrain_delta", "PBE − GFN2-xTB (Δ)")):
         r = result.get(key)
         if r:
@@ -352,7 +357,50 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
                 f"F {fmt(t['forces_mae_meV_per_A'])} meV/Å"
                 + (f" ({r['timing_note']})" if r.get("timing_note") else "")
             )
-    lines += [
+    return lines
+
+
+def baseline_rows(n: int, base: dict[str, Any]) -> list[str]:
+    """Error-table rows of one size without training on MP2/CBS."""
+    lines = []
+    for key, title in (
+        ("gfn2_xtb", "GFN2-xTB itself (offset fitted on the N)"),
+        ("pbe_labels", "PBE/def2-SVP labels themselves (offset fitted on the N)"),
+        ("pbe_model_zero_shot", "PBE-pre-trained model, zero-shot (E0s re-fitted)"),
+    ):
+        b = base.get(key)
+        if b:
+            lines.append(
+                f"| {n} | {title} | — | {fmt(b['energy_mae_meV'])} "
+                f"| {fmt(b['energy_mae_meV_per_atom'], 2)} "
+                f"| {fmt(b['forces_mae_meV_per_A'])} | — |"
+            )
+    return lines
+
+
+def variant_row(result: dict[str, Any], n: int, variant: str) -> str | None:
+    """Error-table row of one variant and size over its seeds (None when none ran)."""
+    e = stats(result, n, variant, "energy_mae_meV")
+    if e is None:
+        return None
+    e_atom = stats(result, n, variant, "energy_mae_meV_per_atom")
+    f = stats(result, n, variant, "forces_mae_meV_per_A")
+    ms = [
+        r["ms_per_step"]
+        for r in result["runs"].values()
+        if r["N"] == n and r["variant"] == variant and r["ms_per_step"]
+    ]
+    return (
+        f"| {n} | `{variant}`: {DESCRIPTION[variant]} | {e[2]} | {pm(e)} "
+        f"| {pm(e_atom, 2)} | {pm(f)} "
+        f"| {fmt(statistics.median(ms), 0) if ms else '—'} |"
+    )
+
+
+def error_table_lines(result: dict[str, Any]) -> list[str]:
+    """The "Errors at the MP2/CBS level" section: baselines and variants, per size."""
+    h = result["header"]
+    lines = [
         "",
         "## Errors at the MP2/CBS level",
         "",
@@ -360,35 +408,27 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for n in h["sizes"]:
-        base = result["baselines"].get(str(n)) or {}
-        for key, title in (
-            ("gfn2_xtb", "GFN2-xTB itself (offset fitted on the N)"),
-            ("pbe_labels", "PBE/def2-SVP labels themselves (offset fitted on the N)"),
-            ("pbe_model_zero_shot", "PBE-pre-trained model, zero-shot (E0s re-fitted)"),
-        ):
-            b = base.get(key)
-            if b:
-                lines.append(
-                    f"| {n} | {title} | — | {fmt(b['energy_mae_meV'])} "
-                    f"| {fmt(b['energy_mae_meV_per_atom'], 2)} "
-                    f"| {fmt(b['forces_mae_meV_per_A'])} | — |"
-                )
+        lines += baseline_rows(n, result["baselines"].get(str(n)) or {})
         for variant in h["variants"]:
-            e = stats(result, n, variant, "energy_mae_meV")
-            if e is None:
-                continue
-            e_atom = stats(result, n, variant, "energy_mae_meV_per_atom")
-            f = stats(result, n, variant, "forces_mae_meV_per_A")
-            ms = [
-                r["ms_per_step"]
-                for r in result["runs"].values()
-                if r["N"] == n and r["variant"] == variant and r["ms_per_step"]
-            ]
-            lines.append(
-                f"| {n} | `{variant}`: {DESCRIPTION[variant]} | {e[2]} | {pm(e)} "
-                f"| {pm(e_atom, 2)} | {pm(f)} "
-                f"| {fmt(statistics.median(ms), 0) if ms else '—'} |"
-            )
+            row = variant_row(result, n, variant)
+            if row is not None:
+                lines.append(row)
+    return lines
+
+
+def write_markdown(path: Path, result: dict[str, Any]) -> None:
+    """Write the report of ``result`` as markdown to ``path``."""
+    lines = [
+        *header_lines(result["header"]),
+        "",
+        "## Labels",
+        "",
+        *label_lines(result["labels"]),
+        *force_check_lines(result.get("force_check")),
+        "",
+        *pretrain_lines(result),
+        *error_table_lines(result),
+    ]
     findings = summarise(result)
     if findings:
         lines += ["", "## What the numbers show", "", *[f"- {x}" for x in findings]]
