@@ -200,6 +200,8 @@ def test_batched_run_equals_the_serial_runner_in_nve(tiny_model):
     batched = run_md(BatchedPotential(tiny_model, skin=0.5), frames, cfg)
     for a, b in zip(serial.trajectories, batched.trajectories, strict=True):
         assert (a.start_frame, a.n_steps) == (b.start_frame, b.n_steps) == (a.start_frame, 20)
+        for run in (a, b):  # the first force call is start-up, the rest loop time
+            assert run.startup_s > 0 and 0 < run.calculator_s <= run.wall_s
         np.testing.assert_allclose(b.frames[-1], a.frames[-1], atol=1e-7)
         np.testing.assert_allclose(b.thermo["total_eV"], a.thermo["total_eV"], atol=1e-7)
 
@@ -218,6 +220,10 @@ def test_compiled_batched_md_follows_the_eager_run(tiny_model):
     for a, b in zip(eager.trajectories, compiled.trajectories, strict=True):
         assert a.n_steps == b.n_steps == 20
         np.testing.assert_allclose(b.frames[-1], a.frames[-1], atol=1e-4)
+        # the compilation in the first call is start-up: not loop time, not the model's share
+        assert b.startup_s > 0 and b.calculator_s <= b.wall_s
+        assert b.summary(cfg.timestep_fs)["calculator_share"] <= 1.0
+    assert compiled.summary["calculator_share"] <= 1.0
     with pytest.raises(ConfigError, match="add --batched"):
         make_calculator("model.pt", compile=True)
 

@@ -154,7 +154,8 @@ DEFINITIONS = {
     "interatomic distances normalised to ∫h dr = 1 (Fu et al. 2023); dimensionless, 0..2. "
     "Finite sampling gives a floor: two halves (500 frames each) of the rMD17 aspirin test set "
     "differ by 0.06, 100 random test frames differ from all 1000 by 0.09 (Δr = 0.02 Å)",
-    "calculator_share": "wall time inside the ASE calculator (model) / wall time of the MD loop",
+    "calculator_share": "wall time inside the ASE calculator (model) / wall time of the MD loop "
+    "(the first force evaluation — loading, compiling the model — is start-up, in neither)",
     "failure_reasons": "bond: a start-structure bond deviates > threshold Å from its initial "
     "length; non_finite: NaN/inf energy, force or position; temperature: above the bound; "
     "error: the calculator raised",

@@ -92,9 +92,10 @@ class TrajectoryResult:
     n_steps_planned: int
     n_steps: int = 0
     failure: Failure | None = None
-    wall_s: float = 0.0
-    calculator_s: float = 0.0
+    wall_s: float = 0.0  # the integration loop; the first force evaluation is start-up
+    calculator_s: float = 0.0  # inside the potential during the loop (start-up excluded)
     n_calculator_calls: int = 0
+    startup_s: float = 0.0  # the first force evaluation: model loading, compilation, warm-up
     n_bonds: int = 0
     temperature_bound_K: float = 0.0  # noqa: N815
     thermo: dict[str, np.ndarray] = field(default_factory=dict)
@@ -136,6 +137,7 @@ class TrajectoryResult:
             "calculator_s": self.calculator_s,
             "calculator_share": self.calculator_s / self.wall_s if self.wall_s > 0 else None,
             "n_calculator_calls": self.n_calculator_calls,
+            "startup_s": self.startup_s,
             "files": self.files,
         }
 
@@ -354,6 +356,7 @@ def run_trajectory(
         if writer is not None:
             writer.close()
         raise
+    result.startup_s, timed.seconds = timed.seconds, 0.0  # start-up is not loop time
     dyn = make_integrator(atoms, config, rng)
     progress = _progress_bar(config, index)
     observe = _Observer(atoms, timed, detector, dyn, config, result, writer, progress)
