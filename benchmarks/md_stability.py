@@ -229,6 +229,7 @@ def run_protocol(
     summary["run_dir"] = relative(run_dir.resolve())
     summary["device"] = args.device
     summary["compiled"] = args.compile
+    summary["git_commit"] = git_commit()  # the code that ran it (the report's commit may be later)
     report_file = run_dir / "md_report.json"  # the library records the paths it was given
     write_text(report_file, portable(report_file.read_text()))
     summary["elapsed_s"] = time.perf_counter() - start
