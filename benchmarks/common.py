@@ -123,3 +123,19 @@ def baseline_of(method: str, present: set[str] | list[str]) -> str | None:
     if name is None and base != "plain":
         name = next((m for m in sorted(present) if m.startswith("plain")), None)
     return None if name == method else name
+
+
+#: One colour per method in every plot of the studies (plain training always the same colour).
+METHOD_COLORS = {
+    "plain": "C0",
+    "piwsl_2nd": "C1",
+    "piwsl": "C3",
+    "delta": "C2",
+    "delta_piwsl_2nd": "C4",
+}
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Legend order: the methods of METHOD_COLORS first, in its order."""
+    order = list(METHOD_COLORS)
+    return (order.index(method) if method in order else len(order), method)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from common import METHOD_COLORS, method_rank
+
 #: CPU-sized PaiNN (the converged grid must fit a 2-core machine).
 MODELS: dict[str, list[str]] = {
     "painn32_conservative": [
@@ -145,22 +147,6 @@ def _log_axes(ax) -> None:
         axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.set_major_formatter(ScalarFormatter())
         axis.set_minor_formatter(NullFormatter())
-
-
-#: One colour per method in every panel (plain training always the same colour).
-METHOD_COLORS = {
-    "plain": "C0",
-    "piwsl_2nd": "C1",
-    "piwsl": "C3",
-    "delta": "C2",
-    "delta_piwsl_2nd": "C4",
-}
-
-
-def method_rank(method: str) -> tuple[int, str]:
-    """Legend order: the methods of METHOD_COLORS first, in its order."""
-    order = list(METHOD_COLORS)
-    return (order.index(method) if method in order else len(order), method)
 
 
 def plot_test_curves(records: list[dict], path) -> None:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from common import BASELINES, relative
+from common import BASELINES, METHOD_COLORS, method_rank, relative
 
 from piwsl.io.atomic import write_json, write_text
 
@@ -274,13 +274,13 @@ def survival_figure(result: dict[str, Any], path: Path) -> Path:
         for j, name in enumerate(names):
             ax = axes[i][j]
             methods = groups.get((cell, name), {})
-            order = sorted(methods, key=lambda m: (m in BASELINES, m))  # baselines first
+            order = sorted(methods, key=method_rank)  # baselines first
             for k, (method, slot) in enumerate((m, methods[m]) for m in order):
                 t, alive = survival_curve(slot["times"], slot["length_ps"])
                 n = len(slot["times"])
                 ax.step(  # wider lines first: coinciding curves stay visible
-                    t, alive, where="post", color=f"C{k}", lw=max(1.0, 3.5 - 1.2 * k),
-                    alpha=0.8, label=f"{method} ({n} trajectories)",
+                    t, alive, where="post", color=METHOD_COLORS.get(method, "C7"),
+                    lw=max(1.0, 3.5 - 1.2 * k), alpha=0.8, label=f"{method} ({n} trajectories)",
                 )  # fmt: skip
             ax.set_title(f"{cell}\n{name}", fontsize=8)
             ax.set_ylim(-0.02, 1.02)
