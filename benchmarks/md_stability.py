@@ -11,8 +11,8 @@ temperature, Δt = 0.5 fs):
 Failure: any start-structure bond deviating > 0.5 Å from its start length (Fu et al. 2023), a
 non-finite energy/force, or a temperature above 5 × the protocol temperature. h(r) of the stable
 runs is compared with the whole test split. Writes ``benchmarks/results/md_stability.json`` and
-``.md`` (machine, command, git commit, tables) and per run folders with plots under
-``benchmarks/results/md_stability/<model>/<protocol>/``.
+``.md`` (machine, command, git commit, tables; written by ``md_stability_report.py``) and per run
+folders with plots under ``benchmarks/results/md_stability/<model>/<protocol>/``.
 
     OMP_NUM_THREADS=1 python benchmarks/md_stability.py runs/*/best.pt          # full protocol
     OMP_NUM_THREADS=1 python benchmarks/md_stability.py --quick runs/a/best.pt  # 2 × 1 ps smoke run
