@@ -221,6 +221,7 @@ def run_protocol(
         checkpoint, device=args.device, skin=args.skin, batched=args.batched, compile=args.compile
     )
     run_dir = run_dir_of(args, label, name)
+    commit = git_commit()  # the code that runs it (HEAD may move while it runs)
     start = time.perf_counter()
     report = run_md(
         calc, structures, config, out_dir=run_dir, reference=structures, calculator_name=label
@@ -229,7 +230,7 @@ def run_protocol(
     summary["run_dir"] = relative(run_dir.resolve())
     summary["device"] = args.device
     summary["compiled"] = args.compile
-    summary["git_commit"] = git_commit()  # the code that ran it (the report's commit may be later)
+    summary["git_commit"] = commit  # of this attempt (a resumed run's earlier ones may differ)
     report_file = run_dir / "md_report.json"  # the library records the paths it was given
     write_text(report_file, portable(report_file.read_text()))
     summary["elapsed_s"] = time.perf_counter() - start
