@@ -237,8 +237,9 @@ class TBLiteBackend(Backend):
         self.max_iterations = _pop(opts, "max_iterations", 250, int)
         _reject_unknown(self.name, opts, list(self.OPTIONS))
 
-    def calculator(self, atoms):
-        """A configured ``tblite.interface.Calculator`` for ``atoms`` (its cell, charge, spin)."""
+    def calculator(self, atoms, accuracy: float | None = None):
+        """A configured ``tblite.interface.Calculator`` for ``atoms`` (its cell, charge, spin),
+        its SCF converged to ``accuracy`` (default: the backend's)."""
         from ase import units
         from tblite.interface import Calculator
 
@@ -248,7 +249,7 @@ class TBLiteBackend(Backend):
             kwargs["periodic"] = np.asarray(atoms.pbc, dtype=bool)
         calc = Calculator(self.method, atoms.numbers, atoms.positions / BOHR, **kwargs)
         calc.set("verbosity", 0)
-        calc.set("accuracy", self.accuracy)
+        calc.set("accuracy", self.accuracy if accuracy is None else accuracy)
         calc.set("temperature", self.electronic_temperature * units.kB / units.Hartree)
         calc.set("max-iter", self.max_iterations)
         return calc
@@ -314,8 +315,8 @@ class TBLiteSession:
     def __call__(self, atoms) -> tuple[float, np.ndarray]:
         try:
             if self._calc is None or not np.array_equal(self._numbers, atoms.numbers):
-                self._calc, self._result = self.backend.calculator(atoms), None
-                self._calc.set("accuracy", min(self.backend.accuracy, SESSION_ACCURACY))
+                accuracy = min(self.backend.accuracy, SESSION_ACCURACY)
+                self._calc, self._result = self.backend.calculator(atoms, accuracy), None
                 self._numbers = np.array(atoms.numbers)
             elif atoms.pbc.any():
                 lattice = np.asarray(atoms.cell.array) / BOHR
