@@ -155,10 +155,10 @@ def pooled_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     order = list(result.get("protocols", {}))
 
-    def key(item: tuple[tuple[str, str, str], list]) -> tuple:  # NVT first, baselines first
+    def key(item: tuple[tuple[str, str, str], list]) -> tuple:  # NVT first, as the plots' legends
         cell, name, method = item[0]
         rank = order.index(name) if name in order else len(order)
-        return cell, rank, name, method in BASELINES, method
+        return cell, rank, name, method_rank(method)
 
     for (cell, name, method), runs in sorted(groups.items(), key=key):
         n = [s["n_trajectories"] for s in runs]
