@@ -534,7 +534,14 @@ DDP_WORKER = textwrap.dedent(
     if rank == 0:
         with open(os.environ["OUT"], "w") as fh:
             json.dump(grads, fh)
+    # Tear down in order: the reducer's pending gloo work first, then both ranks together, and
+    # leave without interpreter finalisation, where gloo's threads can still abort the process
+    # ("terminate called without an active exception", seen once in CI on torch 2.13).
+    del ddp
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
     """
 )
 
