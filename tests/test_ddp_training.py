@@ -16,6 +16,7 @@ that step together (no hang in the all-reduce, the same weights afterwards).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -168,6 +169,22 @@ def test_two_process_ddp_equals_one_process_on_the_global_batch(tmp_path):
     s_one = json.loads((tmp_path / "one" / "summary.json").read_text())
     s_ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert s_ddp["best_score"] == pytest.approx(s_one["best_score"], rel=1e-9)
+    # the logged epoch means cover the batches of every rank (epoch 1: no skipped step), and
+    # Lightning has nothing to warn about their synchronisation
+    one, two = epoch_log(tmp_path / "one", 1), epoch_log(tmp_path / "ddp", 1)
+    for key in ("train_loss", "train_forces_raw", "train_taylor_raw", "lr", "val_loss"):
+        assert float(two[key]) == pytest.approx(float(one[key]), rel=1e-5), key
+    assert "sync_dist" not in log_ddp
+
+
+def epoch_log(run: Path, epoch: int) -> dict[str, str]:
+    """The metrics.csv entries of ``epoch`` (Lightning writes train and validation rows apart)."""
+    rows = csv.DictReader((run / "logs" / "version_0" / "metrics.csv").open())
+    merged: dict[str, str] = {}
+    for row in rows:
+        if row["epoch"] == str(epoch):
+            merged.update({k: v for k, v in row.items() if v != ""})
+    return merged
 
 
 def test_epoch_sampler_shards_like_one_process_on_the_global_batch(monkeypatch):

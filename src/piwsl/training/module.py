@@ -144,18 +144,17 @@ class PiwslModule(lightning.LightningModule):
                 return sum((0.0 * p.sum() for p in self._trainable()), total.new_zeros(()))
             self._skipped_step = True
             return None
-        self.log(
-            "train_loss", total.detach(), on_step=False, on_epoch=True, batch_size=n, prog_bar=False
-        )
+        self._log_epoch_mean("train_loss", total, n)
         for name, value in result.raw.items():
-            self.log(
-                f"train_{name}_raw", value.detach(), on_step=False, on_epoch=True, batch_size=n
-            )
+            self._log_epoch_mean(f"train_{name}_raw", value, n)
         for name, value in result.weighted.items():
-            self.log(
-                f"train_{name}_weighted", value.detach(), on_step=False, on_epoch=True, batch_size=n
-            )
+            self._log_epoch_mean(f"train_{name}_weighted", value, n)
         return total
+
+    def _log_epoch_mean(self, key: str, value: torch.Tensor, n: int) -> None:
+        """Log a per-batch training value as its epoch mean over all batches of all ranks (under
+        DDP the ranks' sums are reduced once, at the epoch's end)."""
+        self.log(key, value.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         self.objective.step_done()  # physics.evaluation=auto times whole steps
@@ -205,7 +204,8 @@ class PiwslModule(lightning.LightningModule):
         self._count_nonfinite("gradient", f"parameters {', '.join(bad[:3])}{more}")
 
     def on_train_epoch_start(self) -> None:
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        lr = self.optimizers().param_groups[0]["lr"]  # the same on every rank
+        self.log("lr", lr, on_step=False, on_epoch=True, sync_dist=True)
 
     # ---- validation -------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -234,8 +234,10 @@ class PiwslModule(lightning.LightningModule):
                 loss += term.weight * float(sums[f"loss_{term.name}"]) / count
         metrics["val_loss"] = loss
         show = {"val_energy_mae_meV", "val_forces_mae_meV_per_A"}
+        # already global (the sums were reduced above); the sync only makes every rank log the
+        # one number explicitly, which is also what keeps Lightning from asking for it
         for key, value in metrics.items():
-            self.log(key, value, prog_bar=key in show, sync_dist=False)
+            self.log(key, value, prog_bar=key in show, sync_dist=True)
 
     # ---- optimiser and schedule ---------------------------------------------------------------
     def configure_optimizers(self):
