@@ -36,19 +36,17 @@ from typing import Any
 import numpy as np
 
 from piwsl.errors import ConfigError
-from piwsl.labelling.backends import (
+from piwsl.labelling.backends.base import (
     Backend,
-    CCSDTBackend,
-    MP2Backend,
     _as_bool,
     _pop,
     _reject_unknown,
-    check_basis,
     gradient_to_forces,
     hartree_to_ev,
     package_version,
     require,
 )
+from piwsl.labelling.backends.pyscf import CCSDTBackend, MP2Backend, check_basis
 
 HF_SCHEMES = ("halkier", "karton-martin", "exp-sqrt")
 #: default exponent α of the exp-sqrt (Neese–Valeev) HF form per cardinal pair
