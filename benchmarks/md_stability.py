@@ -173,7 +173,7 @@ def finished(
         saved = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    from piwsl.md.report import jsonable
+    from piwsl.io.jsonable import jsonable
 
     if not same_run(
         saved.get("fingerprint") or {}, jsonable(fingerprint(checkpoint, data, name, args))
@@ -210,9 +210,9 @@ def run_protocol(
     """Run one protocol for one model (in this process); write its summary next to its run."""
     import torch
 
+    from piwsl.io.jsonable import jsonable
     from piwsl.md import run_md
     from piwsl.md.cli import make_calculator
-    from piwsl.md.report import jsonable
 
     torch.set_num_threads(args.threads)
     structures = _structures(data)

@@ -296,7 +296,7 @@ def survival_figure(result: dict[str, Any], path: Path) -> Path:
 
 def write_report(result: dict[str, Any], out: Path) -> None:
     """``md_stability.json``, ``md_stability.md`` and the survival plot in ``out``."""
-    from piwsl.md.report import jsonable
+    from piwsl.io.jsonable import jsonable
 
     out.mkdir(parents=True, exist_ok=True)
     plot = survival_figure(result, out / "md_stability_survival.png")

@@ -6,6 +6,7 @@ hashes, atomic writes.
 - :mod:`piwsl.io.journal` — append-only, fsynced JSON-lines journals (torn lines cut, locking)
 - :mod:`piwsl.io.hashing` — the SHA-256 key of a structure
 - :mod:`piwsl.io.atomic` — every file piwsl writes for later: temporary file, fsync, rename
+- :mod:`piwsl.io.jsonable` — values to plain JSON types (NumPy scalars, NaN, paths)
 """
 
 from piwsl.io.atomic import atomic_path, write_json, write_text
@@ -20,6 +21,7 @@ from piwsl.io.executors import (
 )
 from piwsl.io.hashing import atoms_hash, structure_hash
 from piwsl.io.journal import JsonLines
+from piwsl.io.jsonable import jsonable
 
 __all__ = [
     "EXECUTORS",
@@ -29,6 +31,7 @@ __all__ = [
     "TaskLost",
     "atomic_path",
     "atoms_hash",
+    "jsonable",
     "limit_threads",
     "make_executor",
     "structure_hash",

@@ -38,12 +38,12 @@ import numpy as np
 from piwsl.errors import ConfigError
 from piwsl.labelling.backends.base import (
     Backend,
-    _as_bool,
-    _pop,
-    _reject_unknown,
+    as_bool,
     gradient_to_forces,
     hartree_to_ev,
     package_version,
+    pop_option,
+    reject_unknown,
     require,
 )
 from piwsl.labelling.backends.pyscf import CCSDTBackend, MP2Backend, check_basis
@@ -157,11 +157,11 @@ class CBSBackend(Backend):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         opts = dict(options)
-        bases = _pop(opts, "bases", "cc-pvdz,cc-pvtz", str)
+        bases = pop_option(opts, "bases", "cc-pvdz,cc-pvtz", str)
         self.bases = [b.strip() for b in re.split(r"[,/]", bases) if b.strip()]
         if len(self.bases) != 2:
             raise ConfigError(f"cbs needs exactly two basis sets, got bases={bases!r}")
-        cardinals = _pop(opts, "cardinals", None, str)
+        cardinals = pop_option(opts, "cardinals", None, str)
         if cardinals:
             self.cardinals = tuple(int(c) for c in re.split(r"[,/]", cardinals))
         else:
@@ -172,7 +172,7 @@ class CBSBackend(Backend):
                 "(give the smaller basis first)"
             )
         self.basis = f"{self.bases[0]}/{self.bases[1]}"
-        self.hf_scheme = _pop(opts, "hf_scheme", "halkier", str).lower()
+        self.hf_scheme = pop_option(opts, "hf_scheme", "halkier", str).lower()
         if self.hf_scheme not in HF_SCHEMES:
             from piwsl.registry import suggest
 
@@ -180,13 +180,13 @@ class CBSBackend(Backend):
                 f"unknown hf_scheme {self.hf_scheme!r}{suggest(self.hf_scheme, HF_SCHEMES)}"
             )
         x, y = self.cardinals
-        self.hf_alpha = _pop(opts, "hf_alpha", None, float)
+        self.hf_alpha = pop_option(opts, "hf_alpha", None, float)
         if self.hf_alpha is None:
             self.hf_alpha = default_hf_alpha(self.hf_scheme, x, y)
-        self.corr_exponent = _pop(opts, "corr_exponent", 3.0, float)
-        self.want_forces = _pop(opts, "forces", False, _as_bool)
-        self.delta = _pop(opts, "delta", None, str)
-        self.delta_basis = _pop(opts, "delta_basis", self.bases[0], str)
+        self.corr_exponent = pop_option(opts, "corr_exponent", 3.0, float)
+        self.want_forces = pop_option(opts, "forces", False, as_bool)
+        self.delta = pop_option(opts, "delta", None, str)
+        self.delta_basis = pop_option(opts, "delta_basis", self.bases[0], str)
         if self.delta is not None and self.delta.lower() not in {"ccsd(t)", "none"}:
             raise ConfigError(f"cbs delta={self.delta!r}: only 'ccsd(t)' is supported")
         if self.delta is not None and self.delta.lower() == "none":
@@ -195,7 +195,7 @@ class CBSBackend(Backend):
             raise ConfigError("cbs with delta=ccsd(t) gives energies only: drop forces=true")
         common = {k: opts.pop(k) for k in list(opts) if k in SHARED_OPTIONS}
         density_fit = opts.pop("density_fit", True)
-        _reject_unknown(self.name, opts, list(self.OPTIONS))
+        reject_unknown(self.name, opts, list(self.OPTIONS))
         for basis in self.bases[1:]:  # the first is checked by the MP2 backend below
             require("pyscf", self.name)
             check_basis(basis, self.name)

@@ -10,7 +10,6 @@ meV/atom, vs time, ps; thermostatted runs also their conserved quantity where on
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import sys
@@ -26,6 +25,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from piwsl.io.atomic import write_json
+from piwsl.io.jsonable import jsonable
 from piwsl.md.metrics import (
     DistanceHistogram,
     distance_histogram,
@@ -73,22 +73,6 @@ def environment_info() -> dict[str, Any]:
 
     info["piwsl"] = __version__
     return info
-
-
-def jsonable(value: Any) -> Any:
-    """JSON-safe: numpy scalars to Python, NaN/inf to None."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
 
 
 @dataclass

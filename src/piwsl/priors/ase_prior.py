@@ -16,7 +16,8 @@ import numpy as np
 
 from piwsl.data.frames import Frame
 from piwsl.errors import ConfigError, PriorError
-from piwsl.priors.base import ASE_PREFIX, MissingPriorBackendError, Prior, _jsonable
+from piwsl.io.jsonable import jsonable
+from piwsl.priors.base import ASE_PREFIX, MissingPriorBackendError, Prior
 
 
 class ASEPrior(Prior):
@@ -53,7 +54,7 @@ class ASEPrior(Prior):
         return str(self.backend.version)
 
     def settings(self) -> dict[str, Any]:
-        return _jsonable(self.backend.options)
+        return jsonable(self.backend.options)
 
     def compute_one(self, frame: Frame) -> tuple[float, np.ndarray]:
         try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import abc
 import copy
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from piwsl.data.frames import Frame
 from piwsl.errors import ConfigError, PriorError
+from piwsl.io.jsonable import jsonable
 from piwsl.registry import Registry, suggest
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Prior(abc.ABC):
             "charge": self.charge,
             "multiplicity": self.multiplicity,
             "uhf": self.multiplicity - 1,
-            "settings": _jsonable(self.settings()),
+            "settings": jsonable(self.settings()),
         }
 
     def describe(self) -> str:
@@ -181,11 +181,6 @@ class PriorCalculator(Calculator):
         super().calculate(atoms, properties or ["energy"], system_changes)
         energy, forces = self.prior.checked(Frame.from_atoms(self.atoms))
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types (round-trips through a model file and the cache header unchanged)."""
-    return json.loads(json.dumps(value, default=repr))
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from piwsl.errors import ConfigError, PiwslError
+from piwsl.io.jsonable import jsonable
 from piwsl.registry import Registry
 from piwsl.units import HARTREE, LENGTH_UNITS
 
@@ -85,19 +86,7 @@ class Backend:
 
     def describe(self) -> dict[str, Any]:
         """Backend name and options, stored in the journal header (must be JSON-serialisable)."""
-        return {"backend": self.name, "options": _jsonable(self.options)}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return repr(value)
+        return {"backend": self.name, "options": jsonable(self.options)}
 
 
 def require(module: str, backend: str) -> None:
@@ -111,7 +100,7 @@ def require(module: str, backend: str) -> None:
         )
 
 
-def _pop(options: dict[str, Any], key: str, default: Any, kind: Callable[[Any], Any]) -> Any:
+def pop_option(options: dict[str, Any], key: str, default: Any, kind: Callable[[Any], Any]) -> Any:
     value = options.pop(key, default)
     if value is None:
         return None
@@ -121,7 +110,7 @@ def _pop(options: dict[str, Any], key: str, default: Any, kind: Callable[[Any], 
         raise ConfigError(f"option {key}={value!r} is not a valid {kind.__name__}") from err
 
 
-def _as_bool(value: Any) -> bool:
+def as_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -132,10 +121,10 @@ def _as_bool(value: Any) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
-_as_bool.__name__ = "bool"
+as_bool.__name__ = "bool"
 
 
-def _reject_unknown(name: str, options: dict[str, Any], known: list[str]) -> None:
+def reject_unknown(name: str, options: dict[str, Any], known: list[str]) -> None:
     if options:
         from piwsl.registry import suggest
 

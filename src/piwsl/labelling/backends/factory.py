@@ -7,7 +7,7 @@ from typing import Any
 
 from piwsl.errors import ConfigError
 from piwsl.labelling.backends.ase_calculator import ASEBackend
-from piwsl.labelling.backends.base import BACKENDS, Backend, _as_bool, _pop
+from piwsl.labelling.backends.base import BACKENDS, Backend, as_bool, pop_option
 from piwsl.labelling.backends.finite_difference import FD_STEP, FiniteDifferenceBackend
 from piwsl.labelling.backends.pyscf import CCSDTBackend, DFTBackend, HFBackend, MP2Backend
 from piwsl.labelling.backends.tblite import TBLiteBackend
@@ -31,8 +31,8 @@ def make_backend(spec: str, **options: Any) -> Backend:
     if "cbs" not in BACKENDS:
         _register_cbs()
     options = dict(options)
-    finite_difference = _pop(options, "finite_difference_forces", False, _as_bool)
-    step = _pop(options, "finite_difference_step", None, float)
+    finite_difference = pop_option(options, "finite_difference_forces", False, as_bool)
+    step = pop_option(options, "finite_difference_step", None, float)
     if step is not None and not finite_difference:
         raise ConfigError("finite_difference_step is set but finite_difference_forces is not")
     text = spec.strip()

@@ -11,12 +11,12 @@ from piwsl.errors import ConfigError
 from piwsl.labelling.backends.base import (
     Backend,
     BackendError,
-    _as_bool,
-    _pop,
-    _reject_unknown,
+    as_bool,
     gradient_to_forces,
     hartree_to_ev,
     package_version,
+    pop_option,
+    reject_unknown,
     require,
 )
 
@@ -68,17 +68,17 @@ class PySCFBackend(Backend):
         super().__init__(**options)
         require("pyscf", self.name)
         opts = dict(options)
-        self.basis = _pop(opts, "basis", self.default_basis, str)
-        self.charge = _pop(opts, "charge", 0, int)
-        self.spin = _pop(opts, "spin", 0, int)
-        self.density_fit = _pop(opts, "density_fit", self.default_density_fit, _as_bool)
-        self.auxbasis = _pop(opts, "auxbasis", None, str)
-        self.conv_tol = _pop(opts, "conv_tol", 1e-10, float)
-        self.max_cycle = _pop(opts, "max_cycle", 100, int)
-        self.max_memory_mb = _pop(opts, "max_memory_mb", 4000, int)
-        self.want_forces = _pop(opts, "forces", self.default_forces, _as_bool)
+        self.basis = pop_option(opts, "basis", self.default_basis, str)
+        self.charge = pop_option(opts, "charge", 0, int)
+        self.spin = pop_option(opts, "spin", 0, int)
+        self.density_fit = pop_option(opts, "density_fit", self.default_density_fit, as_bool)
+        self.auxbasis = pop_option(opts, "auxbasis", None, str)
+        self.conv_tol = pop_option(opts, "conv_tol", 1e-10, float)
+        self.max_cycle = pop_option(opts, "max_cycle", 100, int)
+        self.max_memory_mb = pop_option(opts, "max_memory_mb", 4000, int)
+        self.want_forces = pop_option(opts, "forces", self.default_forces, as_bool)
         self._parse_extra(opts)
-        _reject_unknown(self.name, opts, [*self.OPTIONS, *self.extra_options()])
+        reject_unknown(self.name, opts, [*self.OPTIONS, *self.extra_options()])
         self.gives_forces = bool(self.want_forces)
         check_basis(self.basis, self.name)
 
@@ -193,8 +193,8 @@ class DFTBackend(PySCFBackend):
         return ("xc", "grid_level")
 
     def _parse_extra(self, opts: dict[str, Any]) -> None:
-        self.xc = _pop(opts, "xc", "pbe", str)
-        self.grid_level = _pop(opts, "grid_level", 3, int)
+        self.xc = pop_option(opts, "xc", "pbe", str)
+        self.grid_level = pop_option(opts, "grid_level", 3, int)
         self.method = f"DFT/{self.xc.upper()}"
 
     def compute(self, atoms) -> dict[str, Any]:
@@ -236,8 +236,8 @@ class MP2Backend(PySCFBackend):
         return ("frozen_core", "density_fit_hf")
 
     def _parse_extra(self, opts: dict[str, Any]) -> None:
-        self.frozen_core = _pop(opts, "frozen_core", True, _as_bool)
-        self.density_fit_hf = _pop(opts, "density_fit_hf", False, _as_bool)
+        self.frozen_core = pop_option(opts, "frozen_core", True, as_bool)
+        self.density_fit_hf = pop_option(opts, "density_fit_hf", False, as_bool)
 
     def parts(
         self, atoms, basis: str | None = None, forces: bool | None = None, split: bool = True
@@ -314,7 +314,7 @@ class CCSDTBackend(PySCFBackend):
         return ("frozen_core",)
 
     def _parse_extra(self, opts: dict[str, Any]) -> None:
-        self.frozen_core = _pop(opts, "frozen_core", True, _as_bool)
+        self.frozen_core = pop_option(opts, "frozen_core", True, as_bool)
         if self.want_forces:
             raise ConfigError("ccsd(t) gives energies only: drop forces=true")
 

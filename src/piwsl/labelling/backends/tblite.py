@@ -11,11 +11,11 @@ from piwsl.labelling.backends.base import (
     BOHR,
     Backend,
     BackendError,
-    _pop,
-    _reject_unknown,
     gradient_to_forces,
     hartree_to_ev,
     package_version,
+    pop_option,
+    reject_unknown,
     require,
 )
 from piwsl.units import HARTREE
@@ -34,12 +34,12 @@ class TBLiteBackend(Backend):
         self.method = method  # "GFN2-xTB" / "GFN1-xTB"
         self.name = method.lower()
         require("tblite", self.name)
-        self.charge = _pop(opts, "charge", 0.0, float)
-        self.spin = _pop(opts, "spin", 0, int)
-        self.accuracy = _pop(opts, "accuracy", 1.0, float)
-        self.electronic_temperature = _pop(opts, "electronic_temperature", 300.0, float)
-        self.max_iterations = _pop(opts, "max_iterations", 250, int)
-        _reject_unknown(self.name, opts, list(self.OPTIONS))
+        self.charge = pop_option(opts, "charge", 0.0, float)
+        self.spin = pop_option(opts, "spin", 0, int)
+        self.accuracy = pop_option(opts, "accuracy", 1.0, float)
+        self.electronic_temperature = pop_option(opts, "electronic_temperature", 300.0, float)
+        self.max_iterations = pop_option(opts, "max_iterations", 250, int)
+        reject_unknown(self.name, opts, list(self.OPTIONS))
 
     def calculator(self, atoms, accuracy: float | None = None):
         """A configured ``tblite.interface.Calculator`` for ``atoms`` (its cell, charge, spin),
