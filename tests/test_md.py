@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 import ase.io
 import numpy as np
@@ -529,6 +530,22 @@ def test_direct_force_model_drifts_in_nve_and_a_conservative_one_does_not():
         drift[name] = abs(report.summary["energy_drift_meV_per_atom_per_ps_mean"])
     assert drift["schnet"] < 0.05  # float64 conservative model: Verlet error only
     assert drift["painn"] > 100 * drift["schnet"]
+
+
+def test_nve_with_a_direct_force_model_is_warned_about(caplog):
+    pytest.importorskip("torch")
+    calculator_module = pytest.importorskip("piwsl.calculator")
+    from piwsl.md.runner import warn_if_not_conservative
+
+    direct = calculator_module.PiwslCalculator(tiny_md_model("painn", forces="direct"))
+    conservative = calculator_module.PiwslCalculator(tiny_md_model("schnet"))
+    nve, nvt = tiny_md_config(), tiny_md_config(ensemble="nose-hoover", temperature_K=300.0)
+    with caplog.at_level(logging.WARNING, logger="piwsl.md.runner"):
+        assert warn_if_not_conservative(direct, nve)
+    assert "predicts forces directly" in caplog.text and "--ensemble" in caplog.text
+    assert not warn_if_not_conservative(direct, nvt)  # a thermostat holds it
+    assert not warn_if_not_conservative(conservative, nve)
+    assert not warn_if_not_conservative(EMT(), nve)  # any ASE calculator: nothing to say
 
 
 def test_periodic_crystal_runs_with_bonds_across_the_cell():

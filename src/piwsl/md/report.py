@@ -42,6 +42,7 @@ from piwsl.md.runner import (
     pick_start_frames,
     run_trajectory,
     trajectory_hr,
+    warn_if_not_conservative,
 )
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,7 @@ def run_md(
         out.mkdir(parents=True, exist_ok=True)
     frames = pick_start_frames(len(starts), config)
     check_start_structures(starts, frames, config, start_source)
+    warn_if_not_conservative(calculator, config)
     begin = time.perf_counter()
     results = _run_trajectories(calculator, starts, frames, config, out)
     template = starts[frames[0]]

@@ -443,6 +443,22 @@ def load_structures(source: str | Path | Sequence[Any]) -> list[Atoms]:
     return out
 
 
+def warn_if_not_conservative(calculator: Any, config: MDConfig) -> bool:
+    """Warn before NVE with a model whose forces are its own head's output, not −∂E/∂R: they
+    conserve no energy, so without a thermostat the system heats up. Returns True if it warned."""
+    model = getattr(calculator, "model", None)
+    if config.ensemble != "nve" or not getattr(model, "direct_forces", False):
+        return False
+    log.warning(
+        "this model predicts forces directly (not as −∂E/∂R): they conserve no energy, and NVE "
+        "heats the system until it breaks (in piwsl's converged aspirin study, README 'MD of the "
+        "converged models', no NVE trajectory of such a model lasted a few picoseconds, while "
+        "most ran 50 ps under a Nosé–Hoover thermostat). Use --ensemble nose-hoover (or bussi, "
+        "langevin), or a conservative model"
+    )
+    return True
+
+
 def check_start_structures(
     starts: Sequence[Atoms], frames: Sequence[int], config: MDConfig, source: str
 ) -> None:
