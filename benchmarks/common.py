@@ -9,6 +9,7 @@ import platform
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,68 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("PIWSL_BENCHMARK_COMMIT", "unknown")
     return head + (" (+ uncommitted changes)" if dirty else "")
+
+
+def provenance_lines(
+    command: str | Sequence[str] | None,
+    commit: str | None,
+    machine: dict[str, Any] | None,
+    date: str | None = None,
+    *,
+    extra: str | None = None,
+    commit_note: str | None = None,
+    per_run_threads: int | None = None,
+    more: Sequence[str] = (),
+) -> list[str]:
+    """The provenance lines at the top of every benchmark report, one format for all:
+
+    - ``Command: `…```` (several: ``Commands (oldest first): `…`; `…```);
+    - ``Commit: `…```` and `` (commit_note)`` when given;
+    - ``Machine: <cpu>, <n> CPUs, <platform>, torch <version> (<threads> thread(s),
+      OMP_NUM_THREADS=<n>), GPU <name>`` from the keys of :func:`machine_info` that ``machine``
+      has (others ignored, missing or None ones left out), then ``; extra``. Where the numbers
+      come from separate run processes, ``per_run_threads`` (their thread count) replaces this
+      process's threads: ``torch <version> (<n> thread(s) per run)``;
+    - ``Date: …``;
+    - the lines of ``more`` (``Versions: …``, ``Budget: …``).
+
+    Lines without a value are left out; every line but the last ends in two spaces (a markdown
+    line break)."""
+    lines = []
+    commands = [command] if isinstance(command, str) else list(command or [])
+    if len(commands) == 1:
+        lines.append(f"Command: `{commands[0]}`")
+    elif commands:
+        lines.append("Commands (oldest first): " + "; ".join(f"`{c}`" for c in commands))
+    if commit:
+        lines.append(f"Commit: `{commit}`" + (f" ({commit_note})" if commit_note else ""))
+    m = {k: v for k, v in (machine or {}).items() if v is not None}
+    threads = []
+    if per_run_threads is not None:
+        threads.append(f"{per_run_threads} thread(s) per run")
+    else:
+        if "torch_threads" in m:
+            threads.append(f"{m['torch_threads']} thread(s)")
+        if "OMP_NUM_THREADS" in m:
+            threads.append(f"OMP_NUM_THREADS={m['OMP_NUM_THREADS']}")
+    torch = ", ".join(threads)
+    if "torch" in m:
+        torch = f"torch {m['torch']}" + (f" ({torch})" if torch else "")
+    parts = [
+        m.get("cpu"),
+        f"{m['cpu_count']} CPUs" if "cpu_count" in m else None,
+        m.get("platform"),
+        torch,
+        f"GPU {m['cuda']}" if m.get("cuda") else None,
+    ]
+    described = ", ".join(str(p) for p in parts if p)
+    machine_line = "; ".join(x for x in (described, extra) if x)
+    if machine_line:
+        lines.append(f"Machine: {machine_line}")
+    if date:
+        lines.append(f"Date: {date}")
+    lines += [x for x in more if x]
+    return [x + "  " for x in lines[:-1]] + lines[-1:]
 
 
 #: method → the method it is compared with (the method names of benchmarks/rmd17_cells.py):

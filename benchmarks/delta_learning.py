@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, ROOT, command_line, git_commit, machine_info
+from common import RESULTS, ROOT, command_line, git_commit, machine_info, provenance_lines
 from rmd17_cells import N_TRAIN, REGIMES, last_override
 from rmd17_report import aggregate, load_records
 
@@ -179,10 +179,7 @@ def markdown(header: dict, rows: list[str]) -> str:
     lines = [
         "# Δ-learning on GFN2-xTB vs plain energy-only training (rMD17)",
         "",
-        f"Command: `{header['command']}`  ",
-        f"Commit: `{header['commit']}`  ",
-        f"Machine: {header['machine']['platform']}, {header['machine']['cpu_count']} CPUs  ",
-        f"Date: {header['date']}",
+        *provenance_lines(header["command"], header["commit"], header["machine"], header["date"]),
         "",
         "Energy-only training (no force label anywhere in training or model selection), tested "
         f"on all frames of the rMD17 split-{header['split']} test file. N: labelled energies, "

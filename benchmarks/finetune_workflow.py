@@ -2,8 +2,9 @@
 
 The model and loss settings of their runs, the ``piwsl train`` overrides of a pre-training and of
 an energy-only run, running a ``piwsl`` command with its output in a log, training once (a
-finished run with the same command is reused), the headline numbers of a metrics dict, and the
-result header. A helper module: the scripts import it like ``common``; it runs nothing itself.
+finished run with the same command is reused), the headline numbers of a metrics dict, the
+result header and its provenance lines in a report. A helper module: the scripts import it like
+``common``; it runs nothing itself.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, command_line, git_commit, machine_info
+from common import ROOT, command_line, git_commit, machine_info, provenance_lines
 
 from piwsl.io.atomic import write_json
 
@@ -196,6 +197,19 @@ def run_header(script: str, args: argparse.Namespace) -> dict[str, Any]:
         "scratch_lr": args.scratch_lr,
         "batch_size": args.batch_size,
     }
+
+
+def header_provenance(h: dict[str, Any], extra: str | None = None) -> list[str]:
+    """A report's provenance lines (:func:`common.provenance_lines`) from a header with
+    :func:`run_header`'s command, commit, machine, date and threads (those of each run)."""
+    return provenance_lines(
+        h["command"],
+        h["commit"],
+        h["machine"],
+        h["date"],
+        extra=extra,
+        per_run_threads=h["threads"],
+    )
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:

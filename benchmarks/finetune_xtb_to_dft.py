@@ -46,6 +46,7 @@ from finetune_workflow import (
     add_training_arguments,
     energy_only_overrides,
     fmt,
+    header_provenance,
     pick,
     pretrain_overrides,
     read_json,
@@ -311,15 +312,10 @@ def ratios(
 
 def header_lines(h: dict[str, Any]) -> list[str]:
     """Title, provenance and set-up paragraph of the report, up to the "Steps" heading."""
-    m = h["machine"]
     return [
         "# Fine-tuning: GFN2-xTB energies+forces → DFT energies only (rMD17 ethanol)",
         "",
-        f"Command: `{h['command']}`  ",
-        f"Commit: `{h['commit']}`  ",
-        f"Machine: {m['platform']}, {m.get('cpu')}, {m['cpu_count']} CPUs, torch {m.get('torch')}; "
-        f"{h['threads']} torch thread(s), one run at a time  ",
-        f"Date: {h['date']}",
+        *header_provenance(h, extra="one run at a time"),
         "",
         "Model: PaiNN, conservative forces (64 features, 3 interactions, 20 RBF, cutoff 5 Å). "
         "Test set: the 1,000 DFT (PBE) frames of the rMD17 ethanol split-01 test file, energies "

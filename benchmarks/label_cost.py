@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT
+from common import RESULTS, ROOT, provenance_lines
 
 from piwsl.io.atomic import write_json, write_text
 
@@ -362,20 +362,39 @@ def projection(rows: list[dict]) -> dict:
     return out
 
 
+def provenance(result: dict, shared: str, versions: dict[str, str]) -> list[str]:
+    """The report's provenance lines (common.provenance_lines) from this benchmark's own
+    ``machine()`` record: ``shared`` says how the machine was shared, ``versions`` the packages."""
+    m = result["machine"]
+    described = {
+        "cpu": m["cpu"],
+        "cpu_count": m["cpus_visible"],
+        "platform": m.get("platform"),
+        "OMP_NUM_THREADS": m["omp_num_threads"],
+    }
+    return provenance_lines(
+        result["command"],
+        m["git_commit"],
+        described,
+        m["date_utc"],
+        commit_note="working tree modified" if m["git_dirty"] else None,
+        extra=f"{m['cpus_usable']} of them usable, {shared}",
+        more=["Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())],
+    )
+
+
 def cost_header_lines(result: dict) -> list[str]:
     """Title, provenance (command, commit, machine, versions) and the method paragraph."""
     m = result["machine"]
+    loads = ", ".join(f"{x:.1f}" for x in m["load_average_1_5_15"])
+    shared = (
+        f"load average {loads} (shared machine: other jobs ran at the same time), one thread "
+        "per calculation"
+    )
     return [
         "# Reference-labelling cost per ethanol frame (rMD17 ethanol frame 0, 9 atoms)",
         "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: `{m['git_commit']}`{' (working tree modified)' if m['git_dirty'] else ''}, "
-        f"{m['date_utc']}  ",
-        f"Machine: {m['cpu']}, {m['cpus_usable']} usable of {m['cpus_visible']} CPUs, "
-        f"load average {', '.join(f'{x:.1f}' for x in m['load_average_1_5_15'])} (shared "
-        f"machine: other jobs ran at the same time), OMP_NUM_THREADS={m['omp_num_threads']}, "
-        f"one thread per calculation  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        *provenance(result, shared, m["versions"]),
         "",
         "Each method runs in a fresh process, warmed up on H2 (imports and library start-up "
         "excluded), then times `backend.compute(ethanol)` (the `piwsl label` code path). "
@@ -474,20 +493,16 @@ def write_md(result: dict, path: Path) -> None:
 
 
 def write_executors_md(result: dict, path: Path) -> None:
-    m = result["machine"]
     loads = [r["load_average_1_5_15"][0] for r in result["rows"]]
+    shared = (
+        "**shared**: other jobs ran on the same 2 cores throughout (1-minute load average "
+        f"{min(loads):.1f}–{max(loads):.1f} during the runs), so no worker had a core to itself "
+        "and two workers never had two; one thread per worker"
+    )
     lines = [
         "# Labelling on a local pool vs Dask (rMD17 ethanol frames, 9 atoms)",
         "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: `{m['git_commit']}`{' (working tree modified)' if m['git_dirty'] else ''}, "
-        f"{m['date_utc']}  ",
-        f"Machine: {m['cpu']}, {m['cpus_usable']} usable of {m['cpus_visible']} CPUs — "
-        f"**shared**: other jobs ran on the same 2 cores throughout (1-minute load average "
-        f"{min(loads):.1f}–{max(loads):.1f} during the runs), so no worker had a core to itself "
-        f"and two workers never had two; OMP_NUM_THREADS={m['omp_num_threads']}, one thread per "
-        "worker  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        *provenance(result, shared, result["versions"]),
         "",
         "Each run is one whole `label_structures` call (tasks, journal fsynced per frame, extxyz "
         "output) in a fresh process, with the backend imported and warmed up first. The "

@@ -34,7 +34,7 @@ import mace  # first: before e3nn
 import numpy as np
 import torch
 from ase import Atoms
-from common import ROOT, git_commit, machine_info
+from common import ROOT, git_commit, machine_info, provenance_lines
 from mace import data as mace_data
 from mace.modules.loss import WeightedEnergyForcesLoss
 from mace.tools import AtomicNumberTable, torch_geometric
@@ -174,14 +174,17 @@ def markdown(report: dict) -> str:
     lines = [
         "# MACE training-step time: piwsl backend vs mace-torch",
         "",
-        f"Command: `{report['command']}`  ",
-        f"Commit: {report['git_commit']}  ",
-        f"Date (UTC): {report['date_utc']}  ",
-        f"Machine: {report['machine']['cpu']}, {report['machine']['cpu_count']} cores, "
-        f"torch {report['machine']['torch']} ({report['machine']['torch_threads']} thread(s), "
-        f"OMP_NUM_THREADS={report['machine']['OMP_NUM_THREADS']}), mace-torch "
-        f"{report['machine']['mace_torch']}, e3nn {report['machine']['e3nn']}  ",
-        f"Load average before / after: {report['loadavg_before']} / {report['loadavg_after']}",
+        *provenance_lines(
+            report["command"],
+            report["git_commit"],
+            report["machine"],
+            f"{report['date_utc']} UTC",
+            extra=f"mace-torch {report['machine']['mace_torch']}, e3nn {report['machine']['e3nn']}",
+            more=[
+                f"Load average before / after: {report['loadavg_before']} / "
+                f"{report['loadavg_after']}"
+            ],
+        ),
         "",
         f"Model: MACE {json.dumps(report['hparams'])}, r_max {report['cutoff_A']} Å. Batch: "
         f"{report['batch_size']} ethanol molecules (builtin:ethanol_train). Step: energy + force "

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 from common import RESULTS, ROOT, command_line, git_commit, machine_info, portable, relative
 from converged_protocol import Recipe
-from finetune_workflow import train_once, write_json
+from finetune_workflow import header_provenance, train_once, write_json
 
 from piwsl.io.atomic import write_text
 
@@ -383,10 +383,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Materials benchmark (GFN1-xTB crystals: {', '.join(result['crystals'])})",
         "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: `{result['commit']}`; machine: {result['machine'].get('cpu')}, "
-        f"{result['machine'].get('cpu_count')} cores (shared), threads {result['threads']}; "
-        f"{result['date']}",
+        *header_provenance(result, extra="shared with other jobs"),
         "",
         f"Protocol: {result['protocol']}",
         "",

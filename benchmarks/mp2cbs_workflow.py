@@ -57,6 +57,7 @@ from finetune_workflow import (
     add_training_arguments,
     energy_only_overrides,
     fmt,
+    header_provenance,
     pick,
     pretrain_overrides,
     read_json,
@@ -309,15 +310,10 @@ def label_lines(labels: dict) -> list[str]:
 
 def header_lines(h: dict[str, Any]) -> list[str]:
     """Title, provenance and the reference/model/training paragraph of the report."""
-    m = h["machine"]
     return [
         "# Energy-only high-accuracy workflow: PBE pre-training → MP2/CBS energies (ethanol)",
         "",
-        f"Command: `{h['command']}`  ",
-        f"Commit: `{h['commit']}`  ",
-        f"Machine: {m['platform']}, {m.get('cpu')}, {m['cpu_count']} CPUs, torch {m.get('torch')}; "
-        f"{h['threads']} torch thread(s) per run  ",
-        f"Date: {h['date']}",
+        *header_provenance(h),
         "",
         "Reference: MP2/CBS(cc-pVDZ,cc-pVTZ) (PySCF; HF Halkier exp(−1.63X), correlation X⁻³, "
         "frozen core, DF-MP2 on a density-fitted HF reference) of rMD17 ethanol positions; test "

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, command_line, git_commit, machine_info, relative
+from common import ROOT, command_line, git_commit, machine_info, provenance_lines, relative
 
 from piwsl.data import read_frames
 from piwsl.data.batch import collate
@@ -214,11 +214,12 @@ def markdown(result: dict) -> str:
     lines = [
         "# Physics step cost",
         "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: `{result['git_commit']}`  ",
-        "Machine: {platform}, {cpu_count} CPUs, torch {torch}, {torch_threads} thread(s) "
-        "(OMP_NUM_THREADS={OMP_NUM_THREADS})  ".format(**result["machine"]),
-        f"Date: {result['date_utc']}",
+        *provenance_lines(
+            result["command"],
+            result["git_commit"],
+            result["machine"],
+            f"{result['date_utc']} UTC",
+        ),
         "",
         result["note"],
         "",

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, ROOT, git_commit, machine_info
+from common import RESULTS, ROOT, git_commit, machine_info, provenance_lines
 
 from piwsl.io.atomic import write_json, write_text
 
@@ -107,16 +107,17 @@ def measure(molecule: str, n_frames: int, steps: int) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    m = meta["machine"]
+    loads = ", ".join(f"{x:.1f}" for x in meta["machine"].get("load_average_1_5_15") or [])
     lines = [
         "# Cost of the GFN2-xTB prior against a piwsl MD step (rMD17, one thread)",
         "",
-        f"Command: `{meta['command']}`  ",
-        f"Commit: `{meta['git_commit']}`, {meta['date_utc']}  ",
-        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, load average "
-        f"{', '.join(f'{x:.1f}' for x in m['load_average_1_5_15'] or [])}, "
-        f"OMP_NUM_THREADS={m['OMP_NUM_THREADS']}, torch {m.get('torch')} with "
-        f"{m.get('torch_threads')} thread(s), tblite {meta['tblite']}  ",
+        *provenance_lines(
+            meta["command"],
+            meta["git_commit"],
+            meta["machine"],
+            meta["date_utc"],
+            extra=f"load average {loads}, tblite {meta['tblite']}",
+        ),
         "",
         "Prior: median of GFN2-xTB energy + forces single points (tblite via `piwsl.priors`, "
         f"{rows[0]['frames']} test frames of split 01, after 3 warm-up calls). Model: median "

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 import converged_protocol as converged
-from common import baseline_of
+from common import baseline_of, provenance_lines
 from rmd17_cells import METHODS, N_TRAIN, last_override
 
 from piwsl.io.atomic import write_json, write_text
@@ -82,20 +82,19 @@ def ordered(names, reference: list[str]) -> list[str]:
 
 def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> str:
     groups = aggregate(records)
-    commands = header.get("commands") or [header["command"]]
     lines = [
         f"# rMD17 benchmark — suite `{header['suite']}`",
         "",
-        "Commands that fed this summary (runs and rewrites, oldest first):",
-        "",
-        *[f"- `{c}`" for c in commands],
-        "",
-        f"Summary written at commit `{header['commit']}` (each run: its own commit, below)  ",
-        f"Machine: {header['machine']['platform']}, {header['machine']['cpu_count']} CPUs, "
-        f"torch {header['machine']['torch']}; {header['threads']} thread(s) per run, "
-        f"{header['jobs']} run(s) at a time  ",
-        f"Budget: {header['budget']}  ",
-        f"Written: {header['date']}",
+        *provenance_lines(
+            header.get("commands") or header["command"],
+            header["commit"],
+            header["machine"],
+            header["date"],
+            commit_note="the summary's; each run: its own commit, below",
+            extra=f"{header['jobs']} run(s) at a time",
+            per_run_threads=header["threads"],
+            more=[f"Budget: {header['budget']}"],
+        ),
         "",
         f"Test set: all frames of the rMD17 split-{header.get('split', '01')} test file (1,000). Errors of the checkpoint "
         "with the best validation score (force MAE; energy MAE where training has no forces). "

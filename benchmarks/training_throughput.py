@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from common import ROOT, git_commit, machine_info
+from common import ROOT, git_commit, machine_info, provenance_lines
 
 from piwsl.data import read_frames
 from piwsl.data.batch import Batch, Graph, collate
@@ -387,19 +387,20 @@ def case_table(case: dict) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    m = report["machine"]
     lines = [
         "# Training-step throughput: eager, compiled, schnetpack; PIWSL and cheaper settings",
         "",
-        "Commands: "
-        + "; ".join(f"`{c}`" for c in report.get("commands", [report["command"]]))
-        + "  ",
-        f"Commit: {report['git_commit']}  ",
-        f"Date (UTC): {report['date_utc']}  ",
-        f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} "
-        f"({m['torch_threads']} thread(s), OMP_NUM_THREADS={m['OMP_NUM_THREADS']}), "
-        f"schnetpack {report['schnetpack']}  ",
-        f"Load average before / after: {report['loadavg_before']} / {report['loadavg_after']}",
+        *provenance_lines(
+            report.get("commands", [report["command"]]),
+            report["git_commit"],
+            report["machine"],
+            f"{report['date_utc']} UTC",
+            extra=f"schnetpack {report['schnetpack']}",
+            more=[
+                f"Load average before / after: {report['loadavg_before']} / "
+                f"{report['loadavg_after']}"
+            ],
+        ),
         "",
         report["note"],
         "",

@@ -113,7 +113,8 @@ def test_quick_run_writes_results_and_resumes(tmp_path):
     assert len(header["commands"]) == 2 and header["commands"][1].endswith("--summary-only")
     assert all(c.startswith("python benchmarks/rmd17.py --quick") for c in header["commands"])
     summary = (tmp_path / "results" / "rmd17_grid_quick.md").read_text()
-    assert summary.count("- `python benchmarks/rmd17.py --quick") == 2
+    (commands,) = [x for x in summary.splitlines() if x.startswith("Commands (oldest first): ")]
+    assert commands.count("`python benchmarks/rmd17.py --quick") == 2
 
 
 def test_split_atoms_per_batch_and_run_warnings(tmp_path, rmd17, rmd17_report):
@@ -157,6 +158,59 @@ def test_split_atoms_per_batch_and_run_warnings(tmp_path, rmd17, rmd17_report):
         [{"name": "a", "warnings": ["warning: w1"]}, {"name": "b", "warnings": ["warning: w1"]}]
     )
     assert "| 2 | warning: w1 |" in lines
+
+
+def test_provenance_lines_one_format_from_the_keys_present(benchmarks):
+    """common.provenance_lines: every report's command, commit, machine and date lines in one
+    format, built from the machine_info keys present (None or missing ones left out), a markdown
+    line break after every line but the last."""
+    import common
+
+    machine = {
+        "platform": "Linux-6.1-x86_64",
+        "cpu": "AMD EPYC",
+        "cpu_count": 16,
+        "load_average_1_5_15": [0.5, 0.4, 0.3],
+        "python": "3.11.7",
+        "OMP_NUM_THREADS": "1",
+        "torch": "2.5.1",
+        "torch_threads": 2,
+        "cuda": "NVIDIA H200",
+    }
+    assert common.provenance_lines(
+        "python benchmarks/x.py", "abc123", machine, "2026-01-02 03:04:05 UTC", extra="shared"
+    ) == [
+        "Command: `python benchmarks/x.py`  ",
+        "Commit: `abc123`  ",
+        "Machine: AMD EPYC, 16 CPUs, Linux-6.1-x86_64, torch 2.5.1 (2 thread(s), "
+        "OMP_NUM_THREADS=1), GPU NVIDIA H200; shared  ",
+        "Date: 2026-01-02 03:04:05 UTC",
+    ]
+    # missing keys (and None values, as machine_info records an unset OMP_NUM_THREADS or no GPU)
+    # are left out, and so are lines without a value
+    assert common.provenance_lines(None, "abc123", {"cpu_count": 2, "OMP_NUM_THREADS": None}) == [
+        "Commit: `abc123`  ",
+        "Machine: 2 CPUs",
+    ]
+    assert common.provenance_lines(None, None, {"platform": "Linux", "torch": "2.5.1"}) == [
+        "Machine: Linux, torch 2.5.1"
+    ]
+    assert common.provenance_lines(None, None, None) == []
+    # several commands; runs in processes of their own; a note on the commit; lines after
+    assert common.provenance_lines(
+        ["python a.py", "python a.py --summary-only"],
+        "abc123",
+        machine,
+        commit_note="working tree modified",
+        per_run_threads=1,
+        more=["Budget: 1000 steps"],
+    ) == [
+        "Commands (oldest first): `python a.py`; `python a.py --summary-only`  ",
+        "Commit: `abc123` (working tree modified)  ",
+        "Machine: AMD EPYC, 16 CPUs, Linux-6.1-x86_64, torch 2.5.1 (1 thread(s) per run), "
+        "GPU NVIDIA H200  ",
+        "Budget: 1000 steps",
+    ]
 
 
 def test_delta_learning_summary_defaults_and_honest_target(tmp_path, monkeypatch, benchmarks):
