@@ -147,6 +147,7 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
             f"| {fmt(r.get('train_time_s'), 0)} | {r.get('code_path', 'eager')} "
             f"| {trained_on(r)} | {r['commit'][:8]} |"
         )
+    lines += curl_section(records)
     lines += warnings_section(records)
     if failed:
         lines += ["", "## Failed runs", ""]
@@ -154,6 +155,47 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
             last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
             lines.append(f"- {r['name']}: `{last[0]}`")
     return "\n".join(lines) + "\n"
+
+
+#: the test metric of a direct-force model's curl (piwsl.evaluation.nonconservativeness)
+CURL_KEY = "nonconservative_force_curl_eV_per_A2"
+
+
+def curl_section(records: list[dict]) -> list[str]:
+    """The curl of the direct-force models' forces on the test frames, per cell and method — what
+    the spatial-consistency term is meant to lower; empty when no run recorded it."""
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for r in records:
+        value = (r.get("test") or {}).get(CURL_KEY)
+        if value is not None:
+            key = (r["molecule"], r["regime"], r["model"])
+            groups.setdefault(key, {}).setdefault(r["method"], []).append(value)
+    if not groups:
+        return []
+    lines = [
+        "",
+        "## Curl of the direct-force models' forces",
+        "",
+        "Exact curl |qᵀ(J − Jᵀ)p| of the predicted forces on random configuration-space planes "
+        "(`piwsl evaluate`; eV/Å², mean over the first 100 test frames, then mean ± std over "
+        "seeds). It is zero for a conservative model; ratio = baseline / method (> 1: the method's "
+        "forces are closer to a gradient field). A direct head that learned almost no forces "
+        "(energy-only plain training) has almost no curl either.",
+        "",
+        "| molecule | regime | model | method | n | curl (eV/Å²) | ratio |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for key in sorted(groups, key=lambda k: (k[0], list(N_TRAIN).index(k[1]), k[2])):
+        methods = groups[key]
+        for method in ordered(methods, list(METHODS)):
+            base = baseline_of(method, set(methods))
+            mean, std = mean_std(methods[method])
+            ratio = statistics.fmean(methods[base]) / mean if base and base != method else None
+            lines.append(
+                f"| {key[0]} | {key[1]} | {key[2]} | {method} | {len(methods[method])} "
+                f"| {fmt(mean, 3)} ± {fmt(std, 3)} | {fmt(ratio, 2)} |"
+            )
+    return lines
 
 
 def trained_on(record: dict) -> str:
