@@ -90,8 +90,13 @@ def machine_info(**extra: Any) -> dict[str, Any]:
     return info
 
 
+#: git pathspec: everything but the benchmark results
+EXCLUDE_RESULTS = ":(exclude)benchmarks/results"
+
+
 def git_commit() -> str:
-    """HEAD's hash, with ``" (+ uncommitted changes)"`` when tracked files are modified; where
+    """HEAD's hash, with ``" (+ uncommitted changes)"`` when tracked files other than results
+    are modified (benchmarks/results/ is written by running benchmarks, not code); where
     the checkout has no git (a copy on a lent machine), ``$PIWSL_BENCHMARK_COMMIT`` or
     ``unknown``."""
     try:
@@ -99,7 +104,7 @@ def git_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", EXCLUDE_RESULTS],
             cwd=ROOT,
             capture_output=True,
             text=True,
