@@ -6,7 +6,6 @@ forces are from a gradient field (:mod:`piwsl.physics.metrics`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,8 +14,7 @@ import torch
 from piwsl.data.dataset import GraphDataset
 from piwsl.data.frames import Frame
 from piwsl.evaluation.predict import as_force_field, check_model_knows, model_device, model_dtype
-
-log = logging.getLogger(__name__)
+from piwsl.physics.metrics import circulation, force_curl
 
 
 def nonconservativeness(
@@ -31,19 +29,8 @@ def nonconservativeness(
 
     Uses :mod:`piwsl.physics.metrics`: the exact curl ``|qᵀ(J − Jᵀ)p|`` on random
     configuration-space planes (eV/Å²) and the work around small loops of ``radius`` Å (meV per
-    loop). Both vanish for a conservative model. Returns ``{}`` (and logs why) if those functions
-    are not available, so evaluation never breaks because of this optional metric.
+    loop). Both vanish for a conservative model.
     """
-    try:
-        from piwsl.physics import metrics as physics_metrics
-    except ImportError as err:
-        log.info("non-conservativeness metric unavailable (%s)", err)
-        return {}
-    force_curl = getattr(physics_metrics, "force_curl", None)
-    circulation = getattr(physics_metrics, "circulation", None)
-    if force_curl is None and circulation is None:
-        log.info("piwsl.physics.metrics has neither force_curl nor circulation; metric skipped")
-        return {}
     model = as_force_field(model)
     frames = list(frames)[:max_frames] if max_frames else list(frames)
     check_model_knows(model, frames)
@@ -56,19 +43,16 @@ def nonconservativeness(
     try:
         for batch in dataset.loader(batch_size, shuffle=False):
             batch = batch.to(device=device)
-            if force_curl is not None:
-                curls.append(force_curl(model, batch, seed=seed).detach().cpu())
-            if circulation is not None:
-                result = circulation(model, batch, radius=radius, seed=seed)
-                works.append(result.work_mev.detach().cpu())
-                loop_curls.append(result.curl_ev_a2.detach().cpu())
+            curls.append(force_curl(model, batch, seed=seed).detach().cpu())
+            result = circulation(model, batch, radius=radius, seed=seed)
+            works.append(result.work_mev.detach().cpu())
+            loop_curls.append(result.curl_ev_a2.detach().cpu())
     finally:
         model.train(was_training)
-    out: dict[str, Any] = {"nonconservative_n_frames": len(frames)}
-    if curls:
-        out["nonconservative_force_curl_eV_per_A2"] = float(torch.cat(curls).mean())
-    if works:
-        out["nonconservative_circulation_meV"] = float(torch.cat(works).mean())
-        out["nonconservative_circulation_curl_eV_per_A2"] = float(torch.cat(loop_curls).mean())
-        out["nonconservative_circulation_radius_A"] = float(radius)
-    return out
+    return {
+        "nonconservative_n_frames": len(frames),
+        "nonconservative_force_curl_eV_per_A2": float(torch.cat(curls).mean()),
+        "nonconservative_circulation_meV": float(torch.cat(works).mean()),
+        "nonconservative_circulation_curl_eV_per_A2": float(torch.cat(loop_curls).mean()),
+        "nonconservative_circulation_radius_A": float(radius),
+    }
