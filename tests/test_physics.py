@@ -521,7 +521,6 @@ DDP_WORKER = textwrap.dedent(
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     torch.set_num_threads(1)
-    sys.path.insert(0, os.environ["TEST_DIR"])
     from test_physics import ddp_setup
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -571,7 +570,10 @@ def test_ddp_two_processes_match_one_process_on_the_union(tmp_path):
         MASTER_PORT=str(port),
         WORLD_SIZE="2",
         OUT=str(out),
-        TEST_DIR=os.path.dirname(__file__),
+        # the workers import this module's ddp_setup
+        PYTHONPATH=os.pathsep.join(
+            p for p in (os.path.dirname(__file__), os.environ.get("PYTHONPATH")) if p
+        ),
         OMP_NUM_THREADS="1",
     )
     procs = [
