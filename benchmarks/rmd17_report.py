@@ -8,6 +8,7 @@ import json
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 import converged_protocol as converged
 from common import baseline_of, provenance_lines
@@ -80,6 +81,13 @@ def ordered(names, reference: list[str]) -> list[str]:
     return known + sorted(set(names) - set(known))
 
 
+def cell_methods(groups: dict[tuple, dict[str, Any]]) -> list[tuple[tuple, dict[str, Any], str]]:
+    """(cell, its methods, method) in the report's order: molecule, regime as in ``N_TRAIN``,
+    model; methods as in ``METHODS``."""
+    cells = sorted(groups, key=lambda k: (k[0], list(N_TRAIN).index(k[1]), k[2]))
+    return [(k, groups[k], m) for k in cells for m in ordered(groups[k], list(METHODS))]
+
+
 def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> str:
     groups = aggregate(records)
     lines = [
@@ -111,27 +119,25 @@ def summary_markdown(header: dict, records: list[dict], failed: list[dict]) -> s
         "| E ratio | F ratio | steps × batch | train time (s) | stopped by |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for key in sorted(groups, key=lambda k: (k[0], list(N_TRAIN).index(k[1]), k[2])):
-        methods = groups[key]
-        for method in ordered(methods, list(METHODS)):
-            # the reference: plain training (at equal wall-clock: the time-limited plain runs);
-            # the physics terms on a Δ correction against Δ alone (common.BASELINES)
-            base_name = baseline_of(method, set(methods))
-            base = methods.get(base_name) if base_name else None
-            s = methods[method]
-            em, es = mean_std(s["E"])
-            fm, fs = mean_std(s["F"])
-            er = fr = None
-            if base and method != base_name and base["E"] and s["E"]:
-                er = statistics.fmean(base["E"]) / em
-            if base and method != base_name and base["F"] and s["F"]:
-                fr = statistics.fmean(base["F"]) / fm
-            lines.append(
-                f"| {key[0]} | {key[1]} | {key[2]} | {method} | {len(s['E'])} "
-                f"| {fmt(mean_std(s['val'])[0])} | {fmt(em)} ± {fmt(es)} | {fmt(fm)} ± {fmt(fs)} | {fmt(er, 2)} | {fmt(fr, 2)} "
-                f"| {statistics.median(s['steps']):.0f} × {s['batch']} "
-                f"| {statistics.median(s['time']):.0f} | {stopped_counts(s['stopped'])} |"
-            )
+    for key, methods, method in cell_methods(groups):
+        # the reference: plain training (at equal wall-clock: the time-limited plain runs);
+        # the physics terms on a Δ correction against Δ alone (common.BASELINES)
+        base_name = baseline_of(method, set(methods))
+        base = methods.get(base_name) if base_name else None
+        s = methods[method]
+        em, es = mean_std(s["E"])
+        fm, fs = mean_std(s["F"])
+        er = fr = None
+        if base and method != base_name and base["E"] and s["E"]:
+            er = statistics.fmean(base["E"]) / em
+        if base and method != base_name and base["F"] and s["F"]:
+            fr = statistics.fmean(base["F"]) / fm
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {method} | {len(s['E'])} "
+            f"| {fmt(mean_std(s['val'])[0])} | {fmt(em)} ± {fmt(es)} | {fmt(fm)} ± {fmt(fs)} | {fmt(er, 2)} | {fmt(fr, 2)} "
+            f"| {statistics.median(s['steps']):.0f} × {s['batch']} "
+            f"| {statistics.median(s['time']):.0f} | {stopped_counts(s['stopped'])} |"
+        )
     lines += [
         "",
         "## Runs",
@@ -185,16 +191,14 @@ def curl_section(records: list[dict]) -> list[str]:
         "| molecule | regime | model | method | n | curl (eV/Å²) | ratio |",
         "|---|---|---|---|---:|---:|---:|",
     ]
-    for key in sorted(groups, key=lambda k: (k[0], list(N_TRAIN).index(k[1]), k[2])):
-        methods = groups[key]
-        for method in ordered(methods, list(METHODS)):
-            base = baseline_of(method, set(methods))
-            mean, std = mean_std(methods[method])
-            ratio = statistics.fmean(methods[base]) / mean if base and base != method else None
-            lines.append(
-                f"| {key[0]} | {key[1]} | {key[2]} | {method} | {len(methods[method])} "
-                f"| {fmt(mean, 3)} ± {fmt(std, 3)} | {fmt(ratio, 2)} |"
-            )
+    for key, methods, method in cell_methods(groups):
+        base = baseline_of(method, set(methods))
+        mean, std = mean_std(methods[method])
+        ratio = statistics.fmean(methods[base]) / mean if base and base != method else None
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {method} | {len(methods[method])} "
+            f"| {fmt(mean, 3)} ± {fmt(std, 3)} | {fmt(ratio, 2)} |"
+        )
     return lines
 
 
