@@ -411,3 +411,29 @@ def test_md_run_reused_across_machines_by_content(benchmarks, tmp_path):
     report = importlib.import_module("md_stability_report")
     assert report.on_device({"device": "cuda"}) == " (cuda)" and report.on_device({}) == ""
     assert report.on_device({"device": "cuda", "compiled": True}) == " (cuda, compiled)"
+
+
+def test_curl_table_compares_each_method_with_its_baseline(benchmarks):
+    """rmd17_report.curl_section: one row per cell and method, mean ± std over seeds, ratio =
+    baseline / method; cells without the metric (conservative models) are left out."""
+    import rmd17_report
+
+    def record(method: str, curl: float | None, model: str = "painn32_direct") -> dict:
+        test = {} if curl is None else {rmd17_report.CURL_KEY: curl}
+        return {"molecule": "aspirin", "regime": "EF_100", "model": model, "method": method,
+                "test": test}  # fmt: skip
+
+    records = [
+        record("plain", 0.6),
+        record("plain", 0.8),
+        record("piwsl_2nd", 0.35),
+        record("piwsl_2nd", 0.35),
+        record("plain", None, model="painn32_conservative"),
+    ]
+    lines = rmd17_report.curl_section(records)
+    rows = [x for x in lines if x.startswith("| aspirin")]
+    assert rows == [
+        "| aspirin | EF_100 | painn32_direct | plain | 2 | 0.700 ± 0.141 | — |",
+        "| aspirin | EF_100 | painn32_direct | piwsl_2nd | 2 | 0.350 ± 0.000 | 2.00 |",
+    ]
+    assert rmd17_report.curl_section([record("plain", None)]) == []
