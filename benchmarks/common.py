@@ -5,13 +5,15 @@ mean something on another machine (relative to the checkout, never this machine'
 from __future__ import annotations
 
 import os
-import platform
 import re
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+# the benchmarks import these from here, beside the rest of a result's provenance
+from piwsl.io.machine import machine_info  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Where every benchmark writes its results.
@@ -53,41 +55,6 @@ def command_line(argv: list[str] | None = None, script: str | None = None) -> st
     args = sys.argv[1:] if argv is None else argv
     script = script or relative(Path(sys.argv[0]).resolve())
     return portable(" ".join(["python", script, *map(str, args)]))
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo), or the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(**extra: Any) -> dict[str, Any]:
-    """Platform, CPU, core count, Python, torch and its thread settings (+ ``extra``)."""
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-    }
-    try:
-        import torch
-
-        info.update(
-            torch=torch.__version__,
-            torch_threads=torch.get_num_threads(),
-            cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        )
-    except ImportError:
-        pass
-    info.update(extra)
-    return info
 
 
 #: git pathspec: everything but the benchmark results

@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, provenance_lines
+from common import RESULTS, git_commit, machine_info, provenance_lines
 
 from piwsl.io.atomic import write_json, write_text
 
@@ -292,38 +291,23 @@ def run_all(names: list[str]) -> list[dict]:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", None
+    """This report's machine record (its own keys, which its markdown reads) from the shared
+    description (``common.machine_info``) and commit (``common.git_commit``)."""
     from importlib.metadata import version
 
+    info = machine_info(torch=False)
+    commit = git_commit()
     return {
-        "cpu": cpu,
-        "cpus_visible": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_average_1_5_15": list(os.getloadavg()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu": info["cpu"],
+        "cpus_visible": info["cpu_count"],
+        "cpus_usable": info["cpus_usable"],
+        "load_average_1_5_15": info["load_average_1_5_15"],
+        "platform": info["platform"],
+        "python": info["python"],
+        "omp_num_threads": info["OMP_NUM_THREADS"],
         "versions": {p: version(p) for p in ("pyscf", "tblite", "ase", "numpy")},
-        "git_commit": commit,
-        "git_dirty": dirty,
+        "git_commit": commit.split()[0],
+        "git_dirty": "uncommitted" in commit,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -7,6 +7,7 @@ hashes, atomic writes.
 - :mod:`piwsl.io.hashing` — the SHA-256 key of a structure
 - :mod:`piwsl.io.atomic` — every file piwsl writes for later: temporary file, fsync, rename
 - :mod:`piwsl.io.jsonable` — values to plain JSON types (NumPy scalars, NaN, paths)
+- :mod:`piwsl.io.machine` — the machine a result was measured on (CPU, cores, load, versions)
 """
 
 from piwsl.io.atomic import atomic_path, write_json, write_text
@@ -22,6 +23,7 @@ from piwsl.io.executors import (
 from piwsl.io.hashing import atoms_hash, structure_hash
 from piwsl.io.journal import JsonLines
 from piwsl.io.jsonable import jsonable
+from piwsl.io.machine import machine_info
 
 __all__ = [
     "EXECUTORS",
@@ -33,6 +35,7 @@ __all__ = [
     "atoms_hash",
     "jsonable",
     "limit_threads",
+    "machine_info",
     "make_executor",
     "structure_hash",
     "worker_name",

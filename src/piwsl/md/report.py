@@ -10,9 +10,6 @@ meV/atom, vs time, ps; thermostatted runs also their conserved quantity where on
 from __future__ import annotations
 
 import logging
-import os
-import platform
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -20,12 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ase
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from piwsl.io.atomic import write_json
 from piwsl.io.jsonable import jsonable
+from piwsl.io.machine import machine_info
 from piwsl.md.metrics import (
     DistanceHistogram,
     distance_histogram,
@@ -52,28 +51,7 @@ REPORT_NAME = "md_report.json"
 
 def environment_info() -> dict[str, Any]:
     """Machine, versions and thread counts (for reproducible throughput numbers)."""
-    info: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-    }
-    try:
-        import ase
-
-        info["ase"] = ase.__version__
-    except ImportError:  # pragma: no cover - ase is a dependency
-        pass
-    if "torch" in sys.modules:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-    from piwsl import __version__
-
-    info["piwsl"] = __version__
-    return info
+    return machine_info(torch=False, ase=ase.__version__)
 
 
 @dataclass

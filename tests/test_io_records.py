@@ -1,4 +1,4 @@
-"""piwsl.io.jsonable: the one conversion of values to plain JSON types."""
+"""piwsl.io.jsonable and piwsl.io.machine: what results record beside their numbers."""
 
 from __future__ import annotations
 
@@ -39,3 +39,22 @@ def test_non_finite_numbers_become_null_and_other_objects_their_text():
     assert out[3] == "runs/a"
     assert out[4] == repr(object)
     json.dumps(out, allow_nan=False)  # no NaN/Infinity tokens
+
+
+def test_machine_info_describes_this_machine_and_stays_light_without_torch():
+    import subprocess
+    import sys
+
+    from piwsl.io import machine_info
+
+    info = machine_info(note="x")
+    assert info["cpu_count"] >= 1 and info["cpu"] and info["platform"] and info["piwsl"]
+    assert info["torch"] and info["torch_threads"] >= 1 and info["note"] == "x"
+    json.dumps(jsonable(info), allow_nan=False)
+    # torch=False in a process without torch: no torch entry, and torch is not imported
+    code = (
+        "import sys; from piwsl.io.machine import machine_info; i = machine_info(torch=False); "
+        "print('torch' in i, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
