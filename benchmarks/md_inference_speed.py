@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import RESULTS, ROOT, command_line, git_commit, machine_info, relative
+from common import RESULTS, ROOT, command_line, git_commit, machine_info, provenance_lines, relative
 
 from piwsl.io.atomic import write_json, write_text
 
@@ -84,10 +84,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Batched-MD model call: eager against compiled",
         "",
-        f"- command: `{result['command']}`",
-        f"- commit: {result['commit']}",
-        f"- machine: {result['machine']['cpu']} ({result['machine']['cpu_count']} cores), "
-        f"torch {result['machine']['torch']}, {result['machine']['torch_threads']} thread(s)",
+        *provenance_lines(result["command"], result["commit"], result["machine"]),
+        "",
         f"- {result['replicas']} replicas of `{result['data']}` per call, skin {result['skin']} Å; "
         f"median of {result['rounds']} interleaved rounds of {result['calls']} calls each "
         f"(backend {result['backend']})",
