@@ -21,6 +21,10 @@ BACKENDS.add("ccsd(t)", CCSDTBackend)
 
 
 def _register_cbs() -> None:
+    """Register ``cbs`` on first use: piwsl.labelling.cbs imports this package's modules, so it
+    cannot be imported while the package is being imported."""
+    if "cbs" in BACKENDS:
+        return
     from piwsl.labelling.cbs import CBSBackend
 
     BACKENDS.add("cbs", CBSBackend)
@@ -28,8 +32,7 @@ def _register_cbs() -> None:
 
 def make_backend(spec: str, **options: Any) -> Backend:
     """Build a backend from its name (``"gfn2-xtb"``, ``"mp2"``, ``"ase:pkg.mod.Class"``, …)."""
-    if "cbs" not in BACKENDS:
-        _register_cbs()
+    _register_cbs()
     options = dict(options)
     finite_difference = pop_option(options, "finite_difference_forces", False, as_bool)
     step = pop_option(options, "finite_difference_step", None, float)
@@ -51,6 +54,5 @@ def make_backend(spec: str, **options: Any) -> Backend:
 
 
 def backend_names() -> list[str]:
-    if "cbs" not in BACKENDS:
-        _register_cbs()
+    _register_cbs()
     return [*BACKENDS.names(), "ase:<module>.<Class>"]
