@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from common import BASELINES, METHOD_COLORS, method_rank, relative
+from common import BASELINES, METHOD_COLORS, method_rank, provenance_lines, relative
 
 from piwsl.io.atomic import write_json, write_text
 
@@ -36,12 +36,14 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# MD stability ({', '.join(Path(d).stem for d in sources)})",
         "",
-        f"- date (UTC): {result['date_utc']}",
-        f"- command: `{result['command']}`",
-        f"- git commit: {result['git_commit']}",
-        f"- machine: {result['machine']['cpu']} ({result['machine']['cpu_count']} cores), "
-        f"torch {result['machine']['torch']} with {result['machine']['torch_threads']} thread(s), "
-        f"OMP_NUM_THREADS={result['machine']['OMP_NUM_THREADS']}",
+        *provenance_lines(
+            result["command"],
+            result["git_commit"],
+            result["machine"],
+            f"{result['date_utc']} UTC",
+            commit_note="of this report; each run's own is listed with its folder below",
+        ),
+        "",
         f"- mode: {'QUICK smoke run' if result['quick'] else 'full protocol'}; start frames and "
         f"reference h(r): {', '.join(f'`{d}`' for d in sources)} (each model its own); Δt {result['timestep_fs']} fs; "
         f"{result['trajectories']} trajectories per protocol; "
@@ -83,8 +85,18 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "Plots (energy, temperature, survival, h(r)) are in each run folder:", ""]
     for label, model in result["models"].items():
         for name, s in model["protocols"].items():
-            lines.append(f"- {label} / {name}: `{s['run_dir']}`")
+            lines.append(f"- {label} / {name}: `{s['run_dir']}` ({run_commit(s)})")
     return "\n".join(lines) + "\n"
+
+
+def run_commit(summary: dict[str, Any]) -> str:
+    """Which code ran a (model, protocol) run: the commit its last attempt recorded, or a plain
+    statement that runs finished before per-run commits were recorded have none."""
+    commit = summary.get("git_commit")
+    if not commit:
+        return "commit not recorded"
+    sha, _, note = str(commit).partition(" ")
+    return f"commit `{sha}`" + (f" {note}" if note else "")
 
 
 def on_device(summary: dict) -> str:

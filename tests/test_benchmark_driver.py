@@ -437,3 +437,32 @@ def test_curl_table_compares_each_method_with_its_baseline(benchmarks):
         "| aspirin | EF_100 | painn32_direct | piwsl_2nd | 2 | 0.350 ± 0.000 | 2.00 |",
     ]
     assert rmd17_report.curl_section([record("plain", None)]) == []
+
+
+def test_md_report_states_provenance_and_each_runs_commit(md_report):
+    """The MD report opens with the provenance lines every benchmark report shares and lists, per
+    run folder, the commit that ran it, or says that none was recorded."""
+
+    def run(commit: str | None) -> dict:
+        summary = {"n_trajectories": 2, "n_stable": 1, "length_ps": 1.0,
+                   "mean_time_to_failure_ps_censored": 0.75,
+                   "median_time_to_failure_ps_censored": 0.75, "failure_reasons": {"bond": 1},
+                   "hr_error_pooled_stable": 0.1, "steps_per_s": 10.0, "calculator_share": 0.9,
+                   "run_dir": "out/m/nvt300"}  # fmt: skip
+        return {"protocols": {"nvt300": {**summary, **({"git_commit": commit} if commit else {})}}}
+
+    machine = {"cpu": "Test CPU", "cpu_count": 2, "torch": "2.13.0", "torch_threads": 1,
+               "OMP_NUM_THREADS": "1", "cuda": None}  # fmt: skip
+    result = {"date_utc": "2026-12-01 00:00:00", "command": "python md_stability.py m.pt",
+              "git_commit": "abc", "machine": machine, "quick": False, "data": "d.npz",
+              "timestep_fs": 0.5, "trajectories": 2, "thermostat": "nose-hoover",
+              "no_checks": False, "protocols": {"nvt300": {}},
+              "models": {"a-s0": run("def"), "b-s0": run(None), "c-s0": run("fed (+ uncommitted changes)")}}  # fmt: skip
+    text = md_report.markdown(result)
+    assert "Command: `python md_stability.py m.pt`  \n" in text
+    assert "Commit: `abc` (of this report; each run's own is listed" in text
+    assert "Machine: Test CPU, 2 CPUs, torch 2.13.0 (1 thread(s), OMP_NUM_THREADS=1)" in text
+    assert "Date: 2026-12-01 00:00:00 UTC\n" in text
+    assert "- a-s0 / nvt300: `out/m/nvt300` (commit `def`)" in text
+    assert "- b-s0 / nvt300: `out/m/nvt300` (commit not recorded)" in text
+    assert "- c-s0 / nvt300: `out/m/nvt300` (commit `fed` (+ uncommitted changes))" in text
