@@ -82,7 +82,13 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("not_run"):
         lines += ["", f"Not run yet ({len(result['not_run'])}): " + "; ".join(result["not_run"])]
     lines += ["", "![survival](md_stability_survival.png)"]
-    lines += ["", "Plots (energy, temperature, survival, h(r)) are in each run folder:", ""]
+    lines += [
+        "",
+        "Plots (energy, temperature, survival, h(r)) are in each run folder, with the commit that"
+        " ran it (of its last attempt, where it was resumed; until 0d3696b, '+ uncommitted"
+        " changes' was also noted when only files under benchmarks/results/ had changed):",
+        "",
+    ]
     for label, model in result["models"].items():
         for name, s in model["protocols"].items():
             lines.append(f"- {label} / {name}: `{s['run_dir']}` ({run_commit(s)})")
