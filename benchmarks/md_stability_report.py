@@ -124,7 +124,8 @@ def seed_group(label: str) -> tuple[str, str] | None:
 def compare_methods(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Time to failure of each method against its baseline (``BASELINES``), trajectories pooled
     over seeds: mean and median (censored at the run length) with percentile-bootstrap 95 %
-    intervals, and the difference method − baseline with its interval."""
+    intervals, and the difference method − baseline with its interval; where both have stable
+    trajectories with an h(r) error, its mean over them and the difference with its interval."""
     from piwsl.md.metrics import (
         STATISTICS,
         bootstrap_difference,
@@ -132,16 +133,18 @@ def compare_methods(result: dict[str, Any]) -> list[dict[str, Any]]:
         censored_times,
     )
 
-    pooled = {
-        (cell, method, name): censored_times(slot["times"], slot["length_ps"]).tolist()
+    groups = {
+        (cell, method, name): slot
         for (cell, name), methods in survival_groups(result).items()
         for method, slot in methods.items()
     }
     rows = []
-    for (cell, method, name), times in sorted(pooled.items()):
-        base = pooled.get((cell, BASELINES.get(method, ""), name))
-        if base is None:
+    for (cell, method, name), slot in sorted(groups.items()):
+        base_slot = groups.get((cell, BASELINES.get(method, ""), name))
+        if base_slot is None:
             continue
+        base = censored_times(base_slot["times"], base_slot["length_ps"]).tolist()
+        times = censored_times(slot["times"], slot["length_ps"]).tolist()
         row = {"cell": cell, "protocol": name, "method": method, "baseline": BASELINES[method]}
         for stat in ("mean", "median"):
             for who, x in (("baseline", base), ("method", times)):
@@ -149,6 +152,10 @@ def compare_methods(result: dict[str, Any]) -> list[dict[str, Any]]:
                 row[f"{who}_{stat}_ci_ps"] = bootstrap_interval(x, stat)
                 row[f"n_{who}"] = len(x)
             row[f"{stat}_difference"] = bootstrap_difference(base, times, stat)
+        if base_slot["hr"] and slot["hr"]:  # structure of the stable trajectories
+            row["baseline_hr_error"] = float(STATISTICS["mean"](base_slot["hr"]))
+            row["method_hr_error"] = float(STATISTICS["mean"](slot["hr"]))
+            row["hr_error_difference"] = bootstrap_difference(base_slot["hr"], slot["hr"])
         rows.append(row)
     return rows
 
@@ -232,10 +239,14 @@ def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
         "## Method against its baseline (trajectories pooled over seeds)",
         "",
         "Time to failure in ps, censored at the run length; [95 % percentile-bootstrap interval];"
-        " difference = method − baseline.",
+        " difference = method − baseline. h(r) error per trajectory: the mean of each stable"
+        " trajectory's own error (higher than the per-run table's, whose h(r) pools the frames of"
+        " a run's stable trajectories and so has less histogram noise); its interval resamples"
+        " trajectories, so it holds MD sampling noise, not the spread between seeds.",
         "",
-        "| cell | protocol | baseline → method | n | mean TTF | median TTF | Δ mean | Δ median |",
-        "|---|---|---|---|---|---|---|---|",
+        "| cell | protocol | baseline → method | n | mean TTF | median TTF | Δ mean | Δ median "
+        "| h(r) error per trajectory | Δ h(r) error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ci(row, who, stat):
@@ -250,23 +261,38 @@ def comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"| {ci(r, 'baseline', 'mean')} → {ci(r, 'method', 'mean')} "
             f"| {ci(r, 'baseline', 'median')} → {ci(r, 'method', 'median')} "
             f"| {dm['difference']:+.2f} [{dm['low']:+.2f}, {dm['high']:+.2f}] "
-            f"| {dd['difference']:+.2f} [{dd['low']:+.2f}, {dd['high']:+.2f}] |"
+            f"| {dd['difference']:+.2f} [{dd['low']:+.2f}, {dd['high']:+.2f}] "
+            f"| {hr_cells(r)} |"
         )
     return lines
 
 
+def hr_cells(row: dict[str, Any]) -> str:
+    """The h(r) columns of a comparison row: baseline → method, difference [interval]; — where
+    either side has no stable trajectory."""
+    if "hr_error_difference" not in row:
+        return "— | —"
+    d = row["hr_error_difference"]
+    return (
+        f"{row['baseline_hr_error']:.3f} → {row['method_hr_error']:.3f} "
+        f"| {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+    )
+
+
 def survival_groups(result: dict[str, Any]) -> dict[tuple[str, str], dict[str, dict]]:
     """(cell, protocol) → method → the failure times of its trajectories pooled over seeds
-    (None: stable) and the run length. A label outside the ``molecule-…-method-sN`` scheme is
+    (None: stable), the h(r) errors of its stable ones and the run length. A label outside the ``molecule-…-method-sN`` scheme is
     a cell of its own (its seed suffix dropped)."""
     groups: dict[tuple[str, str], dict[str, dict]] = {}
     for label, model in result["models"].items():
         cell, method = cell_and_method(label)
         for name, s in model["protocols"].items():
             slot = groups.setdefault((cell, name), {}).setdefault(
-                method, {"times": [], "length_ps": s["length_ps"]}
+                method, {"times": [], "hr": [], "length_ps": s["length_ps"]}
             )
-            slot["times"] += [t["failure_time_ps"] for t in s.get("trajectories", [])]
+            runs = s.get("trajectories", [])
+            slot["times"] += [t["failure_time_ps"] for t in runs]
+            slot["hr"] += [t["hr_error"] for t in runs if t.get("hr_error") is not None]
     return groups
 
 

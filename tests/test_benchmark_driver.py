@@ -311,7 +311,7 @@ def test_md_survival_pools_seeds_per_cell_and_method(md_report, tmp_path):
     cell = ("aspirin-painn32_direct-EF_100", "nvt300")
     assert sorted(groups) == [("N300_delta_ft_plain", "nvt300"), cell]
     assert groups[cell]["plain"]["times"] == [None, 12.0, 3.0]
-    assert groups[cell]["piwsl_2nd"] == {"times": [None, None], "length_ps": 50.0}
+    assert groups[cell]["piwsl_2nd"] == {"times": [None, None], "hr": [], "length_ps": 50.0}
     path = md_report.survival_figure(result, tmp_path / "survival.png")
     assert path.stat().st_size > 0
 
@@ -466,3 +466,34 @@ def test_md_report_states_provenance_and_each_runs_commit(md_report):
     assert "- a-s0 / nvt300: `out/m/nvt300` (commit `def`)" in text
     assert "- b-s0 / nvt300: `out/m/nvt300` (commit not recorded)" in text
     assert "- c-s0 / nvt300: `out/m/nvt300` (commit `fed` (+ uncommitted changes))" in text
+
+
+def test_md_comparison_pairs_each_method_with_its_baseline(md_report):
+    """compare_methods pools a cell's seeds, censors stable trajectories at the run length, and
+    compares the h(r) errors of the stable trajectories only; a method without its baseline in the
+    report is left out."""
+
+    def run(failures: list[float | None], hr: list[float | None]) -> dict:
+        trajectories = [
+            {"failure_time_ps": f, "hr_error": h} for f, h in zip(failures, hr, strict=True)
+        ]
+        return {"protocols": {"nvt300": {"length_ps": 10.0, "trajectories": trajectories}}}
+
+    models = {
+        "asp-m-EF-plain-s0": run([None, None], [0.2, 0.4]),
+        "asp-m-EF-plain-s1": run([5.0, None], [None, 0.3]),
+        "asp-m-EF-piwsl_2nd-s0": run([None, 2.0], [0.1, None]),
+        "asp-m-EF-delta_piwsl_2nd-s0": run([None], [0.5]),  # no Δ run: no comparison
+    }
+    rows = md_report.compare_methods({"models": models})
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["cell"], row["baseline"], row["method"]) == ("asp-m-EF", "plain", "piwsl_2nd")
+    assert (row["n_baseline"], row["n_method"]) == (4, 2)
+    assert row["baseline_mean_ps"] == pytest.approx((10 + 10 + 5 + 10) / 4)
+    assert row["method_mean_ps"] == pytest.approx((10 + 2) / 2)
+    assert row["baseline_hr_error"] == pytest.approx(0.3)  # stable ones: 0.2, 0.4, 0.3
+    assert row["method_hr_error"] == pytest.approx(0.1)
+    assert row["hr_error_difference"]["difference"] == pytest.approx(-0.2)
+    line = md_report.comparison_lines(rows)[-1]
+    assert line.endswith("| 0.300 → 0.100 | -0.200 [-0.300, -0.100] |")
