@@ -281,8 +281,8 @@ def hr_cells(row: dict[str, Any]) -> str:
 
 def survival_groups(result: dict[str, Any]) -> dict[tuple[str, str], dict[str, dict]]:
     """(cell, protocol) → method → the failure times of its trajectories pooled over seeds
-    (None: stable), the h(r) errors of its stable ones and the run length. A label outside the ``molecule-…-method-sN`` scheme is
-    a cell of its own (its seed suffix dropped)."""
+    (None: stable), the h(r) errors of its stable ones and the run length. A label outside the
+    ``molecule-…-method-sN`` scheme is a cell of its own (its seed suffix dropped)."""
     groups: dict[tuple[str, str], dict[str, dict]] = {}
     for label, model in result["models"].items():
         cell, method = cell_and_method(label)
@@ -292,7 +292,8 @@ def survival_groups(result: dict[str, Any]) -> dict[tuple[str, str], dict[str, d
             )
             runs = s.get("trajectories", [])
             slot["times"] += [t["failure_time_ps"] for t in runs]
-            slot["hr"] += [t["hr_error"] for t in runs if t.get("hr_error") is not None]
+            stable = [t for t in runs if t["failure_time_ps"] is None]
+            slot["hr"] += [t["hr_error"] for t in stable if t.get("hr_error") is not None]
     return groups
 
 
