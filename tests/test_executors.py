@@ -237,7 +237,13 @@ def test_pool_worker_killed_mid_run_still_labels_every_frame_once(tmp_path):
     output = tmp_path / "out.xyz"
     summary = label_structures(images, output, backend, n_workers=2, progress=False)
     assert (summary.n_ok, summary.n_computed_now) == (8, 8)
-    assert calls(tmp_path)[2] == calls(tmp_path)[5] == 2
+    assert (tmp_path / "died-2").exists() and (tmp_path / "died-5").exists()
+    # each killer ran again after its death; a frame in flight when a worker dies is rerun too,
+    # and the pool's teardown can stop a killer after it logged its call but before it died
+    # (then it dies on the rerun and needs a third call): at most 3 calls a frame
+    counts = calls(tmp_path)
+    assert 2 <= counts[2] <= 3 and 2 <= counts[5] <= 3, counts
+    assert max(counts.values()) <= 3, counts
     assert_each_frame_once(output, images)
 
 

@@ -10,15 +10,31 @@ from pathlib import Path
 from typing import Any
 
 
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo), or the platform's processor string."""
+def _cpuinfo(key: str) -> str | None:
+    """The first value of ``key`` in /proc/cpuinfo (None: no such file or key)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == key:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo), or the platform's processor string."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_kind() -> str:
+    """What decides how torch's CPU kernels round: the vendor (MKL dispatches by it) and the
+    instruction set torch picked, e.g. ``AuthenticAMD AVX2`` or ``GenuineIntel AVX512``. Two
+    machines of one kind give bit-identical float results for the same torch build; across
+    kinds float32 sums differ in the last bits."""
+    import torch
+
+    vendor = _cpuinfo("vendor_id") or platform.machine()
+    return f"{vendor} {torch.backends.cpu.get_cpu_capability()}"
 
 
 def machine_info(*, torch: bool = True, **extra: Any) -> dict[str, Any]:
@@ -52,5 +68,6 @@ def _torch_info() -> dict[str, Any]:
     return {
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "cpu_kind": cpu_kind(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
