@@ -12,10 +12,10 @@ difference of each case.
 Bit identity holds only on one kind of CPU: torch's float32 kernels round differently by vendor
 and instruction set (:func:`piwsl.io.machine.cpu_kind`), so the reference file holds one record
 per kind, each made with the old code (``--record`` adds or replaces the record of this machine's
-kind; run it from a checkout of 8074771 with this file copied in, passing ``--cpu-kind`` as
-the current code's ``piwsl.io.machine.cpu_kind()`` prints it, which that code lacks). On a kind with a record the
-numbers must be bit-identical to it; on a kind without one they must be bit-identical to some
-record or agree with every record to :data:`CROSS_CPU_RTOL`.
+kind; run it from a checkout of 8074771 with this file copied in, passing ``--cpu-kind`` as the
+current code's ``piwsl.io.machine.cpu_kind()`` prints it, which that code lacks). On a kind with
+a record the numbers must be bit-identical to it; on a kind without one they must be
+bit-identical to some record or agree with every record to :data:`CROSS_CPU_RTOL`.
 
 Cases: a plain energy + force run (SchNet), an energy-only PIWSL second-order run in the paper's
 convention (PaiNN with a direct force head), Δ-learning on ZBL and on GFN2-xTB, and the physics
@@ -285,7 +285,6 @@ def run_case(case: str, folder: Path, new_form: bool = False) -> dict[str, Any]:
     import lightning.pytorch.trainer.trainer as trainer_module
 
     from piwsl.config import config_from_dict
-    from piwsl.models import load_model
     from piwsl.training import train
 
     torch.set_num_threads(1)
@@ -309,12 +308,19 @@ def run_case(case: str, folder: Path, new_form: bool = False) -> dict[str, Any]:
         epochs = [
             {k: v for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)
         ]
-    model = load_model(run_dir / "final_model.pt")
+    sha = weights_sha256(run_dir / "final_model.pt")
+    return {"steps": recorder.steps, "epochs": epochs, "final_weights_sha256": sha}
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 of the weights of the model file at ``path``: names and raw bytes, sorted."""
+    from piwsl.models import load_model
+
     digest = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
+    for name, p in sorted(load_model(path).state_dict().items()):
         digest.update(name.encode())
         digest.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return {"steps": recorder.steps, "epochs": epochs, "final_weights_sha256": digest.hexdigest()}
+    return digest.hexdigest()
 
 
 def run_all(cases: list[str] | None = None) -> dict[str, Any]:
@@ -398,6 +404,7 @@ def record(path: Path, cases: list[str] | None, kind: str | None = None) -> int:
         {"cpu_kind": kind, "commit": commit, "torch": torch.__version__, "cases": records}
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
+    # by hand, not piwsl.io.atomic: the code of 8074771 that records has no piwsl.io
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from loss_identity import write_data
+from loss_identity import weights_sha256, write_data
 
 from piwsl.config import config_from_dict
 from piwsl.errors import ConfigError
@@ -68,18 +68,6 @@ def old_run(tmp_path, monkeypatch) -> Path:
     shutil.copy(OLD_RUN / "config.yaml", tmp_path / "run" / "config.yaml")
     shutil.copy(OLD_RUN / "last.ckpt", tmp_path / "run" / "checkpoints" / "last.ckpt")
     return tmp_path / "run"
-
-
-def weights_sha256(path: Path) -> str:
-    import hashlib
-
-    from piwsl.models import load_model
-
-    digest = hashlib.sha256()
-    for name, p in sorted(load_model(path).state_dict().items()):
-        digest.update(name.encode())
-        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def test_old_checkpoint_resumes_to_the_old_codes_weights(old_run):
